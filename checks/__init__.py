@@ -1,0 +1,1 @@
+"""Check functions for what a plain threshold cannot express, one module per family."""

@@ -1,0 +1,1 @@
+"""Shipped policy packs; `vcheck run` with no policy uses node-conformance.yaml."""

@@ -1,0 +1,1 @@
+"""Collectors: one module per layer. Each declares its METRICS and implements Collector."""

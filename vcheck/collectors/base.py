@@ -1,0 +1,81 @@
+"""The collector contract.
+
+A run creates each needed collector once, then the session drives it::
+
+    discover()          at collection time: the entities items are made for (cheap)
+    start()             attach / take a baseline; raise Unavailable if it cannot run here
+    sample(t)           every `interval` seconds during the window, in the collector's own thread
+    stop(t)             end of window: final read (BPF maps), detach
+    close()             always called, also after errors and SIGTERM; must be idempotent
+
+Collectors write into the shared ObservationStore and never judge anything.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
+
+from ..catalog import MetricSpec
+from ..observations import ObservationStore
+from ..procfs import HostRoots
+
+
+class Unavailable(Exception):
+    """This collector (or some of its metrics) cannot observe this node; the message says why
+    and what would fix it."""
+
+    def __init__(self, reason: str, metrics: tuple[str, ...] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.metrics = metrics  # None: all metrics the collector was asked for
+
+
+@dataclass
+class CollectRequest:
+    metrics: frozenset[str]
+    window: float
+    interval: float
+    # smallest outlier threshold (base unit) per metric from count(> X) assertions, so a
+    # collector that captures events knows which ones to keep as evidence
+    outlier_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CollectContext:
+    roots: HostRoots
+    store: ObservationStore
+
+
+class Collector(ABC):
+    name: ClassVar[str]
+    METRICS: ClassVar[tuple[MetricSpec, ...]]
+
+    def __init__(self, ctx: CollectContext, request: CollectRequest):
+        self.ctx = ctx
+        self.request = request
+        self.store = ctx.store
+        self.roots = ctx.roots
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        """Entities (their discoverable labels) for items of `metric`. Empty: none here."""
+        return []
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Take the baseline sample (called once, before the window starts)."""
+
+    @abstractmethod
+    def sample(self, t: float) -> None:
+        """Called every interval; t is seconds since the window start."""
+
+    def stop(self, t: float) -> None:  # noqa: B027
+        """Final read at the end of the window."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release everything (BPF programs, sockets). Idempotent; called on every exit path."""
+
+    @property
+    def polls(self) -> bool:
+        """Whether sample() needs calling every interval (BPF collectors read once at the end)."""
+        return True

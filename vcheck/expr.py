@@ -1,0 +1,255 @@
+"""The assertion language of a check's ``expect:`` string.
+
+Grammar (whitespace between tokens is free)::
+
+    expr       := conj ( "or" conj )*
+    conj       := atom ( "and" atom )*
+    atom       := "(" expr ")" | outliers | comparison
+    comparison := [ STAT ] OP quantity
+    outliers   := "count" "(" OP quantity ")" OP NUMBER
+    quantity   := NUMBER [ UNIT ]
+    STAT       := min | max | mean | last | sum | count | rate | p50 | p90 | p95 | p99 | p999
+    OP         := "<" | "<=" | ">" | ">=" | "==" | "!="
+    UNIT       := % | ns | us | µs | ms | s | m | h | B | KiB | MiB | GiB | ... (see units.py)
+
+Examples: ``< 10%``, ``p99 < 100us``, ``count(> 10ms) <= 5``, ``mean < 5% and max < 50%``.
+
+It is parsed into a small AST and evaluated by walking it; nothing is ever passed to ``eval``.
+Syntax errors carry the 0-based column of the offending token.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, Union
+
+from .units import COUNT, UNIT_DIMENSION, Quantity, UnitError
+
+STATS = ("min", "max", "mean", "last", "sum", "count", "rate", "p50", "p90", "p95", "p99", "p999")
+PERCENTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}
+NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+
+
+class ExprError(ValueError):
+    def __init__(self, message: str, col: int):
+        super().__init__(message)
+        self.col = col
+
+
+@dataclass(frozen=True)
+class Comparison:
+    stat: str | None  # None: the metric's natural statistic
+    op: str
+    value: Quantity
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.stat + ' ' if self.stat else ''}{self.op} {self.value}"
+
+
+@dataclass(frozen=True)
+class Outliers:
+    """count(inner_op threshold) op limit: how many observations cross a threshold."""
+
+    inner_op: str
+    threshold: Quantity
+    op: str
+    limit: float
+    col: int
+
+    def __str__(self) -> str:
+        return f"count({self.inner_op} {self.threshold}) {self.op} {self.limit:g}"
+
+
+@dataclass(frozen=True)
+class And:
+    left: "Expr"
+    right: "Expr"
+
+    def __str__(self) -> str:
+        return f"{self.left} and {self.right}"
+
+
+@dataclass(frozen=True)
+class Or:
+    left: "Expr"
+    right: "Expr"
+
+    def __str__(self) -> str:
+        return f"({self.left} or {self.right})"
+
+
+Expr = Union[Comparison, Outliers, And, Or]
+
+_UNITS_BY_LENGTH = sorted(UNIT_DIMENSION, key=len, reverse=True)
+_TOKEN_RE = re.compile(
+    r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op><=|>=|==|!=|<|>)"
+    r"|(?P<paren>[()])|(?P<word>[A-Za-zµμ_][A-Za-z0-9µμ_/]*|%|/s))"
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # num, op, paren, word, unit, end
+    text: str
+    col: int
+
+
+def _scan(text: str) -> Iterator[_Tok]:
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            yield _Tok("end", "", pos)
+            return
+        m = _TOKEN_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise ExprError(f"unexpected character {text[pos]!r}", pos)
+        kind = m.lastgroup or ""
+        tok = m.group(kind)
+        col = m.start(kind)
+        if kind == "num":
+            # a unit may follow a number directly ("10ms", "5%")
+            yield _Tok("num", tok, col)
+            pos = m.end()
+            for unit in _UNITS_BY_LENGTH:
+                if text.startswith(unit, pos):
+                    after = text[pos + len(unit): pos + len(unit) + 1]
+                    if not (after.isalnum() or after == "_"):
+                        yield _Tok("unit", unit, pos)
+                        pos += len(unit)
+                        break
+            continue
+        pos = m.end()
+        yield _Tok(kind, tok, col)
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = list(_scan(text))
+        self.i = 0
+
+    @property
+    def tok(self) -> _Tok:
+        return self.toks[self.i]
+
+    def take(self) -> _Tok:
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def expect(self, kind: str, text: str | None = None, what: str = "") -> _Tok:
+        t = self.tok
+        if t.kind != kind or (text is not None and t.text != text):
+            found = "end of expression" if t.kind == "end" else repr(t.text)
+            raise ExprError(f"expected {what or text or kind}, found {found}", t.col)
+        return self.take()
+
+    def parse(self) -> Expr:
+        if self.tok.kind == "end":
+            raise ExprError("empty expression: expected e.g. '< 10%'", 0)
+        e = self.expr()
+        if self.tok.kind != "end":
+            raise ExprError(f"unexpected {self.tok.text!r} after a complete expression "
+                            "(join with 'and' / 'or')", self.tok.col)
+        return e
+
+    def expr(self) -> Expr:
+        e = self.conj()
+        while self.tok.kind == "word" and self.tok.text == "or":
+            self.take()
+            e = Or(e, self.conj())
+        return e
+
+    def conj(self) -> Expr:
+        e = self.atom()
+        while self.tok.kind == "word" and self.tok.text == "and":
+            self.take()
+            e = And(e, self.atom())
+        return e
+
+    def atom(self) -> Expr:
+        t = self.tok
+        if t.kind == "paren" and t.text == "(":
+            self.take()
+            e = self.expr()
+            self.expect("paren", ")", "')'")
+            return e
+        if t.kind == "word" and t.text == "count" and self.toks[self.i + 1].text == "(":
+            return self.outliers()
+        stat = None
+        if t.kind == "word":
+            if t.text not in STATS:
+                raise ExprError(f"unknown statistic {t.text!r} (known: {' '.join(STATS)})", t.col)
+            stat = self.take().text
+        op = self.expect("op", what="a comparison (< <= > >= == !=)")
+        return Comparison(stat, op.text, self.quantity(), t.col)
+
+    def outliers(self) -> Outliers:
+        start = self.take()
+        self.expect("paren", "(", "'('")
+        inner = self.expect("op", what="a comparison inside count(...), e.g. count(> 10ms)")
+        threshold = self.quantity()
+        self.expect("paren", ")", "')'")
+        op = self.expect("op", what="a comparison after count(...), e.g. <= 5")
+        limit = self.expect("num", what="a number of occurrences")
+        if self.tok.kind == "unit":
+            raise ExprError("the limit of count(...) is a plain number of occurrences", self.tok.col)
+        return Outliers(inner.text, threshold, op.text, float(limit.text), start.col)
+
+    def quantity(self) -> Quantity:
+        num = self.expect("num", what="a number")
+        unit = ""
+        if self.tok.kind == "unit":
+            unit = self.take().text
+        elif self.tok.kind == "word" and self.tok.text not in ("and", "or"):
+            raise ExprError(f"unknown unit {self.tok.text!r} (known: {' '.join(sorted(UNIT_DIMENSION))})",
+                            self.tok.col)
+        return Quantity(float(num.text), unit)
+
+
+def parse(text: str) -> Expr:
+    """Parse an expect string; raises ExprError with a column."""
+    if not isinstance(text, str):
+        raise ExprError("expect must be a string like '< 10%'", 0)
+    return _Parser(text).parse()
+
+
+def leaves(e: Expr) -> Iterator[Comparison | Outliers]:
+    if isinstance(e, (And, Or)):
+        yield from leaves(e.left)
+        yield from leaves(e.right)
+    else:
+        yield e
+
+
+def check_units(e: Expr, dimension: str) -> None:
+    """Refuse a quantity whose unit does not fit the metric (raises ExprError with its column)."""
+    from .units import BARE_NUMBER_OK, UNIT_LABEL
+
+    for leaf in leaves(e):
+        if isinstance(leaf, Comparison) and leaf.stat in ("count",):
+            q, dim = leaf.value, COUNT
+        elif isinstance(leaf, Comparison) and leaf.stat == "rate":
+            q, dim = leaf.value, "rate"
+        else:
+            q = leaf.value if isinstance(leaf, Comparison) else leaf.threshold
+            dim = dimension
+        if q.unit:
+            have = q.dimension
+            ok = have == dim or (dim == "byte_rate" and have == "bytes") or (dim == "rate" and have is None)
+            if not ok:
+                want = UNIT_LABEL.get(dim, dim) or "a plain number"
+                raise ExprError(f"unit {q.unit!r} does not fit this metric, which is measured in {want}",
+                                leaf.col)
+        elif dim not in BARE_NUMBER_OK and dim != COUNT:
+            raise ExprError(f"{q} needs a unit: this metric is measured in {UNIT_LABEL.get(dim, dim)}",
+                            leaf.col)

@@ -1,0 +1,83 @@
+"""pytest collection nodes: a policy file and one item per check x entity.
+
+Items judge what the session observed (see judge.py); they never sample. Setup computes the
+verdict, so an inconclusive window is reported as a pytest *error*, a violated check as a
+*failure*, and missing data as skip / fail / pass per the check's on_missing.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pytest
+
+from .errors import PolicyError
+from .evidence import Verdict, render
+from .judge import entity_name, judge
+from .policy import Check, Policy
+
+if TYPE_CHECKING:
+    from .plugin import RunState
+
+
+class CheckFailed(Exception):
+    def __init__(self, verdict: Verdict):
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
+class PolicyFile(pytest.File):
+    def collect(self):
+        state: RunState = self.config.stash[STATE_KEY]
+        try:
+            policy = state.load_policy(self.path)
+        except PolicyError as exc:
+            state.policy_errors.append(str(exc))
+            return
+        for check in policy.checks:
+            for labels in state.entities_for(check):
+                name = check.id if labels is None else f"{check.id}[{entity_name(labels, list(labels))}]"
+                item = CheckItem.from_parent(self, name=name, check=check, labels=labels, policy=policy)
+                item.add_marker(check.layer)
+                yield item
+
+
+class CheckItem(pytest.Item):
+    def __init__(self, *, check: Check, labels: Mapping[str, str] | None, policy: Policy, **kw: Any):
+        super().__init__(**kw)
+        self.check = check
+        self.labels = dict(labels) if labels is not None else None
+        self.policy = policy
+        self.verdict: Verdict | None = None
+
+    def setup(self) -> None:
+        state: RunState = self.config.stash[STATE_KEY]
+        if state.store is None:
+            pytest.fail("vcheck: no sampling session ran for this item", pytrace=False)
+        self.verdict = v = judge(self.check, state.store, self.labels, state.store.window.duration)
+        self.user_properties.extend(v.properties())
+        if v.outcome == "error":
+            pytest.fail(self._text(), pytrace=False)
+        if v.outcome == "skip":
+            pytest.skip(f"{self.check.id}: {v.reason}")
+
+    def runtest(self) -> None:
+        assert self.verdict is not None
+        if self.verdict.outcome == "fail":
+            raise CheckFailed(self.verdict)
+        # passing evidence goes to JUnit <system-out>; failures carry it in <failure>
+        self.add_report_section("call", "stdout", self._text() + "\n")
+
+    def _text(self) -> str:
+        assert self.verdict is not None
+        return render(self.verdict, self.check.description, self.check.remediation)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None):  # type: ignore[override]
+        if isinstance(excinfo.value, CheckFailed):
+            return self._text()
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, self.check.line - 1, f"{self.policy.name}::{self.name}"
+
+
+STATE_KEY: pytest.StashKey["RunState"] = pytest.StashKey()

@@ -1,0 +1,331 @@
+"""Judging a check on what the session observed: the only place verdicts are made.
+
+Items never sample. For one item (a check and, with ``per:``, one entity) this module picks
+the observations that belong to it, evaluates the assertion AST on each (or on a merged
+distribution), applies ``for:`` (Prometheus semantics on the sampled series) and turns missing,
+vanished or too-thin data into skip / fail / inconclusive as the check's ``on_missing`` says.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from . import expr as E
+from .evidence import EntityEvidence, Measurement, Verdict
+from .histogram import RELATIVE_ERROR, Histogram
+from .observations import Observation, ObservationStore
+from .policy import Check
+from .units import COUNT, format_value
+
+MIN_COVERAGE = 0.5   # a series that covers less than half its window is inconclusive
+FOR_TOLERANCE = 0.25  # of an interval: sampling jitter allowed when measuring a stretch
+
+
+def entity_name(labels: Mapping[str, str], keys: Iterable[str] | None = None) -> str:
+    """'cpu3', 'vda', 'web1-EXTERNAL_INTERRUPT': values joined, numeric ones prefixed by their label."""
+    keys = list(keys) if keys is not None else sorted(labels)
+    parts = []
+    for k in keys:
+        v = labels.get(k)
+        if v is None:
+            continue
+        parts.append(f"{k}{v}" if v.isdigit() else v)
+    return "-".join(parts) or "node"
+
+
+# --- values an assertion can ask for -----------------------------------------------------
+
+@dataclass
+class _Value:
+    value: float | None
+    note: str = ""
+
+
+class SeriesView:
+    def __init__(self, obs: Observation, window: float, slack: float = 0.0):
+        """Samples taken within `window` (+ `slack` for timer jitter on the last one)."""
+        keep = [i for i, t in enumerate(obs.times) if t <= window + slack]
+        self.times = [obs.times[i] for i in keep]
+        self.values = [obs.values[i] for i in keep]
+        self.spans = [obs.spans[i] for i in keep]
+
+    def stat(self, name: str, window: float) -> _Value:
+        v = self.values
+        if not v:
+            return _Value(None)
+        if name == "min":
+            return _Value(min(v))
+        if name == "max":
+            return _Value(max(v))
+        if name == "last":
+            return _Value(v[-1])
+        if name == "sum":
+            return _Value(sum(v))
+        if name == "count":
+            return _Value(float(len(v)))
+        if name == "mean":
+            total = sum(self.spans)
+            return _Value(sum(x * s for x, s in zip(v, self.spans)) / total if total > 0 else sum(v) / len(v))
+        if name in E.PERCENTILES:
+            ordered = sorted(v)
+            rank = max(1, math.ceil(E.PERCENTILES[name] * len(ordered)))
+            return _Value(ordered[rank - 1], f"exact, over {len(v)} samples")
+        raise ValueError(name)
+
+    def count(self, op: str, threshold: float) -> _Value:
+        return _Value(float(sum(1 for x in self.values if E.OPS[op](x, threshold))), "samples")
+
+
+class DistributionView:
+    def __init__(self, hist: Histogram):
+        self.hist = hist
+
+    def stat(self, name: str, window: float) -> _Value:
+        h = self.hist
+        if name == "count":
+            return _Value(float(h.count))
+        if name == "rate":
+            return _Value(h.count / window if window > 0 else None)
+        if not h.count:
+            return _Value(None, "no events in the window")
+        if name == "sum":
+            return _Value(h.sum * h.scale)
+        if name == "mean":
+            return _Value(h.mean(), "exact (in-kernel sum / count)")
+        est = (h.min() if name == "min" else h.max() if name == "max" else
+               h.percentile(E.PERCENTILES[name]) if name in E.PERCENTILES else None)
+        if est is None:
+            raise ValueError(name)
+        return _Value(est.value, "" if est.low == est.high else
+                      f"bucket [{_fmt(est.low)}, {_fmt(est.high)}), error <= {RELATIVE_ERROR:.2%}")
+
+    def straddle(self, name: str, threshold: float) -> tuple[float, float] | None:
+        if name not in E.PERCENTILES:
+            return None
+        est = self.hist.percentile(E.PERCENTILES[name])
+        return (est.low, est.high) if est and est.straddles(threshold) else None
+
+    def count(self, op: str, threshold: float) -> _Value:
+        certain, possible = self.hist.count_beyond(op, threshold)
+        if certain == possible:
+            return _Value(float(certain))
+        return _Value(float(certain), f"{possible - certain} more lie in the bucket that holds the "
+                                      f"threshold; counted {certain} certain, up to {possible} possible")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+# --- evaluating the AST -----------------------------------------------------------------
+
+def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimension: str,
+             window: float, out: list[Measurement]) -> bool | None:
+    """True/False, or None when a needed value is missing. Appends one Measurement per leaf."""
+    if isinstance(e, E.And):
+        a = evaluate(e.left, view, natural, dimension, window, out)
+        b = evaluate(e.right, view, natural, dimension, window, out)
+        return False if a is False or b is False else (None if a is None or b is None else True)
+    if isinstance(e, E.Or):
+        a = evaluate(e.left, view, natural, dimension, window, out)
+        b = evaluate(e.right, view, natural, dimension, window, out)
+        return True if a is True or b is True else (None if a is None or b is None else False)
+    if isinstance(e, E.Outliers):
+        threshold = e.threshold.base_value
+        got = view.count(e.inner_op, threshold)
+        ok = E.OPS[e.op](got.value, e.limit) if got.value is not None else None
+        out.append(Measurement(str(e), f"count({e.inner_op} {e.threshold})", got.value,
+                               format_value(got.value, COUNT), f"{e.op} {e.limit:g}", ok, got.note))
+        return ok
+    stat = e.stat or natural
+    threshold = e.value.base_value
+    got = view.stat(stat, window)
+    dim = COUNT if stat == "count" else ("rate" if stat == "rate" else dimension)
+    ok = E.OPS[e.op](got.value, threshold) if got.value is not None else None
+    note = got.note
+    if isinstance(view, DistributionView) and ok is not None:
+        s = view.straddle(stat, threshold)
+        if s:
+            note = (f"the threshold lies inside the bucket [{format_value(s[0], dim)}, {format_value(s[1], dim)}) "
+                    f"that holds {stat}: the verdict is within the histogram's {RELATIVE_ERROR:.2%} error")
+    out.append(Measurement(str(e), stat, got.value, format_value(got.value, dim),
+                           f"{e.op} {format_value(threshold, dim)}", ok, note))
+    return ok
+
+
+def _sample_ok(e: E.Expr, x: float) -> bool:
+    """Per-sample truth of an expression made of plain comparisons (for: semantics)."""
+    if isinstance(e, E.And):
+        return _sample_ok(e.left, x) and _sample_ok(e.right, x)
+    if isinstance(e, E.Or):
+        return _sample_ok(e.left, x) or _sample_ok(e.right, x)
+    assert isinstance(e, E.Comparison)
+    return E.OPS[e.op](x, e.value.base_value)
+
+
+def longest_violation(e: E.Expr, times: list[float], values: list[float], spans: list[float]) -> dict | None:
+    """The longest run of consecutive samples that violate the expression."""
+    best = None
+    run_start = None
+    run_len = 0.0
+    run_n = 0
+    for t, x, s in zip(times, values, spans):
+        if not _sample_ok(e, x):
+            if run_start is None:
+                run_start, run_len, run_n = t - s, 0.0, 0
+            run_len += s
+            run_n += 1
+            if best is None or run_len > best["duration"]:
+                best = {"start": run_start, "end": t, "duration": run_len, "samples": run_n}
+        else:
+            run_start = None
+    return best
+
+
+# --- one item ----------------------------------------------------------------------------
+
+def observations_for(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None
+                     ) -> list[Observation]:
+    obs = store.for_metric(check.metric.name)
+    if not check.per:
+        aggregate = [o for o in obs if not o.labels]
+        if aggregate:
+            return aggregate
+    picked = []
+    for o in obs:
+        labels = o.label_dict
+        if not labels:
+            continue
+        if check.per and not all(p in labels for p in check.per):
+            continue
+        if item_labels and any(labels.get(k) != v for k, v in item_labels.items()):
+            continue
+        if not check.selects({**o.info, **labels}):
+            continue
+        picked.append(o)
+    return picked
+
+
+def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None,
+          observed: float) -> Verdict:
+    """Verdict for one item. `observed` is how long the session actually sampled."""
+    spec = check.metric
+    window = min(check.window, observed) if observed else check.window
+    obs = observations_for(check, store, item_labels)
+    entities: list[EntityEvidence] = []
+    if spec.kind == "distribution":
+        groups: dict[tuple, list[Observation]] = {}
+        for o in obs:
+            key = tuple((k, o.label_dict.get(k, "")) for k in (check.per or ()))
+            groups.setdefault(key, []).append(o)
+        for key, members in groups.items():
+            entities.append(_judge_distribution(check, dict(key), members, window))
+    else:
+        for o in obs:
+            entities.append(_judge_series(check, o, window))
+
+    v = Verdict(outcome="pass", reason="", entities=entities, window=check.window, dimension=spec.dimension,
+                expect=check.expect_text, metric=spec.name, for_=check.for_)
+    missing_reason = store.unavailable.get(spec.name, "")
+    if not entities:
+        where = entity_name(item_labels) if item_labels else "this node"
+        why = missing_reason or f"no {spec.entity} data for {where}"
+        return _apply_missing(v, check, why)
+    outcomes = {e.outcome for e in entities}
+    if "fail" in outcomes:
+        bad = [e.entity for e in entities if e.outcome == "fail"]
+        v.outcome, v.reason = "fail", f"violated by {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+    elif "inconclusive" in outcomes:
+        why = next(e.reason for e in entities if e.outcome == "inconclusive")
+        v.outcome, v.reason = "error", f"inconclusive: {why}"
+    elif outcomes == {"missing"}:
+        return _apply_missing(v, check, entities[0].reason)
+    return v
+
+
+def _apply_missing(v: Verdict, check: Check, why: str) -> Verdict:
+    v.reason = f"no data: {why}"
+    v.outcome = {"fail": "fail", "skip": "skip", "pass": "pass"}[check.on_missing]
+    if check.on_missing == "pass":
+        v.reason += " (on_missing: pass)"
+    return v
+
+
+def _expected(check: Check, window: float) -> int:
+    return max(1, int(round(window / check.interval)))
+
+
+def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence:
+    spec = check.metric
+    view = SeriesView(o, window, slack=check.interval / 2)
+    ev = EntityEvidence(entity=entity_name(o.label_dict), labels=o.label_dict, info=dict(o.info),
+                        outcome="pass", samples=len(view.values), expected_samples=_expected(check, window),
+                        observed_seconds=sum(view.spans), notes=list(o.notes))
+    if view.values:
+        ev.series = {"min": min(view.values), "max": max(view.values),
+                     "mean": view.stat("mean", window).value}
+    if check.for_:
+        lv = longest_violation(check.expect, view.times, view.values, view.spans)
+        if ev.series is not None:
+            ev.series["longest_violation"] = lv
+        sustained = lv is not None and lv["duration"] >= check.for_ - FOR_TOLERANCE * check.interval
+        ev.measurements.append(Measurement(
+            f"{check.expect_text} for {check.for_:g}s", "longest violation",
+            lv["duration"] if lv else 0.0, f"{lv['duration']:.1f}s" if lv else "0s",
+            f"< {check.for_:g}s", not sustained))
+        if sustained:
+            ev.outcome = "fail"
+        elif o.gone_at is not None:
+            ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
+        elif ev.observed_seconds < check.for_ - FOR_TOLERANCE * check.interval:
+            ev.outcome = "inconclusive"
+            ev.reason = (f"for: {check.for_:g}s needs {check.for_:g}s of samples, "
+                         f"{ev.entity} has {ev.observed_seconds:.1f}s")
+        return ev
+    ok = evaluate(check.expect, view, spec.natural_stat, spec.dimension, window, ev.measurements)
+    if ok is False:
+        ev.outcome = "fail"
+    elif o.gone_at is not None:
+        ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
+    elif ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
+        ev.outcome = "inconclusive"
+        ev.reason = f"{ev.entity}: {ev.samples} of {ev.expected_samples} expected samples"
+    elif ok is None:
+        ev.outcome, ev.reason = "missing", "no values"
+    return ev
+
+
+def _judge_distribution(check: Check, key: dict[str, str], members: list[Observation],
+                        window: float) -> EntityEvidence:
+    spec = check.metric
+    hist: Histogram | None = None
+    events: list[dict] = []
+    info: dict[str, str] = {}
+    notes: list[str] = []
+    gone = [o for o in members if o.gone_at is not None]
+    for o in members:
+        if o.histogram is not None:
+            hist = o.histogram if hist is None else hist.merge(o.histogram)
+        events.extend(o.events)
+        info.update(o.info)
+        notes.extend(n for n in o.notes if n not in notes)
+    labels = key or (members[0].label_dict if len(members) == 1 else {})
+    name = entity_name(labels) if labels else "node"
+    ev = EntityEvidence(entity=name, labels=labels, info=info, outcome="pass", histogram=hist,
+                        samples=hist.count if hist else 0, observed_seconds=window, notes=notes)
+    events.sort(key=lambda x: -float(x.get("latency", 0) or 0))
+    ev.events = events
+    if hist is None:
+        ev.outcome, ev.reason = "missing", "no distribution recorded"
+        return ev
+    ok = evaluate(check.expect, DistributionView(hist), spec.natural_stat, spec.dimension, window,
+                  ev.measurements)
+    if ok is False:
+        ev.outcome = "fail"
+    elif gone and len(gone) == len(members):
+        ev.outcome, ev.reason = "missing", f"gone at +{gone[0].gone_at:.1f}s ({gone[0].gone_reason})"
+    elif ok is None:
+        ev.outcome = "missing"
+        ev.reason = next((n for n in notes), "no events observed in the window")
+    return ev

@@ -1,0 +1,116 @@
+"""What a sampling session observed: series and distributions per metric and entity.
+
+Collectors write here; items only read. The store is the seam between the two halves of a
+run, and what the JSON report saves and a replay loads back.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .histogram import Histogram
+
+Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs: hashable identity
+
+
+def labels_of(d: Mapping[str, object]) -> Labels:
+    return tuple(sorted((str(k), str(v)) for k, v in d.items()))
+
+
+@dataclass
+class Observation:
+    """One metric for one entity over the window."""
+
+    metric: str
+    labels: Labels
+    info: dict[str, str] = field(default_factory=dict)      # descriptive, e.g. pid, cmdline
+    times: list[float] = field(default_factory=list)        # sample end times (s since window start)
+    values: list[float] = field(default_factory=list)       # in the metric's base unit
+    spans: list[float] = field(default_factory=list)        # seconds each sample covers
+    histogram: Histogram | None = None
+    events: list[dict] = field(default_factory=list)        # outliers: slowest I/Os, longest exits
+    notes: list[str] = field(default_factory=list)
+    gone_at: float | None = None                            # entity vanished at this time
+    gone_reason: str = ""
+    label: str = ""                                         # how the source names it ("sum of ...")
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def covered(self) -> float:
+        return sum(self.spans)
+
+
+@dataclass
+class Window:
+    start_wall: float = 0.0   # epoch seconds when sampling began
+    start: float = 0.0        # monotonic
+    duration: float = 0.0     # actually observed
+    planned: float = 0.0
+    interrupted: bool = False
+
+
+class ObservationStore:
+    """Thread-safe: every collector runs in its own thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._obs: dict[tuple[str, Labels], Observation] = {}
+        self.unavailable: dict[str, str] = {}   # metric -> why it cannot be observed here
+        self.window = Window()
+        self.collector_notes: dict[str, list[str]] = {}
+
+    # --- writing (collectors) ---------------------------------------------------------
+    def series(self, metric: str, labels: Mapping[str, object], info: Mapping[str, str] | None = None
+               ) -> Observation:
+        key = (metric, labels_of(labels))
+        with self._lock:
+            o = self._obs.get(key)
+            if o is None:
+                o = self._obs[key] = Observation(metric, key[1])
+            if info:
+                o.info.update(info)
+            return o
+
+    def add_sample(self, metric: str, labels: Mapping[str, object], t: float, value: float,
+                   span: float, info: Mapping[str, str] | None = None) -> None:
+        o = self.series(metric, labels, info)
+        with self._lock:
+            o.times.append(t)
+            o.values.append(value)
+            o.spans.append(span)
+
+    def set_histogram(self, metric: str, labels: Mapping[str, object], hist: Histogram,
+                      info: Mapping[str, str] | None = None) -> Observation:
+        o = self.series(metric, labels, info)
+        with self._lock:
+            o.histogram = hist
+        return o
+
+    def mark_gone(self, labels_match: Mapping[str, str], t: float, reason: str) -> None:
+        """Every observation whose labels include labels_match: the entity vanished at t."""
+        want = set(labels_of(labels_match))
+        with self._lock:
+            for o in self._obs.values():
+                if want <= set(o.labels) and o.gone_at is None:
+                    o.gone_at, o.gone_reason = t, reason
+
+    def mark_unavailable(self, metrics: Iterable[str], reason: str) -> None:
+        with self._lock:
+            for m in metrics:
+                self.unavailable.setdefault(m, reason)
+
+    def note(self, collector: str, text: str) -> None:
+        with self._lock:
+            self.collector_notes.setdefault(collector, []).append(text)
+
+    # --- reading (items, reports) -----------------------------------------------------
+    def for_metric(self, metric: str) -> list[Observation]:
+        with self._lock:
+            return [o for (m, _), o in self._obs.items() if m == metric]
+
+    def all(self) -> list[Observation]:
+        with self._lock:
+            return list(self._obs.values())

@@ -1,0 +1,212 @@
+"""The pytest11 plugin: policy YAML files become test items; one sampling session per run.
+
+``pytest policies/x.yaml`` and ``vcheck run policies/x.yaml`` go through these same hooks.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import pytest
+
+from .catalog import Catalog
+from .collectors.base import Unavailable
+from .errors import PolicyError
+from .items import STATE_KEY, CheckItem, PolicyFile
+from .observations import ObservationStore
+from .policy import Check, Policy, load_policy
+from .procfs import HostRoots
+from .session import SamplingSession, plan
+from .units import UnitError, format_duration, parse_duration
+
+LAYER_MARKERS = {
+    "guest": "checks on the VM guest layer (this node's own /proc, block devices, scheduler)",
+    "hypervisor": "checks on the KVM hypervisor layer (VMs, vCPU threads, KVM exits)",
+    "container": "checks on the container layer (cgroups, runtimes, namespaces)",
+}
+
+
+@dataclass
+class RunState:
+    """Everything one run shares between hooks (kept on config.stash, never global)."""
+
+    catalog: Catalog
+    roots: HostRoots
+    window_override: float | None = None
+    policies: dict[Path, Policy] = field(default_factory=dict)
+    policy_errors: list[str] = field(default_factory=list)
+    discovered: dict[tuple[str, str], list[Mapping[str, str]] | None] = field(default_factory=dict)
+    store: ObservationStore | None = None
+    session: SamplingSession | None = None
+    started: float = field(default_factory=time.time)
+
+    def load_policy(self, path: Path) -> Policy:
+        path = Path(path)
+        if path not in self.policies:
+            p = load_policy(path, self.catalog, display=_display(path))
+            if self.window_override:
+                p = replace(p, checks=tuple(_with_window(c, self.window_override) for c in p.checks))
+            self.policies[path] = p
+        return self.policies[path]
+
+    def entities_for(self, check: Check) -> list[Mapping[str, str] | None]:
+        """Entities this check makes items for, discovered cheaply at collection time."""
+        spec = check.metric
+        keys = [p for p in check.per if p in spec.item_labels]
+        if not keys:
+            return [None]
+        cache_key = (spec.collector, spec.name)
+        if cache_key not in self.discovered:
+            try:
+                self.discovered[cache_key] = list(self.catalog.collectors[spec.collector].discover(self.roots, spec.name))
+            except (Unavailable, OSError):
+                self.discovered[cache_key] = None
+        found = self.discovered[cache_key] or []
+        out: list[Mapping[str, str]] = []
+        for d in found:
+            if not all(s.matches(d.get(s.label)) for s in check.select if s.label in d):
+                continue
+            proj = {k: str(d[k]) for k in keys if k in d}
+            if len(proj) == len(keys) and proj not in out:
+                out.append(proj)
+        return out or [None]
+
+
+def _with_window(c: Check, window: float) -> Check:
+    return replace(c, window=window, interval=min(c.interval, window))
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("vcheck", "vcheck node checks")
+    g.addoption("--json", dest="vcheck_json", metavar="PATH", help="write the versioned JSON report here")
+    g.addoption("--window", dest="vcheck_window", metavar="DURATION",
+                help="observe every check for this long instead of its policy window (e.g. 5s)")
+    g.addoption("--vcheck-progress", dest="vcheck_progress", choices=("auto", "on", "off"), default="auto",
+                help="show sampling progress (auto: only on a terminal outside CI)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, desc in LAYER_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {desc}")
+    window = None
+    if config.option.vcheck_window:
+        try:
+            window = parse_duration(config.option.vcheck_window)
+        except UnitError as exc:
+            raise pytest.UsageError(f"--window: {exc}") from None
+    config.stash[STATE_KEY] = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix in (".yaml", ".yml") and (
+            parent.session.isinitpath(file_path) or file_path.parent.name == "policies"):
+        return PolicyFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    errors = session.config.stash[STATE_KEY].policy_errors
+    if errors:
+        raise pytest.UsageError(*errors)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Sample once for all selected items, before any of them is judged."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    items = [i for i in session.items if isinstance(i, CheckItem)]
+    if not items:
+        return
+    state = config.stash[STATE_KEY]
+    the_plan = plan([i.check for i in items], state.catalog)
+    show = _progress_printer(config, the_plan.window)
+    state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
+    previous = _install_sigterm(state.session)
+    try:
+        state.store = state.session.run()
+    finally:
+        _restore_sigterm(previous)
+        if show:
+            show.finish()
+    if state.store.window.interrupted:
+        state.store.window.interrupted = True
+        pytest.exit(f"vcheck: sampling interrupted after {state.store.window.duration:.1f}s; "
+                    "every collector was stopped and detached", returncode=2)
+
+
+def _install_sigterm(session: SamplingSession):
+    if sys.platform == "win32" or not _in_main_thread():
+        return None
+
+    def on_term(signum, frame):
+        session.stop()
+    return signal.signal(signal.SIGTERM, on_term)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Progress:
+    def __init__(self, config: pytest.Config, window: float):
+        self.config = config
+        self.window = window
+        self.capman = config.pluginmanager.getplugin("capturemanager")
+        self.tw = config.get_terminal_writer()
+        self.shown = False
+
+    def __call__(self, elapsed: float, window: float, names: list[str]) -> None:
+        left = max(window - elapsed, 0.0)
+        line = f"vcheck: sampling {', '.join(names)} - {left:4.0f}s left of {format_duration(window)}"
+        with self._uncaptured():
+            self.tw.write("\r" + line.ljust(78))
+            self.tw.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            with self._uncaptured():
+                self.tw.write("\r" + " " * 78 + "\r")
+                self.tw.flush()
+
+    def _uncaptured(self):
+        import contextlib
+        return self.capman.global_and_fixture_disabled() if self.capman else contextlib.nullcontext()
+
+
+def _progress_printer(config: pytest.Config, window: float) -> _Progress | None:
+    mode = config.option.vcheck_progress
+    if mode == "off" or (mode == "auto" and (not sys.stdout.isatty() or os.environ.get("CI"))):
+        return None
+    return _Progress(config, window)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    path = config.option.vcheck_json
+    state = config.stash.get(STATE_KEY, None)
+    if not path or state is None or state.policy_errors:
+        return
+    from .report.json_report import build_report, write_report
+
+    write_report(path, build_report(session, state, int(exitstatus)))

@@ -1,0 +1,374 @@
+"""Policy model (frozen dataclasses with source positions) and its strict loader.
+
+The loader never constructs Python objects from YAML: it walks the composed node graph once,
+after refusing aliases and non-standard tags on the event stream, so neither `!!python/...`
+tags nor alias bombs get anywhere. Every error names FILE:LINE:COL.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import expr as expr_mod
+from .catalog import DEFAULT_ON_MISSING, LAYERS, Catalog, MetricSpec
+from .errors import PolicyError
+from .units import UnitError, parse_duration
+
+MAX_POLICY_BYTES = 1 << 20
+ON_MISSING = ("fail", "skip", "pass")
+POLICY_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+CHECK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+DEFAULT_WINDOW = 60.0
+DEFAULT_INTERVAL = 1.0
+_STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+TOP_KEYS = ("policy", "description", "defaults", "checks")
+DEFAULT_KEYS = ("window", "interval", "on_missing")
+CHECK_KEYS = ("id", "metric", "expect", "layer", "per", "select", "for", "window", "interval",
+              "on_missing", "description", "remediation")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One `select:` entry: label matches any alternative (glob or numeric range 'a-b');
+    a leading '!' negates the whole entry."""
+
+    label: str
+    alternatives: tuple[str, ...]
+    negate: bool = False
+
+    def matches(self, value: str | None) -> bool:
+        hit = value is not None and any(_alt_matches(a, value) for a in self.alternatives)
+        return hit != self.negate
+
+    def __str__(self) -> str:
+        return f"{self.label}={'!' if self.negate else ''}{','.join(self.alternatives)}"
+
+
+def _alt_matches(alt: str, value: str) -> bool:
+    m = re.fullmatch(r"(\d+)-(\d+)", alt)
+    if m and value.isdigit():
+        return int(m.group(1)) <= int(value) <= int(m.group(2))
+    return fnmatch.fnmatchcase(value, alt)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    metric: MetricSpec
+    expect: expr_mod.Expr
+    expect_text: str
+    layer: str
+    per: tuple[str, ...]
+    select: tuple[Selector, ...]
+    for_: float | None
+    window: float
+    interval: float
+    on_missing: str
+    description: str
+    remediation: str
+    line: int      # 1-based line of the check's mapping
+    col: int
+
+    def selects(self, labels: dict[str, str]) -> bool:
+        return all(s.matches(labels.get(s.label)) for s in self.select)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    description: str
+    path: Path
+    sha256: str
+    checks: tuple[Check, ...]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, path: str, catalog: Catalog):
+        self.path = path
+        self.catalog = catalog
+
+    def err(self, node_or_mark: Any, message: str, col_offset: int = 0) -> PolicyError:
+        mark = getattr(node_or_mark, "start_mark", node_or_mark)
+        line = getattr(mark, "line", 0) + 1
+        col = getattr(mark, "column", 0) + 1 + col_offset
+        return PolicyError(self.path, line, col, message)
+
+
+def load_policy(path: str | Path, catalog: Catalog | None = None, display: str | None = None) -> Policy:
+    """Load and validate one policy file; raises PolicyError."""
+    p = Path(path)
+    shown = display or str(path)
+    catalog = catalog or Catalog()
+    try:
+        raw = p.read_bytes() if p.stat().st_size <= MAX_POLICY_BYTES else None
+    except OSError as exc:
+        raise PolicyError(shown, 1, 1, f"cannot read policy: {exc.strerror}") from None
+    if raw is None:
+        raise PolicyError(shown, 1, 1, f"policy file larger than {MAX_POLICY_BYTES // 1024} KiB")
+    return load_policy_bytes(raw, shown, catalog, p)
+
+
+def load_policy_bytes(raw: bytes, shown: str, catalog: Catalog, path: Path | None = None) -> Policy:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(shown, line, col, "not UTF-8 text (is this a binary file?)") from None
+    ctx = _Ctx(shown, catalog)
+    root = _compose(text, ctx)
+    policy = _build_policy(root, ctx, path or Path(shown))
+    return Policy(policy.name, policy.description, policy.path, hashlib.sha256(raw).hexdigest(),
+                  policy.checks)
+
+
+def _compose(text: str, ctx: _Ctx) -> yaml.Node:
+    try:
+        docs = 0
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.AliasEvent):
+                raise ctx.err(ev, f"YAML aliases (*{ev.anchor}) are not allowed in policies")
+            if isinstance(ev, yaml.DocumentStartEvent):
+                docs += 1
+                if docs > 1:
+                    raise ctx.err(ev, "a policy file holds one YAML document")
+            tag = getattr(ev, "tag", None)
+            if tag and tag.startswith("!") and not tag.startswith("!!"):
+                raise ctx.err(ev, f"YAML tag {tag} is not allowed in policies")
+            if tag and tag not in _STD_TAGS and not tag.startswith("!"):
+                raise ctx.err(ev, f"YAML tag {tag} is not allowed in policies")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except PolicyError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        raise ctx.err(mark, f"YAML syntax error: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise PolicyError(ctx.path, line, col,
+                          f"unacceptable character #x{exc.character:04x} (is this a binary file?)") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(ctx.path, 1, 1, f"invalid YAML: {exc}") from None
+    if node is None:
+        raise PolicyError(ctx.path, 1, 1, "empty policy: expected a mapping with 'policy' and 'checks'")
+    for n in _walk(node):
+        if n.tag not in _STD_TAGS:
+            raise ctx.err(n, f"YAML tag {n.tag} is not allowed in policies")
+    return node
+
+
+def _walk(node: yaml.Node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.extend((k, v))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+
+
+def _mapping(node: yaml.Node, ctx: _Ctx, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, f"{what} must be a mapping, not {_kind(node)}")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        if not (isinstance(k, yaml.ScalarNode) and k.tag.endswith(":str")):
+            raise ctx.err(k, f"keys of {what} must be plain words")
+        if k.value in out:
+            raise ctx.err(k, f"duplicate key {k.value!r} in {what}")
+        if k.value not in allowed:
+            close = difflib.get_close_matches(k.value, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+            raise ctx.err(k, f"unknown key {k.value!r} in {what}{hint}")
+        out[k.value] = (k, v)
+    return out
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return {"int": "a number", "float": "a number", "bool": "a boolean", "null": "empty",
+            "str": "a string"}.get(node.tag.rsplit(":", 1)[-1], "a scalar")
+
+
+def _string(node: yaml.Node, ctx: _Ctx, key: str) -> str:
+    if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null",)):
+        raise ctx.err(node, f"{key} must be a string, not {_kind(node)}")
+    if node.tag.endswith(":bool"):
+        raise ctx.err(node, f"{key} must be a string, not a boolean (quote it)")
+    return node.value
+
+
+def _duration(node: yaml.Node, ctx: _Ctx, key: str) -> float:
+    if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
+        raise ctx.err(node, f"{key} must be a duration like 60s, not {_kind(node)}")
+    try:
+        if node.tag.endswith((":int", ":float")):
+            raise UnitError(f"{key} {node.value} needs a unit, e.g. {node.value}s")
+        return parse_duration(node.value)
+    except UnitError as exc:
+        raise ctx.err(node, f"{key}: {exc}" if not str(exc).startswith(key) else str(exc)) from None
+
+
+def _on_missing(node: yaml.Node, ctx: _Ctx) -> str:
+    v = _string(node, ctx, "on_missing")
+    if v not in ON_MISSING:
+        raise ctx.err(node, f"on_missing must be one of {', '.join(ON_MISSING)}, not {v!r}")
+    return v
+
+
+def _build_policy(root: yaml.Node, ctx: _Ctx, path: Path) -> Policy:
+    top = _mapping(root, ctx, "the policy", TOP_KEYS)
+    if "policy" not in top:
+        raise ctx.err(root, "missing required key 'policy' (the policy's name)")
+    name_node = top["policy"][1]
+    name = _string(name_node, ctx, "policy")
+    if not POLICY_NAME_RE.match(name):
+        raise ctx.err(name_node, f"policy name {name!r} must match [a-z0-9-]+")
+    description = _string(top["description"][1], ctx, "description") if "description" in top else ""
+
+    defaults: dict[str, Any] = {}
+    if "defaults" in top:
+        d = _mapping(top["defaults"][1], ctx, "defaults", DEFAULT_KEYS)
+        for key, (_, v) in d.items():
+            defaults[key] = _on_missing(v, ctx) if key == "on_missing" else _duration(v, ctx, key)
+            defaults[key + "_node"] = v
+    if "checks" not in top:
+        raise ctx.err(root, "missing required key 'checks' (a non-empty list)")
+    checks_node = top["checks"][1]
+    if not isinstance(checks_node, yaml.SequenceNode) or not checks_node.value:
+        raise ctx.err(checks_node, "checks must be a non-empty list")
+    checks: list[Check] = []
+    seen: dict[str, int] = {}
+    for cnode in checks_node.value:
+        c = _build_check(cnode, ctx, defaults)
+        if c.id in seen:
+            raise ctx.err(cnode, f"duplicate check id {c.id!r} (first at line {seen[c.id]})")
+        seen[c.id] = c.line
+        checks.append(c)
+    return Policy(name, description, path, "", tuple(checks))
+
+
+def _build_check(node: yaml.Node, ctx: _Ctx, defaults: dict[str, Any]) -> Check:
+    m = _mapping(node, ctx, "a check", CHECK_KEYS)
+    for required in ("id", "metric", "expect"):
+        if required not in m:
+            raise ctx.err(node, f"check is missing required key {required!r}")
+    id_node = m["id"][1]
+    cid = _string(id_node, ctx, "id")
+    if not CHECK_ID_RE.match(cid):
+        raise ctx.err(id_node, f"check id {cid!r} must be letters, digits, '.', '_' or '-'")
+
+    metric_node = m["metric"][1]
+    metric_name = _string(metric_node, ctx, "metric")
+    spec = ctx.catalog.get(metric_name)
+    if spec is None:
+        raise ctx.err(metric_node, f"unknown metric {metric_name!r}{ctx.catalog.suggest(metric_name)}")
+
+    layer = spec.layer
+    if "layer" in m:
+        ln = m["layer"][1]
+        layer = _string(ln, ctx, "layer")
+        if layer not in LAYERS:
+            raise ctx.err(ln, f"layer must be one of {', '.join(LAYERS)}, not {layer!r}")
+        if layer != spec.layer:
+            raise ctx.err(ln, f"metric {spec.name} belongs to the {spec.layer} layer, not {layer}")
+
+    per: tuple[str, ...] = ()
+    if "per" in m:
+        pn = m["per"][1]
+        items = pn.value if isinstance(pn, yaml.SequenceNode) else [pn]
+        per = tuple(_string(i, ctx, "per") for i in items)
+        for i, p in zip(items, per):
+            if p not in spec.labels:
+                allowed = ", ".join(spec.labels) or "nothing (it is node-wide)"
+                raise ctx.err(i, f"metric {spec.name} cannot be split per {p!r}; it can per: {allowed}")
+
+    select: list[Selector] = []
+    if "select" in m:
+        sn = m["select"][1]
+        if not isinstance(sn, yaml.MappingNode):
+            raise ctx.err(sn, f"select must be a mapping like {{cpu: '0-3'}}, not {_kind(sn)}")
+        allowed = spec.labels + spec.attributes
+        for k, v in sn.value:
+            label = _string(k, ctx, "select key")
+            if label not in allowed:
+                raise ctx.err(k, f"metric {spec.name} has no label {label!r} to select on "
+                                 f"(it has: {', '.join(allowed) or 'none'})")
+            vals = v.value if isinstance(v, yaml.SequenceNode) else [v]
+            texts = [_scalar_text(x, ctx, "select value") for x in vals]
+            negate = len(texts) == 1 and texts[0].startswith("!")
+            alts = tuple(a.strip() for a in (texts[0][1:] if negate else ",".join(texts)).split(","))
+            if not all(alts):
+                raise ctx.err(v, "empty alternative in select value")
+            select.append(Selector(label, alts, negate))
+
+    window = _duration(m["window"][1], ctx, "window") if "window" in m else defaults.get("window", DEFAULT_WINDOW)
+    interval = (_duration(m["interval"][1], ctx, "interval") if "interval" in m
+                else defaults.get("interval", DEFAULT_INTERVAL))
+    where = m.get("interval", m.get("window", (None, node)))[1]
+    if interval > window:
+        raise ctx.err(where, f"interval {interval:g}s is longer than the window {window:g}s")
+
+    expect_node = m["expect"][1]
+    expect_text = _string(expect_node, ctx, "expect")
+    quoted = 1 if getattr(expect_node, "style", None) in ("'", '"') else 0
+    try:
+        expect = expr_mod.parse(expect_text)
+        expr_mod.check_units(expect, spec.dimension)
+        _check_stats(expect, spec)
+    except expr_mod.ExprError as exc:
+        raise ctx.err(expect_node, f"expect: {exc}", col_offset=exc.col + quoted) from None
+
+    for_: float | None = None
+    if "for" in m:
+        fn = m["for"][1]
+        for_ = _duration(fn, ctx, "for")
+        if spec.kind != "series":
+            raise ctx.err(fn, f"for: needs a sampled metric; {spec.name} is a distribution over the window")
+        for leaf in expr_mod.leaves(expect):
+            if isinstance(leaf, expr_mod.Outliers) or leaf.stat not in (None, "max", "min", "last"):
+                raise ctx.err(expect_node, "with for:, each sample is judged on its own: write the "
+                                           "comparison without a statistic, e.g. '< 10%'", col_offset=quoted)
+        if for_ > window:
+            raise ctx.err(fn, f"for: {for_:g}s is longer than the window {window:g}s")
+        if for_ < interval:
+            raise ctx.err(fn, f"for: {for_:g}s is shorter than the sampling interval {interval:g}s")
+
+    on_missing = (_on_missing(m["on_missing"][1], ctx) if "on_missing" in m
+                  else defaults.get("on_missing", DEFAULT_ON_MISSING[spec.layer]))
+    description = _string(m["description"][1], ctx, "description") if "description" in m else ""
+    remediation = _string(m["remediation"][1], ctx, "remediation") if "remediation" in m else ""
+    return Check(cid, spec, expect, expect_text, layer, per, tuple(select), for_, window, interval,
+                 on_missing, description, remediation, node.start_mark.line + 1,
+                 node.start_mark.column + 1)
+
+
+def _scalar_text(node: yaml.Node, ctx: _Ctx, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode) or node.tag.endswith(":null"):
+        raise ctx.err(node, f"{what} must be a string or number, not {_kind(node)}")
+    return node.value
+
+
+def _check_stats(e: expr_mod.Expr, spec: MetricSpec) -> None:
+    for leaf in expr_mod.leaves(e):
+        if isinstance(leaf, expr_mod.Comparison) and leaf.stat == "rate" and spec.kind == "series":
+            raise expr_mod.ExprError(f"rate applies to event distributions; {spec.name} is sampled "
+                                     "(use mean, max, ...)", leaf.col)
+

@@ -1,0 +1,36 @@
+"""Where the host's /proc, /sys and cgroup tree are.
+
+A vcheck in a DaemonSet reads the host through bind mounts (``/host/proc``); tests point
+these at recorded trees. Nothing else in vcheck spells ``/proc`` literally.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HostRoots:
+    proc: Path = Path("/proc")
+    sys: Path = Path("/sys")
+    cgroup: Path = Path("/sys/fs/cgroup")
+    run: Path = Path("/run")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "HostRoots":
+        env = os.environ if environ is None else environ
+        root = env.get("VCHECK_HOST_ROOT", "")
+        def pick(var: str, default: str) -> Path:
+            return Path(env.get(var) or (root.rstrip("/") + default if root else default))
+        return cls(proc=pick("VCHECK_PROC", "/proc"), sys=pick("VCHECK_SYS", "/sys"),
+                   cgroup=pick("VCHECK_CGROUP", "/sys/fs/cgroup"), run=pick("VCHECK_RUN", "/run"))
+
+
+def read_text(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def read_ints_file(path: Path) -> list[int]:
+    return [int(x) for x in read_text(path).split()]

@@ -1,0 +1,1 @@
+"""Report writers: JSON (versioned). JUnit comes from pytest itself."""
