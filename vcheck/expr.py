@@ -48,6 +48,7 @@ class Comparison:
     op: str
     value: Quantity
     col: int
+    value_col: int = 0
 
     def __str__(self) -> str:
         return f"{self.stat + ' ' if self.stat else ''}{self.op} {self.value}"
@@ -62,6 +63,7 @@ class Outliers:
     op: str
     limit: float
     col: int
+    value_col: int = 0
 
     def __str__(self) -> str:
         return f"count({self.inner_op} {self.threshold}) {self.op} {self.limit:g}"
@@ -191,25 +193,27 @@ class _Parser:
                 raise ExprError(f"unknown statistic {t.text!r} (known: {' '.join(STATS)})", t.col)
             stat = self.take().text
         op = self.expect("op", what="a comparison (< <= > >= == !=)")
-        return Comparison(stat, op.text, self.quantity(), t.col)
+        value_col = self.tok.col
+        return Comparison(stat, op.text, self.quantity(), t.col, value_col)
 
     def outliers(self) -> Outliers:
         start = self.take()
         self.expect("paren", "(", "'('")
         inner = self.expect("op", what="a comparison inside count(...), e.g. count(> 10ms)")
+        value_col = self.tok.col
         threshold = self.quantity()
         self.expect("paren", ")", "')'")
         op = self.expect("op", what="a comparison after count(...), e.g. <= 5")
         limit = self.expect("num", what="a number of occurrences")
         if self.tok.kind == "unit":
             raise ExprError("the limit of count(...) is a plain number of occurrences", self.tok.col)
-        return Outliers(inner.text, threshold, op.text, float(limit.text), start.col)
+        return Outliers(inner.text, threshold, op.text, float(limit.text), start.col, value_col)
 
     def quantity(self) -> Quantity:
         num = self.expect("num", what="a number")
         unit = ""
-        if self.tok.kind == "unit":
-            unit = self.take().text
+        if self.tok.kind == "unit" or (self.tok.kind == "word" and self.tok.text in UNIT_DIMENSION):
+            unit = self.take().text  # "10ms" or "10 ms"
         elif self.tok.kind == "word" and self.tok.text not in ("and", "or"):
             raise ExprError(f"unknown unit {self.tok.text!r} (known: {' '.join(sorted(UNIT_DIMENSION))})",
                             self.tok.col)
@@ -249,7 +253,7 @@ def check_units(e: Expr, dimension: str) -> None:
             if not ok:
                 want = UNIT_LABEL.get(dim, dim) or "a plain number"
                 raise ExprError(f"unit {q.unit!r} does not fit this metric, which is measured in {want}",
-                                leaf.col)
+                                leaf.value_col)
         elif dim not in BARE_NUMBER_OK and dim != COUNT:
             raise ExprError(f"{q} needs a unit: this metric is measured in {UNIT_LABEL.get(dim, dim)}",
-                            leaf.col)
+                            leaf.value_col)

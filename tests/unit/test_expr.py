@@ -1,0 +1,79 @@
+"""The assertion grammar: valid forms, and syntax errors with the column they point at."""
+import pytest
+
+from vcheck import expr as E
+from vcheck.units import BYTES, PERCENT, TIME
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("< 10%", "< 10%"),
+    ("<10%", "< 10%"),
+    ("p99 < 100us", "p99 < 100us"),
+    ("p999 <= 1.5ms", "p999 <= 1.5ms"),
+    ("mean >= 0", "mean >= 0"),
+    ("max != 3", "max != 3"),
+    ("count(> 10ms) <= 5", "count(> 10ms) <= 5"),
+    ("mean < 5% and max < 50%", "mean < 5% and max < 50%"),
+    ("p50 < 1ms or p99 < 10ms", "(p50 < 1ms or p99 < 10ms)"),
+    ("(p50 < 1ms or p99 < 10ms) and max < 1s", "(p50 < 1ms or p99 < 10ms) and max < 1s"),
+    ("< 2GiB", "< 2GiB"),
+    ("< 100 µs", "< 100µs"),
+    ("last == 1e3", "last == 1000"),
+])
+def test_valid_forms(text, shape):
+    assert str(E.parse(text)) == shape
+
+
+def test_and_binds_tighter_than_or():
+    e = E.parse("min > 1 or max < 5 and mean < 3")
+    assert isinstance(e, E.Or) and isinstance(e.right, E.And)
+
+
+def test_quantities_are_in_base_units():
+    e = E.parse("p99 < 100us")
+    assert e.stat == "p99" and e.op == "<" and e.value.base_value == pytest.approx(100e-6)
+    o = E.parse("count(>= 2ms) < 3")
+    assert isinstance(o, E.Outliers) and o.threshold.base_value == pytest.approx(2e-3) and o.limit == 3
+
+
+@pytest.mark.parametrize("text, col, fragment", [
+    ("", 0, "empty expression"),
+    ("p98 < 1ms", 0, "unknown statistic 'p98'"),
+    ("max 10%", 4, "expected a comparison"),
+    ("< ", 2, "expected a number"),
+    ("< 10 parsecs", 5, "unknown unit 'parsecs'"),
+    ("< 10% max < 3", 6, "after a complete expression"),
+    ("count(> 10ms) <= 5ms", 18, "plain number"),
+    ("count(10ms) < 5", 6, "comparison inside count"),
+    ("(< 1 and > 0", 12, "expected ')'"),
+    ("< 1 ; rm -rf /", 4, "unexpected character ';'"),
+    ("__import__('os') < 1", 11, "unexpected character"),
+    ("open < 1", 0, "unknown statistic 'open'"),
+])
+def test_syntax_errors_carry_their_column(text, col, fragment):
+    with pytest.raises(E.ExprError) as ei:
+        E.parse(text)
+    assert fragment in str(ei.value)
+    assert ei.value.col == col
+
+
+@pytest.mark.parametrize("text, dim, ok", [
+    ("< 10%", PERCENT, True),
+    ("< 10", PERCENT, True),
+    ("< 10ms", PERCENT, False),
+    ("p99 < 100us", TIME, True),
+    ("p99 < 100", TIME, False),        # a latency needs its unit
+    ("p99 < 10%", TIME, False),
+    ("count(> 10ms) <= 5", TIME, True),
+    ("count(> 10%) <= 5", TIME, False),
+    ("count <= 5", TIME, True),        # count is a plain number whatever the metric
+    ("max < 1GiB", BYTES, True),
+    ("max < 1s", BYTES, False),
+])
+def test_units_must_fit_the_metric(text, dim, ok):
+    e = E.parse(text)
+    if ok:
+        E.check_units(e, dim)
+    else:
+        with pytest.raises(E.ExprError):
+            E.check_units(e, dim)

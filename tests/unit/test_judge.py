@@ -1,0 +1,145 @@
+"""Judging recorded observations: for: semantics, inconclusive windows, missing and vanished
+entities, per-entity grouping and distributions. The series are recorded values, not a rig."""
+import pytest
+
+from vcheck.catalog import Catalog
+from vcheck.histogram import Histogram
+from vcheck.judge import entity_name, judge, longest_violation
+from vcheck.observations import ObservationStore
+from vcheck.policy import load_policy_bytes
+from vcheck import expr as E
+
+CATALOG = Catalog()
+
+
+def check(body: str):
+    text = "policy: t\nchecks:\n  - id: c\n" + "".join(f"    {line}\n" for line in body.strip().splitlines())
+    return load_policy_bytes(text.encode(), "t.yaml", CATALOG).checks[0]
+
+
+def store_with(metric: str, series: dict, interval: float = 1.0, duration: float | None = None):
+    """series: {labels-tuple: [values]} sampled every `interval` seconds."""
+    s = ObservationStore()
+    n = 0
+    for labels, values in series.items():
+        for i, v in enumerate(values, start=1):
+            s.add_sample(metric, dict(labels), i * interval, v, interval)
+        n = max(n, len(values))
+    s.window.duration = duration if duration is not None else n * interval
+    return s
+
+
+STEAL_FOR = "metric: cpu.steal\nexpect: '< 10%'\nfor: 5s\nwindow: 10s"
+
+
+@pytest.mark.parametrize("values, outcome, stretch", [
+    ([0] * 10, "pass", 0),
+    ([50, 50, 50, 50, 0, 50, 50, 50, 50, 0], "pass", 4),    # spikes shorter than for:
+    ([0, 0, 50, 50, 50, 50, 50, 0, 0, 0], "fail", 5),       # exactly for: -> fires (Prometheus)
+    ([0, 20, 20, 20, 20, 20, 20, 20, 20, 20], "fail", 9),
+    ([10] * 10, "fail", 10),                                  # '< 10%' is violated at exactly 10
+])
+def test_for_semantics(values, outcome, stretch):
+    c = check(STEAL_FOR)
+    v = judge(c, store_with("cpu.steal", {(): values}), None, 10.0)
+    assert v.outcome == outcome, v.reason
+    lv = v.entities[0].series["longest_violation"]
+    assert (lv["duration"] if lv else 0) == pytest.approx(stretch)
+
+
+def test_for_longer_than_what_was_observed_is_inconclusive():
+    c = check(STEAL_FOR)
+    v = judge(c, store_with("cpu.steal", {(): [0, 0, 0, 0]}, duration=4.0), None, 4.0)
+    assert v.outcome == "error" and "inconclusive" in v.reason and "needs 5s" in v.reason
+
+
+def test_too_few_samples_is_inconclusive_not_pass():
+    c = check("metric: cpu.user\nexpect: '< 50%'\nwindow: 60s")
+    v = judge(c, store_with("cpu.user", {(): [1, 2]}), None, 60.0)
+    assert v.outcome == "error" and "2 of 60 expected samples" in v.reason
+
+
+def test_violation_in_thin_data_still_fails():
+    c = check("metric: cpu.user\nexpect: '< 50%'\nwindow: 60s")
+    assert judge(c, store_with("cpu.user", {(): [1, 99]}), None, 60.0).outcome == "fail"
+
+
+def test_stats_over_the_series():
+    c = check("metric: cpu.user\nexpect: 'mean < 30% and p90 < 50% and min >= 1'\nwindow: 10s")
+    v = judge(c, store_with("cpu.user", {(): [1, 2, 3, 4, 5, 6, 7, 8, 9, 100]}), None, 10.0)
+    got = {m.statistic: m.measured for m in v.entities[0].measurements}
+    assert got == {"mean": pytest.approx(14.5), "p90": 9, "min": 1}
+    assert v.outcome == "pass"
+
+
+def test_per_entity_items_and_worst_cpu():
+    c = check("metric: cpu.steal\nexpect: 'max < 10%'\nper: cpu\nwindow: 3s")
+    s = store_with("cpu.steal", {(("cpu", "0"),): [1, 1, 1], (("cpu", "1"),): [1, 30, 1], (): [1, 15, 1]})
+    assert judge(c, s, {"cpu": "0"}, 3.0).outcome == "pass"
+    bad = judge(c, s, {"cpu": "1"}, 3.0)
+    assert bad.outcome == "fail" and bad.entities[0].entity == "cpu1"
+    node = check("metric: cpu.steal\nexpect: 'max < 10%'\nwindow: 3s")
+    agg = judge(node, s, None, 3.0)
+    assert [e.entity for e in agg.entities] == ["node"] and agg.outcome == "fail"
+
+
+@pytest.mark.parametrize("on_missing, outcome", [("fail", "fail"), ("skip", "skip"), ("pass", "pass")])
+def test_missing_data_follows_on_missing_and_says_why(on_missing, outcome):
+    c = check(f"metric: psi.io.some\nexpect: '< 50%'\non_missing: {on_missing}\nwindow: 3s")
+    s = ObservationStore()
+    s.mark_unavailable(["psi.io.some"], "/proc/pressure/io: the kernel has no PSI (CONFIG_PSI)")
+    v = judge(c, s, None, 3.0)
+    assert v.outcome == outcome and "no data" in v.reason and "CONFIG_PSI" in v.reason
+
+
+def test_entity_gone_mid_window():
+    c = check("metric: cpu.user\nexpect: '< 50%'\nper: cpu\nwindow: 10s\non_missing: skip")
+    s = store_with("cpu.user", {(("cpu", "1"),): [1, 2, 3]}, duration=10.0)
+    s.mark_gone({"cpu": "1"}, 3.2, "cpu1 went offline")
+    v = judge(c, s, {"cpu": "1"}, 10.0)
+    assert v.outcome == "skip" and "gone at +3.2s" in v.reason
+    s2 = store_with("cpu.user", {(("cpu", "1"),): [1, 90, 3]}, duration=10.0)
+    s2.mark_gone({"cpu": "1"}, 3.2, "cpu1 went offline")
+    assert judge(c, s2, {"cpu": "1"}, 10.0).outcome == "fail"  # what was seen still counts
+
+
+def _latency_store(values_ns, labels=(("device", "vda"), ("op", "read"))):
+    s = ObservationStore()
+    s.set_histogram("block.latency", dict(labels), Histogram.from_values(values_ns, scale=1e-9))
+    s.window.duration = 5.0
+    return s
+
+
+@pytest.fixture
+def latency_check():
+    if CATALOG.get("block.latency") is None:
+        pytest.fail("block.latency is not in the catalogue (the disk collector registers it)")
+    return check
+
+
+def test_distribution_percentile_and_outliers(latency_check):
+    values = [100_000] * 990 + [20_000_000] * 10   # 100us x990, 20ms x10
+    c = latency_check("metric: block.latency\nexpect: 'p50 < 1ms and count(> 10ms) <= 5'\nwindow: 5s")
+    v = judge(c, _latency_store(values), None, 5.0)
+    got = {m.statistic: m for m in v.entities[0].measurements}
+    assert got["p50"].measured == pytest.approx(100e-6, rel=0.0625)
+    assert got["count(> 10ms)"].measured == 10 and got["count(> 10ms)"].passed is False
+    assert v.outcome == "fail"
+
+
+def test_distribution_without_events_is_not_a_pass(latency_check):
+    c = latency_check("metric: block.latency\nexpect: 'p99 < 10ms'\nwindow: 5s\non_missing: fail")
+    v = judge(c, _latency_store([]), None, 5.0)
+    assert v.outcome == "fail" and "no data" in v.reason
+
+
+def test_longest_violation_reports_the_stretch():
+    e = E.parse("< 10")
+    lv = longest_violation(e, [1, 2, 3, 4, 5], [0, 11, 12, 0, 13], [1, 1, 1, 1, 1])
+    assert lv == {"start": 1, "end": 3, "duration": 2, "samples": 2}
+
+
+def test_entity_names():
+    assert entity_name({"cpu": "3"}) == "cpu3"
+    assert entity_name({"vm": "web1", "reason": "HLT"}, ["vm", "reason"]) == "web1-HLT"
+    assert entity_name({}) == "node"
