@@ -135,36 +135,44 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     the_plan = plan([i.check for i in items], state.catalog)
     show = _progress_printer(config, the_plan.window)
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
-    previous = _install_sigterm(state.session)
     try:
         state.store = state.session.run()
     finally:
-        _restore_sigterm(previous)
+        state.session = None
         if show:
             show.finish()
     if state.store.window.interrupted:
-        state.store.window.interrupted = True
         pytest.exit(f"vcheck: sampling interrupted after {state.store.window.duration:.1f}s; "
                     "every collector was stopped and detached", returncode=2)
 
 
-def _install_sigterm(session: SamplingSession):
-    if sys.platform == "win32" or not _in_main_thread():
-        return None
+def _on_sigterm(config: pytest.Config):
+    """SIGTERM during the window ends sampling early (collectors detach on the way out);
+    at any other moment it ends the run as interrupted (exit 2), like Ctrl-C."""
+    def handler(signum, frame):
+        state = config.stash.get(STATE_KEY, None)
+        if state is not None and state.session is not None:
+            state.session.stop()
+        else:
+            pytest.exit("vcheck: terminated by SIGTERM", returncode=2)
+    return handler
 
-    def on_term(signum, frame):
-        session.stop()
-    return signal.signal(signal.SIGTERM, on_term)
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        session.config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm(session.config))
 
 
-def _restore_sigterm(previous) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
+_PREVIOUS_SIGTERM: pytest.StashKey = pytest.StashKey()
 
 
 class _Progress:
