@@ -188,7 +188,8 @@ def longest_violation(e: E.Expr, times: list[float], values: list[float], spans:
 def observations_for(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None
                      ) -> list[Observation]:
     obs = store.for_metric(check.metric.name)
-    if not check.per:
+    if not check.per and not check.select:
+        # the node-wide figure; with select:, the chosen entities are judged one by one
         aggregate = [o for o in obs if not o.labels]
         if aggregate:
             return aggregate

@@ -81,6 +81,9 @@ def test_per_entity_items_and_worst_cpu():
     node = check("metric: cpu.steal\nexpect: 'max < 10%'\nwindow: 3s")
     agg = judge(node, s, None, 3.0)
     assert [e.entity for e in agg.entities] == ["node"] and agg.outcome == "fail"
+    chosen = check("metric: cpu.steal\nexpect: 'max < 10%'\nselect: {cpu: '0'}\nwindow: 3s")
+    only0 = judge(chosen, s, None, 3.0)
+    assert [e.entity for e in only0.entities] == ["cpu0"] and only0.outcome == "pass"
 
 
 @pytest.mark.parametrize("on_missing, outcome", [("fail", "fail"), ("skip", "skip"), ("pass", "pass")])
