@@ -47,6 +47,8 @@ class MetricSpec:
 # one line here. Imports are cheap: no collector loads BPF or talks to a runtime on import.
 COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "guest": ("CpuStatCollector", "PressureCollector"),
+    "disk": ("DiskStatsCollector", "BlockLatencyCollector"),
+    "sched": ("RunqLatencyCollector",),
 }
 
 

@@ -117,6 +117,11 @@ class SamplingSession:
     def _sample_window(self) -> None:
         window = self.plan.window
         t0 = time.monotonic()
+        for c in self._collectors:
+            try:
+                c.begin(t0)
+            except Exception as exc:
+                self.store.note(c.name, f"could not reset at the window start: {exc!r}")
         self.store.window.start = t0
         self.store.window.start_wall = time.time()
         self.store.window.planned = window

@@ -4,6 +4,8 @@ A run creates each needed collector once, then the session drives it::
 
     discover()          at collection time: the entities items are made for (cheap)
     start()             attach / take a baseline; raise Unavailable if it cannot run here
+    begin(t0)           the window starts now (all collectors have started): drop whatever
+                        was counted during start-up, so every collector covers the same window
     sample(t)           every `interval` seconds during the window, in the collector's own thread
     stop(t)             end of window: final read (BPF maps), detach
     close()             always called, also after errors and SIGTERM; must be idempotent
@@ -64,6 +66,9 @@ class Collector(ABC):
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Take the baseline sample (called once, before the window starts)."""
+
+    def begin(self, t0: float) -> None:  # noqa: B027
+        """The window starts at time.monotonic() == t0; reset counts gathered while others started."""
 
     @abstractmethod
     def sample(self, t: float) -> None:

@@ -101,6 +101,9 @@ class CpuStatCollector(Collector):
         self._prev = self._read()
         self._prev_t = 0.0
 
+    def begin(self, t0: float) -> None:
+        self._prev = self._read()
+
     def sample(self, t: float) -> None:
         cur = self._read()
         span = t - self._prev_t
@@ -173,6 +176,9 @@ class PressureCollector(Collector):
             raise Unavailable("no /proc/pressure files readable")
         self._prev_mono, self._prev = self._read()
         self._prev_t = 0.0
+
+    def begin(self, t0: float) -> None:
+        self._prev_mono, self._prev = self._read()
 
     def sample(self, t: float) -> None:
         mono, cur = self._read()

@@ -1,0 +1,309 @@
+"""Guest block devices: per-I/O latency through BPF, and the kernel's own counters.
+
+Two collectors, because they fail differently:
+
+* ``BlockLatencyCollector`` (BPF, ``bpf/block_latency.c``): the latency distribution per device
+  and op, exact counts, and the slow I/Os themselves as evidence. Needs root, bcc, headers and
+  the block tracepoints.
+* ``DiskStatsCollector`` (``/proc/diskstats``): IOPS, throughput, utilisation and the *mean*
+  time per I/O. Always available, so a node without BPF still has a disk figure, labelled for
+  what it is: a mean that includes queue time, not a distribution.
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..bpf import Attach, BpfProgram
+from ..catalog import MetricSpec
+from ..histogram import Histogram
+from ..procfs import HostRoots, read_text
+from ..units import BYTE_RATE, PERCENT, RATE, TIME
+from .base import Collector, Unavailable
+
+OPS = ("read", "write", "flush", "discard", "other")   # index = the op code in block_latency.c
+SLOWEST_KEPT = 20           # the N slowest I/Os of the window, always in the evidence
+OVER_THRESHOLD_KEPT = 1000  # I/Os over a check's outlier threshold kept as evidence; more are counted
+SECTOR = 512
+
+
+# --- /proc/diskstats --------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiskCounters:
+    """One /proc/diskstats line: completed I/Os, sectors, ms spent (Documentation/admin-guide/iostats)."""
+
+    major: int
+    minor: int
+    name: str
+    ios: int          # reads + writes + discards + flushes completed
+    sectors: int      # read + written + discarded
+    ms: int           # time spent on all of those I/Os (ms), summed per I/O
+    io_ticks: int     # ms during which the device had I/O in flight
+
+    @property
+    def dev(self) -> str:
+        return f"{self.major}:{self.minor}"
+
+
+def parse_diskstats(text: str) -> dict[str, DiskCounters]:
+    out = {}
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) < 14:
+            continue
+        f = [int(x) for x in p[3:]] + [0] * 20
+        # fields from 4: reads, merged, sectors, ms, writes, merged, sectors, ms, in flight,
+        # io_ticks, weighted; then discards (4) and flushes (2) on newer kernels
+        ios = f[0] + f[4] + f[11] + f[15]
+        sectors = f[2] + f[6] + f[13]
+        ms = f[3] + f[7] + f[14] + f[16]
+        out[p[2]] = DiskCounters(int(p[0]), int(p[1]), p[2], ios, sectors, ms, f[9])
+    return out
+
+
+def whole_disks(roots: HostRoots, stats: Mapping[str, DiskCounters]) -> list[str]:
+    """Devices worth judging: whole disks (not partitions) that have done any I/O since boot."""
+    names = []
+    for name, c in stats.items():
+        if name.startswith(("ram", "zram")) or c.ios == 0:
+            continue
+        if (roots.sys / "block" / name).exists():
+            names.append(name)
+    return sorted(names)
+
+
+def _disk(name: str, dimension: str, desc: str, natural: str = "max") -> MetricSpec:
+    return MetricSpec(name=name, layer="guest", dimension=dimension, kind="series", labels=("device",),
+                      entity="device", natural_stat=natural,
+                      source="/proc/diskstats deltas (as iostat)", description=desc)
+
+
+DISKSTATS_METRICS = (
+    _disk("block.iops", RATE, "completed I/Os per second (reads, writes, discards, flushes)"),
+    _disk("block.throughput", BYTE_RATE, "bytes per second read, written and discarded"),
+    _disk("block.util", PERCENT, "share of time the device had I/O in flight (iostat %util)"),
+    _disk("block.latency.mean", TIME,
+          "mean time per completed I/O, queue time included (iostat await): a mean, not a "
+          "distribution; use block.latency for percentiles and outliers", natural="mean"),
+)
+
+
+class DiskStatsCollector(Collector):
+    name = "guest.diskstats"
+    METRICS = DISKSTATS_METRICS
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        return [{"device": d} for d in whole_disks(roots, parse_diskstats(read_text(roots.proc / "diskstats")))]
+
+    def _read(self) -> tuple[float, dict[str, DiskCounters]]:
+        try:
+            return time.monotonic(), parse_diskstats(read_text(self.roots.proc / "diskstats"))
+        except OSError as exc:
+            raise Unavailable(f"cannot read {self.roots.proc / 'diskstats'}: {exc.strerror}") from exc
+
+    def start(self) -> None:
+        self._prev_mono, self._prev = self._read()
+        self._devices = whole_disks(self.roots, self._prev)
+        self._prev_t = 0.0
+
+    def begin(self, t0: float) -> None:
+        self._prev_mono, self._prev = self._read()
+
+    def sample(self, t: float) -> None:
+        mono, cur = self._read()
+        wall = mono - self._prev_mono
+        if wall <= 0:
+            return
+        span = t - self._prev_t
+        for d in self._devices:
+            a, b = self._prev.get(d), cur.get(d)
+            if b is None:
+                self.store.mark_gone({"device": d}, t, f"{d} disappeared from /proc/diskstats")
+                continue
+            if a is None:
+                continue
+            ios = max(b.ios - a.ios, 0)
+            values = {
+                "block.iops": ios / wall,
+                "block.throughput": max(b.sectors - a.sectors, 0) * SECTOR / wall,
+                "block.util": min(100.0, max(b.io_ticks - a.io_ticks, 0) / (wall * 1000) * 100),
+            }
+            if ios:
+                values["block.latency.mean"] = max(b.ms - a.ms, 0) / 1000 / ios
+            for m in self.request.metrics:
+                if m in values:
+                    self.store.add_sample(m, {"device": d}, t, values[m], span)
+        self._prev_mono, self._prev, self._prev_t = mono, cur, t
+
+
+# --- BPF block latency ------------------------------------------------------------------
+class _Outlier(ctypes.Structure):
+    """struct outlier in bpf/block_latency.c"""
+
+    _fields_ = [("done_ns", ctypes.c_uint64), ("latency_ns", ctypes.c_uint64), ("sector", ctypes.c_uint64),
+                ("dev", ctypes.c_uint32), ("bytes", ctypes.c_uint32), ("op", ctypes.c_uint32),
+                ("pid", ctypes.c_uint32), ("error", ctypes.c_int32), ("pad", ctypes.c_uint32),
+                ("comm", ctypes.c_char * 16)]
+
+
+BLOCK_TRACEPOINTS = (
+    Attach("block", "block_io_start", "vchk_blk_start", optional=True),
+    Attach("block", "block_rq_issue", "vchk_blk_issue"),
+    Attach("block", "block_rq_complete", "vchk_blk_done"),
+)
+
+LATENCY_METRICS = (
+    MetricSpec(name="block.latency", layer="guest", dimension=TIME, kind="distribution",
+               labels=("device", "op"), discoverable=("device",), entity="device", natural_stat="p99",
+               source="BPF block:block_rq_issue -> block:block_rq_complete (bpf/block_latency.c)",
+               description="time a request spent on the device (biolatency), per device and op "
+                           "(read, write, flush, discard); outliers carry sector, size and task"),
+)
+
+
+def kernel_dev(major: int, minor: int) -> int:
+    """dev_t as block tracepoints record it (MKDEV: major << 20 | minor)."""
+    return major << 20 | minor
+
+
+class BlockLatencyCollector(Collector):
+    name = "guest.block.bpf"
+    METRICS = LATENCY_METRICS
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        return DiskStatsCollector.discover(roots, metric)
+
+    def start(self) -> None:
+        self._prog: BpfProgram | None = None
+        self._slowest: list[tuple[int, int, dict]] = []   # min-heap of (latency_ns, seq, event)
+        self._over: list[dict] = []
+        self._over_dropped = 0
+        self._seq = 0
+        self._threshold_ns = None
+        thr = self.request.outlier_thresholds.get("block.latency")
+        if thr is not None:
+            self._threshold_ns = max(1, int(thr * 1e9))
+        self._names = self._device_names()
+        prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS)
+        self._prog = prog.load()
+        for n in prog.notes:
+            self.store.note(self.name, n)
+        self._t0 = time.monotonic()
+        prog["outliers"].open_ring_buffer(self._on_event)
+        self._set_floor()
+
+    def _device_names(self) -> dict[int, str]:
+        try:
+            stats = parse_diskstats(read_text(self.roots.proc / "diskstats"))
+        except OSError:
+            return {}
+        return {kernel_dev(c.major, c.minor): c.name for c in stats.values()}
+
+    def _name(self, dev: int) -> str:
+        name = self._names.get(dev)
+        if name is None:
+            self._names = self._device_names()
+            name = self._names.get(dev, f"{dev >> 20}:{dev & 0xFFFFF}")
+        return name
+
+    def _set_floor(self) -> None:
+        """Stream an I/O to user space only if it may be evidence: over the check's threshold,
+        or slower than the N-th slowest seen so far."""
+        floor = 1 if len(self._slowest) < SLOWEST_KEPT else self._slowest[0][0] + 1
+        if self._threshold_ns is not None:
+            floor = min(floor, self._threshold_ns)
+        self._prog["floor_ns"][ctypes.c_int(0)] = ctypes.c_uint64(floor)
+
+    def _on_event(self, _ctx, data, _size) -> None:
+        e = ctypes.cast(data, ctypes.POINTER(_Outlier)).contents
+        ev = {"time": round(e.done_ns / 1e9 - self._t0, 6), "device": self._name(e.dev),
+              "op": OPS[e.op] if e.op < len(OPS) else "other", "sector": e.sector, "bytes": e.bytes,
+              "latency": e.latency_ns / 1e9, "pid": e.pid,
+              "comm": e.comm.decode("utf-8", "replace")}
+        if e.error:
+            ev["error"] = e.error
+        self._seq += 1
+        item = (e.latency_ns, self._seq, ev)
+        if len(self._slowest) < SLOWEST_KEPT:
+            heapq.heappush(self._slowest, item)
+        elif e.latency_ns > self._slowest[0][0]:
+            heapq.heapreplace(self._slowest, item)
+        if self._threshold_ns is not None and e.latency_ns > self._threshold_ns:
+            if len(self._over) < OVER_THRESHOLD_KEPT:
+                self._over.append(ev)
+            else:
+                self._over_dropped += 1
+
+    def begin(self, t0: float) -> None:
+        prog = self._prog
+        prog.bcc.ring_buffer_consume()
+        for table in ("hist", "stats", "counters"):
+            prog[table].clear()
+        self._slowest, self._over, self._over_dropped, self._t0 = [], [], 0, t0
+        self._set_floor()
+
+    def sample(self, t: float) -> None:
+        self._prog.bcc.ring_buffer_consume()
+        self._set_floor()
+
+    def stop(self, t: float) -> None:
+        prog = self._prog
+        if prog is None:
+            return
+        prog.bcc.ring_buffer_consume()
+        hists: dict[tuple[str, str], Histogram] = {}
+        for k, n in prog["hist"].items():
+            key = (self._name(k.dev), OPS[k.op] if k.op < len(OPS) else "other")
+            h = hists.setdefault(key, Histogram(scale=1e-9))
+            h.buckets[k.slot] = h.buckets.get(k.slot, 0) + n.value
+        for k, s in prog["stats"].items():
+            key = (self._name(k.dev), OPS[k.op] if k.op < len(OPS) else "other")
+            h = hists.setdefault(key, Histogram(scale=1e-9))
+            h.total, h.sum, h.max_exact = s.count, float(s.sum), float(s.max)
+        counters = [c.value for c in prog["counters"].values()]
+        collisions, unpaired, lost = counters[0], counters[1], counters[2]
+
+        events: dict[tuple[str, str], list[dict]] = {}
+        seen = set()
+        for ev in [e for _, _, e in sorted(self._slowest, reverse=True)] + self._over:
+            ident = (ev["device"], ev["sector"], ev["time"])
+            if ident not in seen:
+                seen.add(ident)
+                events.setdefault((ev["device"], ev["op"]), []).append(ev)
+
+        notes = []
+        if unpaired:
+            notes.append(f"{unpaired} completions had no matching issue (in flight when the window "
+                         "began, or partial completions)")
+        if collisions:
+            notes.append(f"{collisions} issues collided with an in-flight request of the same device, "
+                         "sector and op; the earlier one was not timed")
+        if lost:
+            notes.append(f"{lost} outlier events were dropped (ring buffer full)")
+        if self._over_dropped:
+            notes.append(f"{self._over_dropped} more I/Os over the outlier threshold than the "
+                         f"{OVER_THRESHOLD_KEPT} kept as evidence")
+        source = {"source": "BPF block_rq_issue -> block_rq_complete"}
+        for (dev, op), h in hists.items():
+            o = self.store.set_histogram("block.latency", {"device": dev, "op": op}, h, source)
+            o.events = events.get((dev, op), [])
+            o.notes.extend(notes)
+        for dev in whole_disks(self.roots, parse_diskstats(read_text(self.roots.proc / "diskstats"))):
+            if not any(d == dev for d, _ in hists):
+                o = self.store.set_histogram("block.latency", {"device": dev}, Histogram(scale=1e-9), source)
+                o.notes.append(f"no I/O completed on {dev} in the window")
+        self.close()
+
+    def close(self) -> None:
+        prog, self._prog = getattr(self, "_prog", None), None
+        if prog is not None:
+            prog.close()
+
+    @property
+    def polls(self) -> bool:
+        return True
