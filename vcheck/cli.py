@@ -102,6 +102,21 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0 when everything applicable can be observed, 1 when something cannot."""
+    import json
+
+    from .doctor import diagnose, render
+    from .procfs import HostRoots
+
+    rows = diagnose(HostRoots.from_env())
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    else:
+        print(render(rows))
+    return 1 if any(r.status == "no" for r in rows) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcheck", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     met = sub.add_parser("metrics", help="the metric catalogue")
     met.set_defaults(func=cmd_metrics)
+
+    doc = sub.add_parser("doctor", help="what this node can observe, and why not where it cannot")
+    doc.add_argument("--json", action="store_true", help="machine-readable rows")
+    doc.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -1,0 +1,153 @@
+"""``vcheck doctor``: what this node can observe, and for each thing it cannot, why and what to do.
+
+Every row is established the way a run would establish it (BPF programs are really compiled,
+attached and detached), so "ok" here means a run will have that data.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import bpf
+from .procfs import HostRoots, read_text
+
+
+@dataclass(frozen=True)
+class Row:
+    layer: str
+    what: str
+    status: str     # "ok", "no" (cannot observe: detail says why), "n/a" (nothing to observe)
+    detail: str
+
+
+TRACEPOINT_FAMILIES = {
+    "block": ("block_rq_issue", "block_rq_complete"),
+    "sched": ("sched_wakeup", "sched_wakeup_new", "sched_switch"),
+    "kvm": ("kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_pio", "kvm_mmio"),
+}
+
+CONTAINER_SOCKETS = {
+    "containerd (CRI)": "containerd/containerd.sock",
+    "CRI-O": "crio/crio.sock",
+    "docker": "docker.sock",
+    "podman": "podman/podman.sock",
+}
+
+
+def _readable(path) -> tuple[bool, str]:
+    try:
+        read_text(path)
+        return True, str(path)
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror}"
+
+
+def guest_rows(roots: HostRoots) -> list[Row]:
+    rows = []
+    ok, detail = _readable(roots.proc / "stat")
+    rows.append(Row("guest", "CPU shares incl. steal", "ok" if ok else "no", detail))
+    ok, detail = _readable(roots.proc / "diskstats")
+    rows.append(Row("guest", "disk counters", "ok" if ok else "no", detail))
+    for res in ("cpu", "memory", "io"):
+        ok, detail = _readable(roots.proc / "pressure" / res)
+        rows.append(Row("guest", f"PSI {res}", "ok" if ok else "no",
+                        detail if ok else detail + " (kernel without CONFIG_PSI, or psi=0)"))
+    return rows
+
+
+def bpf_rows() -> list[Row]:
+    rows = []
+    blocking = False
+    for check in (bpf.check_privileges, bpf.check_bcc, bpf.ensure_tracefs, bpf.check_headers):
+        f = check()
+        rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
+        blocking = blocking or not f.ok
+    for family, events in TRACEPOINT_FAMILIES.items():
+        missing = [e for e in events if not bpf.tracepoint_exists(family, e)]
+        rows.append(Row("bpf", f"tracepoints {family}:*", "no" if missing else "ok",
+                        f"absent: {', '.join(missing)}" if missing else ", ".join(events)))
+    if not blocking:
+        rows.extend(_trial_loads())
+    return rows
+
+
+def _trial_loads() -> list[Row]:
+    """Compile, attach and detach each program family once, as a run would."""
+    from .collectors.disk import BLOCK_TRACEPOINTS
+    from .collectors.sched import RUNQ_TRACEPOINTS
+
+    programs: list[tuple[str, str, tuple[bpf.Attach, ...]]] = [
+        ("guest", "block.latency (BPF)", ("block_latency.c", BLOCK_TRACEPOINTS)),
+        ("guest", "sched.runq.latency (BPF)", ("runq_latency.c", RUNQ_TRACEPOINTS)),
+    ]
+    try:
+        from .collectors import kvm  # the KVM exit program, where this build has it
+        programs.append(("hypervisor", "kvm exits (BPF)", (kvm.SOURCE, kvm.TRACEPOINTS)))
+    except (ImportError, AttributeError):
+        pass
+    rows = []
+    for layer, what, (source, attach) in programs:
+        t = time.monotonic()
+        prog = bpf.BpfProgram(source, attach)
+        try:
+            prog.load()
+            rows.append(Row(layer, what, "ok", f"{source} compiled and attached in "
+                                               f"{time.monotonic() - t:.1f}s" +
+                            (f"; {'; '.join(prog.notes)}" if prog.notes else "")))
+        except bpf.Unavailable as exc:
+            rows.append(Row(layer, what, "no", exc.reason))
+        finally:
+            prog.close()
+    return rows
+
+
+def hypervisor_rows(roots: HostRoots) -> list[Row]:
+    rows = []
+    kvm_dev = "/dev/kvm"
+    rows.append(Row("hypervisor", "KVM", "ok" if os.path.exists(kvm_dev) else "n/a",
+                    kvm_dev if os.path.exists(kvm_dev) else "no /dev/kvm: not a KVM host"))
+    discover: Callable | None
+    try:
+        from .collectors.hypervisor import discover_vms as discover
+    except ImportError:
+        discover = None
+    if discover is not None:
+        vms = discover(roots)
+        rows.append(Row("hypervisor", "VMs", "ok" if vms else "n/a",
+                        ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
+                        or "no process holds a kvm-vm fd"))
+    return rows
+
+
+def container_rows(roots: HostRoots) -> list[Row]:
+    rows = []
+    unified = roots.cgroup / "cgroup.controllers"
+    hybrid = roots.cgroup / "unified" / "cgroup.controllers"
+    version = "v2" if unified.exists() else "v1 (hybrid)" if hybrid.exists() else \
+        "v1" if (roots.cgroup / "cpu").exists() or (roots.cgroup / "cpu,cpuacct").exists() else None
+    rows.append(Row("container", "cgroups", "ok" if version else "no",
+                    version or f"no cgroup hierarchy under {roots.cgroup}"))
+    found = []
+    for name, rel in CONTAINER_SOCKETS.items():
+        for base in (roots.run, roots.run.parent / "var" / "run"):
+            if (base / rel).exists():
+                found.append(f"{name} at {base / rel}")
+                break
+    rows.append(Row("container", "runtimes", "ok" if found else "n/a",
+                    "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)"))
+    return rows
+
+
+def diagnose(roots: HostRoots) -> list[Row]:
+    return guest_rows(roots) + bpf_rows() + hypervisor_rows(roots) + container_rows(roots)
+
+
+def render(rows: list[Row]) -> str:
+    w_layer = max(len(r.layer) for r in rows)
+    w_what = max(len(r.what) for r in rows)
+    lines = [f"{'LAYER'.ljust(w_layer)}  {'WHAT'.ljust(w_what)}  STATUS  DETAIL"]
+    for r in rows:
+        lines.append(f"{r.layer.ljust(w_layer)}  {r.what.ljust(w_what)}  {r.status.ljust(6)}  {r.detail}")
+    return "\n".join(lines)
