@@ -126,9 +126,16 @@ def check_headers() -> Finding:
                    "distribution's linux-headers package and link it there (scripts/setup.sh does)")
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:   # EACCES when not root: as good as absent for us
+        return False
+
+
 def tracefs_root() -> Path | None:
     for root in TRACEFS_MOUNTS:
-        if (root / "events").is_dir():
+        if _is_dir(root / "events"):
             return root
     return None
 
@@ -138,17 +145,32 @@ def ensure_tracefs() -> Finding:
     when root and missing, and say so."""
     mounted = []
     if os.geteuid() == 0:
-        if not (TRACEFS_MOUNTS[0] / "events").is_dir() and TRACEFS_MOUNTS[0].is_dir():
+        if not _is_dir(TRACEFS_MOUNTS[0] / "events") and _is_dir(TRACEFS_MOUNTS[0]):
             if _mount("tracefs", TRACEFS_MOUNTS[0]):
                 mounted.append(f"mounted tracefs at {TRACEFS_MOUNTS[0]}")
-        if not (TRACEFS_MOUNTS[1] / "events").is_dir() and DEBUGFS.is_dir():
+        if not _is_dir(TRACEFS_MOUNTS[1] / "events") and _is_dir(DEBUGFS):
             if _mount("debugfs", DEBUGFS):
                 mounted.append(f"mounted debugfs at {DEBUGFS}")
     root = tracefs_root()
     if root is None:
+        mounted_at = _tracefs_mountpoint()
+        if mounted_at:
+            return Finding("tracefs", False, f"tracefs is mounted at {mounted_at} but not readable: "
+                                             "run as root")
         return Finding("tracefs", False,
                        "tracefs is not mounted: as root, mount -t tracefs nodev /sys/kernel/tracing")
     return Finding("tracefs", True, "; ".join(mounted) or str(root))
+
+
+def _tracefs_mountpoint() -> str | None:
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "tracefs":
+                return parts[1]
+    except OSError:
+        pass
+    return None
 
 
 def _mount(fstype: str, where: Path) -> bool:
@@ -158,13 +180,17 @@ def _mount(fstype: str, where: Path) -> bool:
 
 def tracepoint_exists(category: str, event: str) -> bool:
     root = tracefs_root()
-    return root is not None and (root / "events" / category / event / "format").exists()
+    try:
+        return root is not None and (root / "events" / category / event / "format").exists()
+    except OSError:
+        return False
 
 
 def preflight(attach: Sequence[Attach]) -> list[str]:
     """Notes worth reporting (a mount done); raises Unavailable for the first blocking problem."""
     notes = []
-    for finding in (check_privileges(), check_bcc(), ensure_tracefs(), check_headers()):
+    for check in (check_privileges, check_bcc, ensure_tracefs, check_headers):
+        finding = check()   # in order: a later check may need what an earlier one ensured
         if not finding.ok:
             raise Unavailable(finding.detail)
         if finding.what == "tracefs" and finding.detail.startswith("mounted"):

@@ -64,6 +64,9 @@ def bpf_rows() -> list[Row]:
         f = check()
         rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
         blocking = blocking or not f.ok
+    if bpf.tracefs_root() is None:
+        rows.append(Row("bpf", "tracepoints", "no", "cannot list tracepoints without a readable tracefs"))
+        return rows
     for family, events in TRACEPOINT_FAMILIES.items():
         missing = [e for e in events if not bpf.tracepoint_exists(family, e)]
         rows.append(Row("bpf", f"tracepoints {family}:*", "no" if missing else "ok",

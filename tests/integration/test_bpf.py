@@ -1,0 +1,193 @@
+"""The BPF engine and the guest latency collectors against real block I/O and real scheduling.
+
+Cross-checks: vcheck's I/O count against /proc/diskstats for the same window, its percentiles
+against an exact per-event capture of the same I/Os, and `bpftool prog show` for leaks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import VCHECK, require_root, rig_fail
+from tests.rig.io import background_writes, cpu_hogs, direct_writes, root_device
+from vcheck.collectors.base import CollectContext, CollectRequest
+from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
+from vcheck.histogram import RELATIVE_ERROR
+from vcheck.observations import ObservationStore
+from vcheck.procfs import HostRoots
+
+pytestmark = pytest.mark.rig
+
+
+def vcheck_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        rig_fail("bpftool prog show failed", out.stderr.strip())
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("vchk_")]
+
+
+@pytest.fixture
+def no_programs_before():
+    require_root()
+    assert vcheck_programs() == [], "a vchk_ program was loaded before the test"
+
+
+def block_collector(threshold: float | None = None) -> tuple[BlockLatencyCollector, ObservationStore]:
+    store = ObservationStore()
+    req = CollectRequest(frozenset({"block.latency"}), 5.0, 1.0,
+                         {"block.latency": threshold} if threshold is not None else {})
+    return BlockLatencyCollector(CollectContext(HostRoots(), store), req), store
+
+
+def completed_ios(device: str) -> int:
+    return parse_diskstats(Path("/proc/diskstats").read_text())[device].ios
+
+
+def test_io_count_equals_diskstats_delta(no_programs_before):
+    dev = root_device()
+    c, store = block_collector()
+    c.start()
+    try:
+        before = completed_ios(dev)
+        c.begin(time.monotonic())
+        direct_writes(1500)
+        os.sync()
+        time.sleep(0.2)
+        after = completed_ios(dev)
+        c.stop(1.0)
+    finally:
+        c.close()
+    counted = sum(o.histogram.count for o in store.for_metric("block.latency")
+                  if o.label_dict["device"] == dev)
+    delta = after - before
+    assert delta >= 1500
+    # the two reads of /proc/diskstats and the two BPF map operations are microseconds apart:
+    # only I/O that other processes complete inside those gaps can differ
+    assert abs(counted - delta) <= max(2, delta // 200), (counted, delta)
+
+
+def test_percentiles_agree_with_exact_capture(no_programs_before):
+    """With an outlier threshold of 1 ns every I/O is also streamed as an event: exact values."""
+    dev = root_device()
+    c, store = block_collector(threshold=1e-9)
+    c.start()
+    try:
+        c.begin(time.monotonic())
+        direct_writes(800)
+        c.stop(1.0)
+    finally:
+        c.close()
+    obs = [o for o in store.for_metric("block.latency") if o.label_dict == {"device": dev, "op": "write"}]
+    assert len(obs) == 1
+    hist, events = obs[0].histogram, obs[0].events
+    assert hist.count >= 800
+    assert len(events) == hist.count, "every write must have been captured exactly once"
+    exact = sorted(e["latency"] for e in events)
+    for q in (0.5, 0.9, 0.99):
+        truth = exact[max(1, math.ceil(q * len(exact))) - 1]
+        est = hist.percentile(q)
+        assert est.low <= truth < est.high + 1e-12
+        assert abs(est.value - truth) / truth <= RELATIVE_ERROR + 1e-9
+    assert hist.max().value == pytest.approx(exact[-1], rel=1e-9)
+    assert all(e["comm"] for e in events) and any(e["comm"] == "dd" for e in events)
+
+
+def test_closing_detaches_while_the_process_lives(no_programs_before):
+    c, _ = block_collector()
+    c.start()
+    assert len(vcheck_programs()) >= 2
+    c.close()
+    c.close()  # idempotent
+    assert vcheck_programs() == []
+
+
+OUTLIER_POLICY = """\
+policy: bpf-rig
+defaults: {window: 3s, interval: 1s}
+checks:
+  - id: disk-outliers
+    metric: block.latency
+    per: device
+    select: {device: DEV}
+    expect: "count(> 1us) <= 0"
+  - id: disk-p99
+    metric: block.latency
+    per: device
+    select: {device: DEV}
+    expect: "p99 < 10s"
+  - id: runq
+    metric: sched.runq.latency
+    per: cpu
+    select: {cpu: "1"}
+    expect: "p99 < 1ms"
+"""
+
+
+def test_outlier_check_fails_and_names_the_slow_ios(no_programs_before, run_vcheck, policy_file):
+    dev = root_device()
+    p = policy_file(OUTLIER_POLICY.replace("DEV", dev))
+    with background_writes(8), cpu_hogs(cpu=1, n=2):
+        r = run_vcheck(str(p))
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.result("disk-outliers")
+    assert out["outcome"] == "fail"
+    events = [e for ent in out["entities"] for e in ent["events"]]
+    assert events and any(e["comm"] == "fio" for e in events)
+    slow = events[0]
+    assert {"time", "device", "sector", "bytes", "op", "latency", "pid", "comm"} <= set(slow)
+    assert slow["device"] == dev and slow["latency"] > 1e-6 and slow["bytes"] > 0
+    assert "event: " in r.stdout and "comm=fio" in r.stdout
+    assert r.result("disk-p99")["outcome"] == "pass"
+    # two busy loops on CPU 1: each waits its turn for several ms
+    runq = r.result("runq")
+    assert runq["outcome"] == "fail", runq
+    assert vcheck_programs() == []
+
+
+def test_sigterm_mid_window_leaves_no_program(no_programs_before, policy_file, tmp_path):
+    p = policy_file(OUTLIER_POLICY.replace("DEV", root_device()).replace("3s", "30s"))
+    proc = subprocess.Popen(VCHECK + ["run", str(p), "--json", str(tmp_path / "r.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while len(vcheck_programs()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(vcheck_programs()) >= 5, "the run never attached its programs"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out + err
+    assert "Traceback" not in err
+    assert vcheck_programs() == []
+
+
+def test_unprivileged_run_says_why_and_follows_on_missing():
+    """As nobody, the BPF checks cannot run: on_missing decides, and the reason names the fix."""
+    require_root()
+    work = Path(tempfile.mkdtemp(prefix="vcheck-nobody-"))
+    try:
+        os.chmod(work, 0o777)
+        policy = work / "p.yaml"
+        policy.write_text("policy: nobody\ndefaults: {window: 1s, interval: 1s}\nchecks:\n"
+                          "  - {id: lat, metric: block.latency, expect: 'p99 < 1s', on_missing: fail}\n"
+                          "  - {id: runq, metric: sched.runq.latency, expect: 'p99 < 1s', on_missing: skip}\n")
+        os.chmod(policy, 0o644)
+        report = work / "r.json"
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                               *VCHECK, "run", str(policy), "--json", str(report)],
+                              capture_output=True, text=True, cwd=work, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        results = {r["check"]: r for r in json.loads(report.read_text())["results"]}
+        assert results["lat"]["outcome"] == "fail" and "not root" in results["lat"]["reason"]
+        assert results["runq"]["outcome"] == "skip" and "CAP_BPF" in results["runq"]["reason"]
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])

@@ -1,0 +1,39 @@
+"""/proc/diskstats parsing on recorded lines (kernel 6.x, 20 fields) and device selection."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vcheck.collectors.disk import kernel_dev, parse_diskstats, whole_disks
+from vcheck.procfs import HostRoots
+
+RECORDED = """\
+ 254       0 vda 28710 7368 1726218 7921 18121 10361 1399880 12056 0 8332 22128 4869 109 122208 1143 1341 1006
+ 254       1 vda1 100 0 800 10 0 0 0 0 0 10 10 0 0 0 0 0 0
+   7       0 loop0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+   1       0 ram0 5 0 10 0 0 0 0 0 0 0 0
+"""
+
+
+def test_parse_sums_reads_writes_discards_flushes():
+    s = parse_diskstats(RECORDED)["vda"]
+    assert (s.major, s.minor) == (254, 0)
+    assert s.ios == 28710 + 18121 + 4869 + 1341
+    assert s.sectors == 1726218 + 1399880 + 122208
+    assert s.ms == 7921 + 12056 + 1143 + 1006
+    assert s.io_ticks == 8332
+
+
+def test_old_kernel_lines_without_discard_fields():
+    s = parse_diskstats("   8       0 sda 10 0 80 5 20 0 160 7 0 9 12\n")["sda"]
+    assert s.ios == 30 and s.ms == 12
+
+
+def test_whole_disks_skips_partitions_idle_and_ram(tmp_path: Path):
+    for name in ("vda", "loop0", "ram0"):
+        (tmp_path / "sys" / "block" / name).mkdir(parents=True)
+    roots = HostRoots(proc=tmp_path / "proc", sys=tmp_path / "sys")
+    assert whole_disks(roots, parse_diskstats(RECORDED)) == ["vda"]
+
+
+def test_kernel_dev_matches_the_tracepoint_encoding():
+    assert kernel_dev(254, 0) == 266338304   # seen in block:block_rq_issue on /dev/vda
