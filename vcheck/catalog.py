@@ -37,6 +37,9 @@ class MetricSpec:
     discoverable: tuple[str, ...] | None = None
     # labels an entity may carry for select: but that are not identity (namespace, pod, vm name)
     attributes: tuple[str, ...] = ()
+    # a sample exists only for intervals with activity (no I/O: no await); few samples then
+    # mean an idle entity, not a thin window, and are never judged inconclusive
+    sparse: bool = False
 
     @property
     def item_labels(self) -> tuple[str, ...]:

@@ -289,11 +289,11 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
         ev.outcome = "fail"
     elif o.gone_at is not None:
         ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
-    elif ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
+    elif not spec.sparse and ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
         ev.outcome = "inconclusive"
         ev.reason = f"{ev.entity}: {ev.samples} of {ev.expected_samples} expected samples"
     elif ok is None:
-        ev.outcome, ev.reason = "missing", "no values"
+        ev.outcome, ev.reason = "missing", next(iter(o.notes), "no values")
     return ev
 
 

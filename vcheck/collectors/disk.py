@@ -75,10 +75,10 @@ def whole_disks(roots: HostRoots, stats: Mapping[str, DiskCounters]) -> list[str
     return sorted(names)
 
 
-def _disk(name: str, dimension: str, desc: str, natural: str = "max") -> MetricSpec:
+def _disk(name: str, dimension: str, desc: str, sparse: bool = False) -> MetricSpec:
     return MetricSpec(name=name, layer="guest", dimension=dimension, kind="series", labels=("device",),
-                      entity="device", natural_stat=natural,
-                      source="/proc/diskstats deltas (as iostat)", description=desc)
+                      entity="device", natural_stat="max",
+                      source="/proc/diskstats deltas (as iostat)", description=desc, sparse=sparse)
 
 
 DISKSTATS_METRICS = (
@@ -86,8 +86,9 @@ DISKSTATS_METRICS = (
     _disk("block.throughput", BYTE_RATE, "bytes per second read, written and discarded"),
     _disk("block.util", PERCENT, "share of time the device had I/O in flight (iostat %util)"),
     _disk("block.latency.mean", TIME,
-          "mean time per completed I/O, queue time included (iostat await): a mean, not a "
-          "distribution; use block.latency for percentiles and outliers", natural="mean"),
+          "mean time per completed I/O in each interval, queue time included (iostat await); "
+          "intervals without I/O have no value. A mean, not a distribution: use block.latency "
+          "for percentiles and outliers", sparse=True),
 )
 
 
@@ -109,9 +110,18 @@ class DiskStatsCollector(Collector):
         self._prev_mono, self._prev = self._read()
         self._devices = whole_disks(self.roots, self._prev)
         self._prev_t = 0.0
+        self._busy: set[str] = set()
 
     def begin(self, t0: float) -> None:
         self._prev_mono, self._prev = self._read()
+        self._busy = set()
+
+    def stop(self, t: float) -> None:
+        if "block.latency.mean" in self.request.metrics:
+            for d in self._devices:
+                if d not in self._busy:
+                    o = self.store.series("block.latency.mean", {"device": d})
+                    o.notes.append(f"no I/O completed on {d} in the window: no await to judge")
 
     def sample(self, t: float) -> None:
         mono, cur = self._read()
@@ -134,6 +144,7 @@ class DiskStatsCollector(Collector):
             }
             if ios:
                 values["block.latency.mean"] = max(b.ms - a.ms, 0) / 1000 / ios
+                self._busy.add(d)
             for m in self.request.metrics:
                 if m in values:
                     self.store.add_sample(m, {"device": d}, t, values[m], span)
