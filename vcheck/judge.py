@@ -287,6 +287,8 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
     ok = evaluate(check.expect, view, spec.natural_stat, spec.dimension, window, ev.measurements)
     if ok is False:
         ev.outcome = "fail"
+    elif o.blind:
+        ev.outcome, ev.reason = "inconclusive", o.blind
     elif o.gone_at is not None:
         ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
     elif not spec.sparse and ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
@@ -322,8 +324,11 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
         return ev
     ok = evaluate(check.expect, DistributionView(hist), spec.natural_stat, spec.dimension, window,
                   ev.measurements)
+    blind = next((o.blind for o in members if o.blind), "")
     if ok is False:
         ev.outcome = "fail"
+    elif blind:
+        ev.outcome, ev.reason = "inconclusive", blind
     elif gone and len(gone) == len(members):
         ev.outcome, ev.reason = "missing", f"gone at +{gone[0].gone_at:.1f}s ({gone[0].gone_reason})"
     elif ok is None:

@@ -34,6 +34,9 @@ class Observation:
     gone_at: float | None = None                            # entity vanished at this time
     gone_reason: str = ""
     label: str = ""                                         # how the source names it ("sum of ...")
+    # the source could not see this entity although it should have (a tracepoint that never
+    # fires while the VM is busy): no verdict but "fail" may be drawn from it; says why
+    blind: str = ""
 
     @property
     def label_dict(self) -> dict[str, str]:

@@ -71,7 +71,7 @@ def observation_json(o: Observation) -> dict[str, Any]:
     return {"metric": o.metric, "labels": dict(o.labels), "info": {k: redact(v) for k, v in o.info.items()},
             "times": o.times, "values": o.values, "spans": o.spans,
             "histogram": o.histogram.to_json() if o.histogram is not None else None,
-            "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason}
+            "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason, "blind": o.blind}
 
 
 def build_report(session: "pytest.Session", state: "RunState", exit_status: int) -> dict[str, Any]:

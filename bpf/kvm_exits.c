@@ -1,0 +1,159 @@
+/* kvm_exits.c - KVM exits per VM and exit reason, in nanoseconds (the kvmexits.bt method).
+ *
+ * Two latencies, each a log-linear histogram (vcheck_hist.h) with exact count/sum/max, keyed
+ * by (VMM process, kind, isa, reason):
+ *   kind 0: kvm:kvm_exit -> kvm:kvm_entry on the same vCPU thread: the whole exit, in-kernel
+ *           handling and any trip to the VMM. The reason is VMX-numbered (low 16 bits of
+ *           exit_reason) when isa == 1, SVM-numbered otherwise; user space names it.
+ *   kind 1: kvm:kvm_userspace_exit -> the same thread's next ioctl(KVM_RUN)
+ *           (syscalls:sys_enter_ioctl): how long the VMM's device emulation held the vCPU.
+ *           Reason is the KVM_EXIT_* code, or 1000 + errno when KVM_RUN returned an error
+ *           (1004: interrupted by a signal).
+ * Counts per (VMM process, port, direction) from kvm:kvm_pio and per (VMM process, guest
+ * physical address, type) from kvm:kvm_mmio. counters[] counts raw events per tracepoint so
+ * user space can tell "no exits happened" from "the tracepoint never fires here".
+ */
+#include <uapi/linux/ptrace.h>
+#include "vcheck_hist.h"
+
+#define KVM_RUN_CMD 0xAE80
+#define KIND_EXIT 0
+#define KIND_USERSPACE 1
+
+#define COUNTER_EXIT 0
+#define COUNTER_ENTRY 1
+#define COUNTER_USERSPACE_EXIT 2
+#define COUNTER_KVM_RUN 3
+
+struct exit_start {
+    u64 ts;
+    u32 reason;
+    u32 isa;
+};
+
+struct reason_key {
+    u32 tgid;
+    u32 kind;
+    u32 isa;
+    u32 reason;
+};
+
+struct reason_slot {
+    struct reason_key k;
+    u32 slot;
+    u32 pad;
+};
+
+struct pio_key {
+    u32 tgid;
+    u32 port;
+    u32 rw;
+    u32 pad;
+};
+
+struct mmio_key {
+    u64 gpa;
+    u32 tgid;
+    u32 type;
+};
+
+BPF_HASH(in_exit, u32, struct exit_start, 65536);
+BPF_HASH(in_userspace, u32, struct exit_start, 65536);
+BPF_HASH(hist, struct reason_slot, u64, 65536);
+BPF_HASH(stats, struct reason_key, struct vcheck_stats, 16384);
+BPF_HASH(pio, struct pio_key, u64, 16384);
+BPF_HASH(mmio, struct mmio_key, u64, 16384);
+BPF_ARRAY(counters, u64, 4);
+
+static __always_inline void count(u32 which)
+{
+    u64 *c = counters.lookup(&which);
+    if (c)
+        __sync_fetch_and_add(c, 1);
+}
+
+static __always_inline void record(u32 tgid, u32 kind, struct exit_start *s, u64 now)
+{
+    u64 delta = now - s->ts;
+    struct reason_slot hk = {};
+    hk.k.tgid = tgid;
+    hk.k.kind = kind;
+    hk.k.isa = s->isa;
+    hk.k.reason = s->reason;
+    hk.slot = vcheck_bucket(delta);
+    u64 zero = 0, *n = hist.lookup_or_try_init(&hk, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    struct vcheck_stats empty = {};
+    struct vcheck_stats *st = stats.lookup_or_try_init(&hk.k, &empty);
+    if (st)
+        vcheck_stats_add(st, delta);
+}
+
+int vchk_kvm_exit(struct tracepoint__kvm__kvm_exit *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct exit_start s = {.ts = bpf_ktime_get_ns(), .isa = args->isa};
+    s.reason = args->isa == 1 ? (args->exit_reason & 0xffff) : args->exit_reason;
+    in_exit.update(&tid, &s);
+    count(COUNTER_EXIT);
+    return 0;
+}
+
+int vchk_kvm_entry(struct tracepoint__kvm__kvm_entry *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    count(COUNTER_ENTRY);
+    struct exit_start *s = in_exit.lookup(&tid);
+    if (!s)
+        return 0;
+    record(id >> 32, KIND_EXIT, s, bpf_ktime_get_ns());
+    in_exit.delete(&tid);
+    return 0;
+}
+
+int vchk_kvm_uexit(struct tracepoint__kvm__kvm_userspace_exit *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct exit_start s = {.ts = bpf_ktime_get_ns(), .isa = 0};
+    s.reason = args->errno < 0 ? 1000 + (u32)(-args->errno) : args->reason;
+    in_userspace.update(&tid, &s);
+    count(COUNTER_USERSPACE_EXIT);
+    return 0;
+}
+
+#ifdef HAVE_SYS_ENTER_IOCTL   /* CONFIG_FTRACE_SYSCALLS; without it no userspace-exit latency */
+int vchk_kvm_run(struct tracepoint__syscalls__sys_enter_ioctl *args)
+{
+    if ((u32)args->cmd != KVM_RUN_CMD)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    count(COUNTER_KVM_RUN);
+    struct exit_start *s = in_userspace.lookup(&tid);
+    if (!s)
+        return 0;
+    record(id >> 32, KIND_USERSPACE, s, bpf_ktime_get_ns());
+    in_userspace.delete(&tid);
+    return 0;
+}
+#endif
+
+int vchk_kvm_pio(struct tracepoint__kvm__kvm_pio *args)
+{
+    struct pio_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .port = args->port, .rw = args->rw};
+    u64 zero = 0, *n = pio.lookup_or_try_init(&k, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+
+int vchk_kvm_mmio(struct tracepoint__kvm__kvm_mmio *args)
+{
+    struct mmio_key k = {.gpa = args->gpa, .tgid = bpf_get_current_pid_tgid() >> 32, .type = args->type};
+    u64 zero = 0, *n = mmio.lookup_or_try_init(&k, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
