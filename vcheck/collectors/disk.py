@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import heapq
+import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -193,8 +194,10 @@ class BlockLatencyCollector(Collector):
         self._prog: BpfProgram | None = None
         self._slowest: list[tuple[int, int, dict]] = []   # min-heap of (latency_ns, seq, event)
         self._over: list[dict] = []
-        self._over_dropped = 0
         self._seq = 0
+        self._floor_now: int | None = None
+        self._consumer: threading.Thread | None = None
+        self._consumer_stop = threading.Event()
         self._threshold_ns = None
         thr = self.request.outlier_thresholds.get("block.latency")
         if thr is not None:
@@ -223,12 +226,16 @@ class BlockLatencyCollector(Collector):
         return name
 
     def _set_floor(self) -> None:
-        """Stream an I/O to user space only if it may be evidence: over the check's threshold,
-        or slower than the N-th slowest seen so far."""
+        """Stream an I/O to user space only if it may still be evidence: over the check's
+        threshold while fewer than OVER_THRESHOLD_KEPT are kept, or slower than the N-th slowest
+        seen so far. The floor climbs within milliseconds, so only a few hundred I/Os of a
+        busy window ever leave the kernel."""
         floor = 1 if len(self._slowest) < SLOWEST_KEPT else self._slowest[0][0] + 1
-        if self._threshold_ns is not None:
+        if self._threshold_ns is not None and len(self._over) < OVER_THRESHOLD_KEPT:
             floor = min(floor, self._threshold_ns)
-        self._prog["floor_ns"][ctypes.c_int(0)] = ctypes.c_uint64(floor)
+        if floor != self._floor_now:
+            self._prog["floor_ns"][ctypes.c_int(0)] = ctypes.c_uint64(floor)
+            self._floor_now = floor
 
     def _on_event(self, _ctx, data, _size) -> None:
         e = ctypes.cast(data, ctypes.POINTER(_Outlier)).contents
@@ -247,25 +254,38 @@ class BlockLatencyCollector(Collector):
         if self._threshold_ns is not None and e.latency_ns > self._threshold_ns:
             if len(self._over) < OVER_THRESHOLD_KEPT:
                 self._over.append(ev)
-            else:
-                self._over_dropped += 1
 
     def begin(self, t0: float) -> None:
         prog = self._prog
         prog.bcc.ring_buffer_consume()
         for table in ("hist", "stats", "counters"):
             prog[table].clear()
-        self._slowest, self._over, self._over_dropped, self._t0 = [], [], 0, t0
+        self._slowest, self._over, self._t0 = [], [], t0
         self._set_floor()
+        self._consumer = threading.Thread(target=self._consume, args=(prog,), name="block-outliers",
+                                          daemon=True)
+        self._consumer.start()
+
+    def _consume(self, prog: BpfProgram) -> None:
+        """Drain outliers every 50 ms and raise the floor as the slowest set fills."""
+        while not self._consumer_stop.is_set():
+            prog.bcc.ring_buffer_poll(50)
+            self._set_floor()
+
+    def _stop_consumer(self) -> None:
+        self._consumer_stop.set()
+        if self._consumer is not None:
+            self._consumer.join()
+            self._consumer = None
 
     def sample(self, t: float) -> None:
-        self._prog.bcc.ring_buffer_consume()
-        self._set_floor()
+        """Nothing to poll: outliers are drained by their own thread, histograms read at the end."""
 
     def stop(self, t: float) -> None:
         prog = self._prog
         if prog is None:
             return
+        self._stop_consumer()
         prog.bcc.ring_buffer_consume()
         hists: dict[tuple[str, str], Histogram] = {}
         for k, n in prog["hist"].items():
@@ -296,9 +316,9 @@ class BlockLatencyCollector(Collector):
                          "sector and op; the earlier one was not timed")
         if lost:
             notes.append(f"{lost} outlier events were dropped (ring buffer full)")
-        if self._over_dropped:
-            notes.append(f"{self._over_dropped} more I/Os over the outlier threshold than the "
-                         f"{OVER_THRESHOLD_KEPT} kept as evidence")
+        if len(self._over) >= OVER_THRESHOLD_KEPT:
+            notes.append(f"evidence keeps the first {OVER_THRESHOLD_KEPT} I/Os over the outlier "
+                         "threshold; the histogram counts them all")
         source = {"source": "BPF block_rq_issue -> block_rq_complete"}
         for (dev, op), h in hists.items():
             o = self.store.set_histogram("block.latency", {"device": dev, "op": op}, h, source)
@@ -311,10 +331,12 @@ class BlockLatencyCollector(Collector):
         self.close()
 
     def close(self) -> None:
+        if getattr(self, "_consumer", None) is not None:
+            self._stop_consumer()
         prog, self._prog = getattr(self, "_prog", None), None
         if prog is not None:
             prog.close()
 
     @property
     def polls(self) -> bool:
-        return True
+        return False
