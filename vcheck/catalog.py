@@ -52,6 +52,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "guest": ("CpuStatCollector", "PressureCollector"),
     "disk": ("DiskStatsCollector", "BlockLatencyCollector"),
     "sched": ("RunqLatencyCollector",),
+    "hypervisor": ("HypervisorCollector",),
     "kvm": ("KvmExitCollector",),
 }
 

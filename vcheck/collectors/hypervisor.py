@@ -1,0 +1,335 @@
+"""Hypervisor: every VM on this host, its vCPU threads, their CPU time and scheduling delay.
+
+The walk an operator does with ``top``, ``ps -wwfp`` and ``pidstat -p``: a VM is any process
+holding an ``anon_inode:kvm-vm`` fd (qemu, firecracker, cloud-hypervisor, crosvm, kvmtool or
+a VMM of one's own), named from its command line where the VMM says a name; its vCPUs are the
+threads the VMM names as such, or else the threads sitting in ioctl(KVM_RUN) on an
+``anon_inode:kvm-vcpu:N`` fd. ``vcpu.run_delay`` is the host-side view of the guest's steal:
+the share of wall time the vCPU thread was runnable but not running (schedstat field 2).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..catalog import MetricSpec
+from ..evidence import redact
+from ..procfs import HostRoots, read_text
+from ..units import BYTES, COUNT, PERCENT, RATE
+from .base import Collector, Unavailable
+
+KVM_RUN = 0xAE80
+SYS_IOCTL_X86_64 = 16
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# thread names VMMs give their vCPUs: qemu (debug-threads=on), firecracker, crosvm, kvmtool, ...
+VCPU_THREAD_NAMES = (re.compile(r"^CPU (\d+)/KVM$"), re.compile(r"^fc_vcpu ?(\d+)$"),
+                     re.compile(r"^(?:crosvm_)?vcpu ?(\d+)$"), re.compile(r"^kvm-vcpu-(\d+)$"),
+                     re.compile(r"^vcpu(\d+)$"))
+
+
+@dataclass(frozen=True)
+class VCpu:
+    tid: int
+    index: int
+
+
+@dataclass(frozen=True)
+class VM:
+    pid: int
+    name: str
+    vmm: str           # qemu, firecracker, ... or the process name
+    cmdline: str       # redacted: evidence leaves the node
+    vcpus: tuple[VCpu, ...]
+    vcpu_fds: int = 0  # anon_inode:kvm-vcpu fds: how many vCPUs the VM has
+    uuid: str = ""
+
+
+# --- naming -------------------------------------------------------------------------------
+def _qemu_option_value(value: str, key: str | None) -> str | None:
+    """qemu's `-name guest=X,debug-threads=on` or `-name X`; ',,' escapes a comma."""
+    parts = re.split(r"(?<!,),(?!,)", value)
+    for i, part in enumerate(parts):
+        part = part.replace(",,", ",")
+        if key is None and i == 0 and "=" not in part:
+            return part
+        if key is not None and part.startswith(key + "="):
+            return part[len(key) + 1:]
+    return None
+
+
+def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str]:
+    """(name, vmm, uuid) from a VMM's argv; generic `comm-pid` when the VMM names nothing."""
+    exe = os.path.basename(argv[0]) if argv else comm
+    vmm = ("qemu" if "qemu" in exe else "firecracker" if "firecracker" in exe else
+           "cloud-hypervisor" if "cloud-hypervisor" in exe else "crosvm" if "crosvm" in exe else
+           "kvmtool" if exe in ("lkvm", "kvmtool") else comm)
+    name = uuid = None
+    for i, arg in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in ("-name", "--name") and nxt is not None and vmm == "qemu":
+            name = _qemu_option_value(nxt, "guest") or _qemu_option_value(nxt, None)
+        elif arg == "-uuid" and nxt is not None:
+            uuid = nxt
+        elif arg == "--id" and nxt is not None:
+            name = nxt
+        elif arg.startswith("--id="):
+            name = arg[5:]
+        elif arg == "--name" and nxt is not None:
+            name = nxt
+    return name or f"{comm}-{pid}", vmm, uuid or ""
+
+
+# --- discovery ----------------------------------------------------------------------------
+def _fd_targets(proc: Path, pid: int) -> list[str]:
+    out = []
+    try:
+        with os.scandir(proc / str(pid) / "fd") as it:
+            for e in it:
+                try:
+                    out.append(os.readlink(e.path))
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+def _vcpu_fds(proc: Path, pid: int) -> dict[int, int]:
+    """fd number -> vCPU index for anon_inode:kvm-vcpu:N fds."""
+    out = {}
+    try:
+        with os.scandir(proc / str(pid) / "fd") as it:
+            for e in it:
+                try:
+                    target = os.readlink(e.path)
+                except OSError:
+                    continue
+                if target.startswith("anon_inode:kvm-vcpu:"):
+                    out[int(e.name)] = int(target.rsplit(":", 1)[1])
+    except OSError:
+        pass
+    return out
+
+
+def find_vcpu_threads(proc: Path, pid: int) -> tuple[list[VCpu], int]:
+    """The VM's vCPU threads, and how many vCPU fds it holds."""
+    fds = _vcpu_fds(proc, pid)
+    named, in_run = [], []
+    try:
+        tids = sorted(int(t) for t in os.listdir(proc / str(pid) / "task"))
+    except OSError:
+        return [], len(fds)
+    for tid in tids:
+        task = proc / str(pid) / "task" / str(tid)
+        try:
+            comm = read_text(task / "comm").strip()
+        except OSError:
+            continue
+        for pattern in VCPU_THREAD_NAMES:
+            m = pattern.match(comm)
+            if m:
+                named.append(VCpu(tid, int(m.group(1))))
+                break
+        else:
+            if comm.startswith("kvm-"):   # kernel workers in the VMM's group (kvm-nx-lpage-recovery, kvm-pit)
+                continue
+            try:
+                call = read_text(task / "syscall").split()
+            except OSError:
+                continue
+            if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
+                fd = int(call[1], 16)
+                if fd in fds:
+                    in_run.append(VCpu(tid, fds[fd]))
+    found = named or in_run
+    return sorted(found, key=lambda v: v.index), len(fds)
+
+
+def discover_vms(roots: HostRoots) -> list[VM]:
+    """Every process on the host that holds a kvm-vm fd. Processes that vanish mid-scan are skipped."""
+    proc = roots.proc
+    vms = []
+    try:
+        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
+    except OSError as exc:
+        raise Unavailable(f"cannot list {proc}: {exc.strerror}") from exc
+    self_pid = os.getpid()
+    for pid in pids:
+        if pid == self_pid:
+            continue
+        if "anon_inode:kvm-vm" not in _fd_targets(proc, pid):
+            continue
+        try:
+            argv = [a for a in read_text(proc / str(pid) / "cmdline").split("\0") if a]
+            comm = read_text(proc / str(pid) / "comm").strip()
+        except OSError:
+            continue
+        name, vmm, uuid = vm_identity(argv, comm, pid)
+        vcpus, nfds = find_vcpu_threads(proc, pid)
+        vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid))
+    # two VMs with the same name (two unnamed VMMs of one kind cannot collide: pid is in it)
+    seen: dict[str, int] = {}
+    for vm in vms:
+        seen[vm.name] = seen.get(vm.name, 0) + 1
+    return [vm if seen[vm.name] == 1 else VM(vm.pid, f"{vm.name}-{vm.pid}", vm.vmm, vm.cmdline, vm.vcpus,
+                                             vm.vcpu_fds, vm.uuid) for vm in vms]
+
+
+# --- per-thread figures -------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskTimes:
+    cpu_ticks: int      # utime + stime (guest time is inside utime)
+    guest_ticks: int
+    run_delay_ns: int   # schedstat field 2
+    switches: int       # voluntary + involuntary
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """(utime + stime, guest_time) in clock ticks from /proc/PID[/task/TID]/stat."""
+    f = text.rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12]), int(f[40]) if len(f) > 40 else 0
+
+
+def parse_schedstat(text: str) -> int:
+    """Run-queue wait (ns): the second field of /proc/PID/task/TID/schedstat."""
+    return int(text.split()[1])
+
+
+def parse_switches(status_text: str) -> int:
+    n = 0
+    for line in status_text.splitlines():
+        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+            n += int(line.split()[1])
+    return n
+
+
+def read_task(task_dir: Path) -> TaskTimes:
+    cpu, guest = parse_stat(read_text(task_dir / "stat"))
+    return TaskTimes(cpu, guest, parse_schedstat(read_text(task_dir / "schedstat")),
+                     parse_switches(read_text(task_dir / "status")))
+
+
+def parse_rss(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _vm_spec(name: str, dim: str, desc: str, source: str) -> MetricSpec:
+    return MetricSpec(name=name, layer="hypervisor", dimension=dim, kind="series", labels=("vm",),
+                      entity="vm", natural_stat="max", source=source, description=desc,
+                      attributes=("pid", "vmm"))
+
+
+def _vcpu_spec(name: str, dim: str, desc: str, source: str) -> MetricSpec:
+    return MetricSpec(name=name, layer="hypervisor", dimension=dim, kind="series", labels=("vm", "vcpu"),
+                      entity="vcpu", natural_stat="max", source=source, description=desc,
+                      attributes=("pid", "tid", "vmm"))
+
+
+HYPERVISOR_METRICS = (
+    _vm_spec("vm.cpu", PERCENT, "CPU used by the whole VMM process, percent of one CPU (user+system)",
+             "/proc/PID/stat"),
+    _vm_spec("vm.memory.rss", BYTES, "resident memory of the VMM process (guest RAM touched + VMM)",
+             "/proc/PID/status VmRSS"),
+    _vm_spec("vm.vcpus", COUNT, "vCPU threads found (a VM with vCPU fds but no findable vCPU thread "
+             "cannot be observed per vCPU: require >= 1)", "thread names, /proc/PID/task/TID/syscall"),
+    _vcpu_spec("vcpu.cpu", PERCENT, "CPU used by one vCPU thread, percent of one CPU (pidstat %CPU)",
+               "/proc/PID/task/TID/stat utime+stime"),
+    _vcpu_spec("vcpu.guest", PERCENT, "time the vCPU thread ran guest code, percent of one CPU "
+               "(pidstat %guest)", "/proc/PID/task/TID/stat guest_time"),
+    _vcpu_spec("vcpu.run_delay", PERCENT, "share of wall time the vCPU thread was runnable but not "
+               "running: the host-side view of the guest's steal (pidstat %wait)",
+               "/proc/PID/task/TID/schedstat field 2"),
+    _vcpu_spec("vcpu.ctxsw.rate", RATE, "context switches per second of the vCPU thread",
+               "/proc/PID/task/TID/status"),
+)
+
+
+class HypervisorCollector(Collector):
+    name = "hypervisor.proc"
+    METRICS = HYPERVISOR_METRICS
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        vms = discover_vms(roots)
+        if metric.startswith("vcpu."):
+            return [{"vm": vm.name, "vcpu": str(v.index)} for vm in vms for v in vm.vcpus]
+        return [{"vm": vm.name} for vm in vms]
+
+    def start(self) -> None:
+        self._vms = {vm.pid: vm for vm in discover_vms(self.roots)}
+        self._gone: set[int] = set()
+
+    def begin(self, t0: float) -> None:
+        self._t_prev = 0.0
+        self._prev = self._read_all(self._vms.values())
+
+    def _read_all(self, vms: Iterable[VM]) -> dict[tuple[int, int], TaskTimes | None]:
+        out: dict[tuple[int, int], TaskTimes | None] = {}
+        for vm in vms:
+            base = self.roots.proc / str(vm.pid)
+            try:
+                out[(vm.pid, 0)] = read_task(base)
+            except (OSError, IndexError, ValueError):
+                out[(vm.pid, 0)] = None
+                continue
+            for v in vm.vcpus:
+                try:
+                    out[(vm.pid, v.tid)] = read_task(base / "task" / str(v.tid))
+                except (OSError, IndexError, ValueError):
+                    out[(vm.pid, v.tid)] = None
+        return out
+
+    def sample(self, t: float) -> None:
+        cur = self._read_all(self._vms.values())
+        span = t - self._t_prev
+        if span <= 0:
+            return
+        wall_ticks = span * CLK_TCK
+        want = self.request.metrics
+        for pid, vm in self._vms.items():
+            if pid in self._gone:
+                continue
+            info = {"pid": str(pid), "vmm": vm.vmm, "cmdline": vm.cmdline}
+            a, b = self._prev.get((pid, 0)), cur.get((pid, 0))
+            if b is None:
+                self._gone.add(pid)
+                self.store.mark_gone({"vm": vm.name}, t, f"VMM process {pid} exited")
+                continue
+            if a is not None:
+                if "vm.cpu" in want:
+                    self.store.add_sample("vm.cpu", {"vm": vm.name}, t,
+                                          100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks, span, info)
+            if "vm.memory.rss" in want:
+                try:
+                    rss = parse_rss(read_text(self.roots.proc / str(pid) / "status"))
+                    self.store.add_sample("vm.memory.rss", {"vm": vm.name}, t, float(rss), span, info)
+                except OSError:
+                    pass
+            if "vm.vcpus" in want:
+                self.store.add_sample("vm.vcpus", {"vm": vm.name}, t, float(len(vm.vcpus)), span,
+                                      {**info, "vcpu_fds": str(vm.vcpu_fds)})
+            for v in vm.vcpus:
+                labels = {"vm": vm.name, "vcpu": str(v.index)}
+                vinfo = {**info, "tid": str(v.tid)}
+                a, b = self._prev.get((pid, v.tid)), cur.get((pid, v.tid))
+                if b is None:
+                    self.store.mark_gone(labels, t, f"vCPU thread {v.tid} exited")
+                    continue
+                if a is None:
+                    continue
+                values = {
+                    "vcpu.cpu": 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks,
+                    "vcpu.guest": 100.0 * max(b.guest_ticks - a.guest_ticks, 0) / wall_ticks,
+                    "vcpu.run_delay": min(100.0, 100.0 * max(b.run_delay_ns - a.run_delay_ns, 0) / (span * 1e9)),
+                    "vcpu.ctxsw.rate": max(b.switches - a.switches, 0) / span,
+                }
+                for m, val in values.items():
+                    if m in want:
+                        self.store.add_sample(m, labels, t, val, span, vinfo)
+        self._prev, self._t_prev = cur, t
