@@ -260,7 +260,8 @@ def _expected(check: Check, window: float) -> int:
 def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence:
     spec = check.metric
     view = SeriesView(o, window, slack=check.interval / 2)
-    ev = EntityEvidence(entity=entity_name(o.label_dict), labels=o.label_dict, info=dict(o.info),
+    ordered = [k for k in spec.labels if k in o.label_dict] + sorted(set(o.label_dict) - set(spec.labels))
+    ev = EntityEvidence(entity=entity_name(o.label_dict, ordered), labels=o.label_dict, info=dict(o.info),
                         outcome="pass", samples=len(view.values), expected_samples=_expected(check, window),
                         observed_seconds=sum(view.spans), notes=list(o.notes))
     if view.values:

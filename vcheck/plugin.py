@@ -57,9 +57,12 @@ class RunState:
     def entities_for(self, check: Check) -> list[Mapping[str, str] | None]:
         """Entities this check makes items for, discovered cheaply at collection time."""
         spec = check.metric
-        keys = [p for p in check.per if p in spec.item_labels]
-        if not keys:
+        # an entity is named by its labels up to the finest one per: asks for, so per: vcpu
+        # makes items web1-vcpu0 and db1-vcpu0, never one "vcpu0" for both VMs
+        depth = [spec.item_labels.index(p) for p in check.per if p in spec.item_labels]
+        if not depth:
             return [None]
+        keys = list(spec.item_labels[: max(depth) + 1])
         cache_key = (spec.collector, spec.name)
         if cache_key not in self.discovered:
             try:

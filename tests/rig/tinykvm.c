@@ -69,6 +69,11 @@ static void *vcpu_main(void *arg)
         pthread_mutex_unlock(&lock);
         if (n < 0)
             continue;
+        /* no kick may interrupt the counted exits: a retried `out` could be traced twice */
+        sigset_t kick;
+        sigemptyset(&kick);
+        sigaddset(&kick, SIGUSR1);
+        pthread_sigmask(SIG_BLOCK, &kick, NULL);
         set_rip(CODE_LOOP);
         for (long i = 0; i < n; i++) {
             run_once();
@@ -79,6 +84,7 @@ static void *vcpu_main(void *arg)
         }
         set_rip(CODE_PARK);
         run_once();   /* the parking out 0x11 */
+        pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
         pthread_mutex_lock(&lock);
         finished = n;
         pthread_cond_signal(&cond);

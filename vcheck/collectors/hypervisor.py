@@ -117,7 +117,7 @@ def _vcpu_fds(proc: Path, pid: int) -> dict[int, int]:
 def find_vcpu_threads(proc: Path, pid: int) -> tuple[list[VCpu], int]:
     """The VM's vCPU threads, and how many vCPU fds it holds."""
     fds = _vcpu_fds(proc, pid)
-    named, in_run = [], []
+    named, in_run, running_guest = [], [], []
     try:
         tids = sorted(int(t) for t in os.listdir(proc / str(pid) / "task"))
     except OSError:
@@ -144,7 +144,19 @@ def find_vcpu_threads(proc: Path, pid: int) -> tuple[list[VCpu], int]:
                 fd = int(call[1], 16)
                 if fd in fds:
                     in_run.append(VCpu(tid, fds[fd]))
-    found = named or in_run
+            elif call and call[0] == "running":
+                # a thread on a CPU has no syscall to show; one that has run guest code is a vCPU
+                try:
+                    if parse_stat(read_text(task / "stat"))[1] > 0:
+                        running_guest.append(tid)
+                except (OSError, IndexError, ValueError):
+                    pass
+    if named:
+        return sorted(named, key=lambda v: v.index), len(fds)
+    # busy vCPUs seen running: give them the vCPU indexes no thread in KVM_RUN claimed, in
+    # creation order (VMMs create vCPU threads in index order)
+    free = sorted(set(fds.values()) - {v.index for v in in_run})
+    found = in_run + [VCpu(tid, idx) for tid, idx in zip(sorted(running_guest), free)]
     return sorted(found, key=lambda v: v.index), len(fds)
 
 
@@ -323,9 +335,11 @@ class HypervisorCollector(Collector):
                     continue
                 if a is None:
                     continue
+                # one thread cannot use more than one CPU: tick rounding against the sampling
+                # interval can, so clamp
                 values = {
-                    "vcpu.cpu": 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks,
-                    "vcpu.guest": 100.0 * max(b.guest_ticks - a.guest_ticks, 0) / wall_ticks,
+                    "vcpu.cpu": min(100.0, 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks),
+                    "vcpu.guest": min(100.0, 100.0 * max(b.guest_ticks - a.guest_ticks, 0) / wall_ticks),
                     "vcpu.run_delay": min(100.0, 100.0 * max(b.run_delay_ns - a.run_delay_ns, 0) / (span * 1e9)),
                     "vcpu.ctxsw.rate": max(b.switches - a.switches, 0) / span,
                 }
