@@ -14,8 +14,8 @@ from .units import format_duration, format_value
 
 _SECRET_PATTERNS = (
     # qemu -object secret,id=x,data=... and password=/passwd=/token=/key= style options
-    (re.compile(r"(?i)\b((?:data|password|passwd|pass|pwd|secret|token|api[-_]?key|access[-_]?key|"
-                r"auth|credentials?)=)([^,\s&]+)"), r"\1<redacted>"),
+    (re.compile(r"(?i)\b((?:data|password|passwd|pass|pwd|secret|token|key|api[-_]?key|access[-_]?key|"
+                r"auth|credentials?)=)([^,:\s&]+)"), r"\1<redacted>"),
     # credentials in URLs: scheme://user:pass@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)@"), r"\1<redacted>@"),
     # --password VALUE style flags

@@ -79,7 +79,7 @@ def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str]:
             name = arg[5:]
         elif arg == "--name" and nxt is not None:
             name = nxt
-    return name or f"{comm}-{pid}", vmm, uuid or ""
+    return name or f"{vmm}-{pid}", vmm, uuid or ""
 
 
 # --- discovery ----------------------------------------------------------------------------
