@@ -19,6 +19,7 @@ PACKAGES=(
   bpftrace libbpf-tools sysstat fio                                 # reference tools for cross-checks
   qemu-system-x86                                                   # hypervisor rig
   containerd runc busybox-static                                    # container rig
+  python3-grpcio gcc libc6-dev                                      # CRI client; tinykvm and the BPF header test
   prometheus-node-exporter                                          # textfile collector test
 )
 missing=()
