@@ -54,6 +54,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "sched": ("RunqLatencyCollector",),
     "hypervisor": ("HypervisorCollector",),
     "kvm": ("KvmExitCollector",),
+    "containers.collector": ("ContainerCollector",),
 }
 
 

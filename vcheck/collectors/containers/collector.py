@@ -1,0 +1,157 @@
+"""Container layer metrics: CPU, throttling, memory, OOM kills, pids and I/O per container from
+its cgroup (v1 or v2), and isolation facts as checkable 0/1 values.
+
+The figures ``crictl stats`` and ``systemd-cgtop`` show, per interval: CPU as Δusage / Δwall;
+throttling as Δnr_throttled / Δnr_periods (percent of CFS periods) and Δthrottled_time / Δwall.
+Entities are (namespace, pod, container); a container deleted mid-window is reported gone with
+what was observed until then.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+from ...catalog import MetricSpec
+from ...procfs import HostRoots
+from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
+from ..base import Collector, Unavailable
+from .cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
+from .discovery import Container, discover_containers, namespace_ids, nspid
+
+LABELS = ("namespace", "pod", "container")
+
+
+def _spec(name: str, dim: str, desc: str, source: str, natural: str = "max") -> MetricSpec:
+    return MetricSpec(name=name, layer="container", dimension=dim, kind="series", labels=LABELS,
+                      entity="container", natural_stat=natural, source=source, description=desc,
+                      attributes=("id", "image", "runtime"))
+
+
+CONTAINER_METRICS = (
+    _spec("container.cpu", PERCENT, "CPU used, percent of one CPU (crictl stats)",
+          "cgroup cpuacct.usage | cpu.stat usage_usec"),
+    _spec("container.cpu.throttled", PERCENT, "share of CFS periods in which the container was throttled",
+          "cgroup cpu.stat nr_throttled / nr_periods"),
+    _spec("container.cpu.throttled_time", PERCENT, "share of wall time the container spent throttled",
+          "cgroup cpu.stat throttled_time | throttled_usec"),
+    _spec("container.memory", BYTES, "working set (usage minus inactive file cache, as kubelet)",
+          "cgroup memory usage - inactive_file"),
+    _spec("container.memory.limit_pct", PERCENT, "working set as a percent of the memory limit "
+          "(no value without a limit)", "cgroup memory working set / limit"),
+    _spec("container.oom_kills", COUNT, "OOM kills in each interval (sum: in the window)",
+          "cgroup memory.oom_control | memory.events oom_kill", natural="sum"),
+    _spec("container.pids", COUNT, "tasks in the container", "cgroup pids.current"),
+    _spec("container.pids.limit_pct", PERCENT, "tasks as a percent of pids.max (no value without a limit)",
+          "cgroup pids.current / pids.max"),
+    _spec("container.io.bytes", BYTE_RATE, "block I/O bytes per second", "cgroup blkio | io.stat"),
+    _spec("container.io.ops", RATE, "block I/O operations per second", "cgroup blkio | io.stat"),
+    _spec("container.host_pid_ns", COUNT, "1 if the container shares the host's PID namespace",
+          "/proc/PID/ns/pid vs /proc/1/ns/pid"),
+    _spec("container.host_net_ns", COUNT, "1 if the container shares the host's network namespace",
+          "/proc/PID/ns/net vs /proc/1/ns/net"),
+    _spec("container.host_ipc_ns", COUNT, "1 if the container shares the host's IPC namespace",
+          "/proc/PID/ns/ipc vs /proc/1/ns/ipc"),
+    _spec("container.privileged", COUNT, "1 if the runtime runs the container privileged (CRI only)",
+          "CRI ContainerStatus"),
+)
+
+
+class ContainerCollector(Collector):
+    name = "container.cgroup"
+    METRICS = CONTAINER_METRICS
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        containers, _ = discover_containers(roots)
+        return [c.identity for c in containers]
+
+    def start(self) -> None:
+        containers, notes = discover_containers(self.roots)
+        for n in notes:
+            self.store.note(self.name, n)
+        self._mode = cgroup_mode(self.roots.cgroup)
+        self._containers: dict[str, tuple[Container, dict[str, str], dict[str, str]]] = {}
+        host_ns = namespace_ids(self.roots, 1)
+        for c in containers:
+            try:
+                paths = proc_cgroups(self.roots, c.pid)
+                ns = namespace_ids(self.roots, c.pid)
+                chain = nspid(self.roots, c.pid)
+            except OSError:
+                continue          # gone between discovery and now
+            info = {"id": c.id, "image": c.image, "runtime": c.runtime, "source": c.source,
+                    "pid": str(c.pid), "cgroup": paths.get("cpu") or paths.get("", ""),
+                    "cgroup_mode": self._mode,
+                    "pid_map": f"host PID {c.pid} is {chain[-1]} in the container"}
+            facts = {f"container.host_{k}_ns": "1" if ns.get(k) and ns.get(k) == host_ns.get(k) else "0"
+                     for k in ("pid", "net", "ipc")}
+            if c.privileged is not None:
+                facts["container.privileged"] = "1" if c.privileged else "0"
+            self._containers[c.id] = (c, paths, {**info, **{f"ns_{k}": v for k, v in ns.items()}, **facts})
+        if not self._containers and not containers:
+            raise Unavailable("no container found: no reachable CRI socket (" +
+                              ", ".join(notes or ["none present"]) + ") and no runc state")
+
+    def begin(self, t0: float) -> None:
+        self._prev = {cid: self._read(cid) for cid in self._containers}
+        self._prev_mono = time.monotonic()
+        self._prev_t = 0.0
+        self._gone: set[str] = set()
+
+    def _read(self, cid: str) -> CgroupSample | None:
+        _, paths, _ = self._containers[cid]
+        try:
+            return read_container(self.roots, self._mode, paths)
+        except (OSError, ValueError):
+            return None
+
+    def sample(self, t: float) -> None:
+        mono = time.monotonic()
+        wall = mono - self._prev_mono
+        span = t - self._prev_t
+        if wall <= 0:
+            return
+        want = self.request.metrics
+        cur = {}
+        for cid, (c, _, info) in self._containers.items():
+            if cid in self._gone:
+                continue
+            b = self._read(cid)
+            cur[cid] = b
+            if b is None:
+                self._gone.add(cid)
+                self.store.mark_gone(c.identity, t, f"container {c.id[:12]} ({c.name}) was deleted")
+                continue
+            a = self._prev.get(cid)
+            if a is None:
+                continue
+            periods = b.periods - a.periods
+            values: dict[str, float] = {
+                "container.cpu": 100.0 * max(b.cpu_ns - a.cpu_ns, 0) / (wall * 1e9),
+                "container.cpu.throttled": 100.0 * max(b.throttled_periods - a.throttled_periods, 0) / periods
+                if periods > 0 else 0.0,
+                "container.cpu.throttled_time": min(100.0, 100.0 * max(b.throttled_ns - a.throttled_ns, 0) / (wall * 1e9)),
+                "container.memory": float(b.memory_bytes),
+                "container.oom_kills": float(max(b.oom_kills - a.oom_kills, 0)),
+                "container.pids": float(b.pids),
+                "container.io.bytes": max(b.io_bytes - a.io_bytes, 0) / wall,
+                "container.io.ops": max(b.io_ops - a.io_ops, 0) / wall,
+            }
+            if b.memory_limit:
+                values["container.memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
+            if b.pids_limit:
+                values["container.pids.limit_pct"] = 100.0 * b.pids / b.pids_limit
+            for fact in ("container.host_pid_ns", "container.host_net_ns", "container.host_ipc_ns",
+                         "container.privileged"):
+                if fact in info:
+                    values[fact] = float(info[fact])
+            public = {k: v for k, v in info.items() if not k.startswith("container.")}
+            if b.cpu_limit is not None:
+                public["cpu_limit"] = f"{b.cpu_limit:g} CPU"
+            if b.memory_limit is not None:
+                public["memory_limit"] = str(b.memory_limit)
+            for m in want:
+                if m in values:
+                    self.store.add_sample(m, c.identity, t, values[m], span, public)
+        self._prev.update(cur)
+        self._prev_mono, self._prev_t = mono, t
