@@ -16,7 +16,7 @@ from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
 from .cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
-from .discovery import Container, discover_containers, namespace_ids, nspid
+from .discovery import Container, discover_containers, host_namespaces, namespace_ids, nspid
 
 LABELS = ("namespace", "pod", "container")
 
@@ -71,7 +71,7 @@ class ContainerCollector(Collector):
             self.store.note(self.name, n)
         self._mode = cgroup_mode(self.roots.cgroup)
         self._containers: dict[str, tuple[Container, dict[str, str], dict[str, str]]] = {}
-        host_ns = namespace_ids(self.roots, 1)
+        host_ns = host_namespaces(self.roots)
         for c in containers:
             try:
                 paths = proc_cgroups(self.roots, c.pid)

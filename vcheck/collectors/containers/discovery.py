@@ -139,3 +139,10 @@ def namespace_ids(roots: HostRoots, pid: int) -> dict[str, str]:
         except OSError:
             pass
     return out
+
+
+def host_namespaces(roots: HostRoots) -> dict[str, str]:
+    """The host's namespaces: PID 1's, or where PID 1 cannot be inspected (a sandbox that hides
+    its init) vcheck's own, which are the host's when vcheck runs on the host or with hostPID."""
+    ids = namespace_ids(roots, 1)
+    return ids if len(ids) >= 3 else namespace_ids(HostRoots(proc=roots.proc), os.getpid())

@@ -1,0 +1,65 @@
+"""cgroup v2 parsing on a file tree in the kernel's v2 format (this machine's cgroups are v1
+with an empty unified mount, so v2 cannot be read live here), v1 parsing of a container's
+scattered hierarchies, and /proc/PID/cgroup resolution."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vcheck.collectors.containers.cgroups import (cgroup_mode, proc_cgroups, read_container, read_v1,
+                                                  read_v2)
+from vcheck.procfs import HostRoots
+
+V2 = Path(__file__).resolve().parents[3] / "data" / "cgroup-v2"
+SCOPE = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abc.scope"
+
+
+def test_v2_tree():
+    assert cgroup_mode(V2) == "v2"
+    s = read_v2(V2 / SCOPE.lstrip("/"))
+    assert s.cpu_ns == 5_000_000_000 and s.periods == 100 and s.throttled_periods == 25
+    assert s.throttled_ns == 1_500_000_000 and s.cpu_limit == 0.2
+    assert s.memory_bytes == 104857600 - 20971520 and s.memory_limit == 134217728
+    assert s.oom_kills == 2 and s.pids == 7 and s.pids_limit is None
+    assert s.io_bytes == 4096 + 8192 + 100 and s.io_ops == 4
+
+
+def test_v2_through_proc_cgroup(tmp_path):
+    (tmp_path / "proc" / "42").mkdir(parents=True)
+    (tmp_path / "proc" / "42" / "cgroup").write_text(f"0::{SCOPE}\n")
+    roots = HostRoots(proc=tmp_path / "proc", cgroup=V2)
+    paths = proc_cgroups(roots, 42)
+    assert paths == {"": SCOPE}
+    assert read_container(roots, "v2", paths).pids == 7
+
+
+def test_v1_hierarchies(tmp_path):
+    cg = tmp_path / "cgroup"
+    path = "/kubepods/burstable/pod1234/abc"
+    files = {
+        "cpu": {"cpu.stat": "nr_periods 50\nnr_throttled 10\nthrottled_time 2000000000\n",
+                "cpu.cfs_quota_us": "50000\n", "cpu.cfs_period_us": "100000\n"},
+        "cpuacct": {"cpuacct.usage": "7000000000\n"},
+        "memory": {"memory.usage_in_bytes": "50000000\n", "memory.limit_in_bytes": "9223372036854771712\n",
+                   "memory.stat": "cache 100\ntotal_inactive_file 10000000\n",
+                   "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"},
+        "pids": {"pids.current": "4\n", "pids.max": "100\n"},
+        "blkio": {"blkio.throttle.io_service_bytes": "254:0 Read 4096\n254:0 Write 8192\n254:0 Total 12288\nTotal 12288\n",
+                  "blkio.throttle.io_serviced": "254:0 Read 1\n254:0 Write 2\n254:0 Total 3\nTotal 3\n"},
+    }
+    for controller, entries in files.items():
+        d = cg / controller / path.lstrip("/")
+        d.mkdir(parents=True)
+        for name, text in entries.items():
+            (d / name).write_text(text)
+    (cg / "unified").mkdir()
+    assert cgroup_mode(cg) == "v1"      # a hybrid node's empty unified mount is not v2
+    proc = tmp_path / "proc" / "42"
+    proc.mkdir(parents=True)
+    proc.joinpath("cgroup").write_text(
+        f"9:name=systemd:{path}\n8:pids:{path}\n7:blkio:{path}\n4:cpu,cpuacct:{path}\n3:memory:{path}\n0::/\n")
+    paths = proc_cgroups(HostRoots(proc=tmp_path / "proc"), 42)
+    s = read_v1(cg, paths)
+    assert s.cpu_ns == 7_000_000_000 and s.throttled_periods == 10 and s.throttled_ns == 2_000_000_000
+    assert s.cpu_limit == 0.5 and s.memory_limit is None and s.memory_bytes == 40_000_000
+    assert s.oom_kills == 3 and s.pids == 4 and s.pids_limit == 100
+    assert s.io_bytes == 12288 and s.io_ops == 3
