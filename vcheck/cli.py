@@ -1,19 +1,23 @@
 """``vcheck`` command line. ``run`` hands over to pytest.main with the plugin's options, so
 ``vcheck run x.yaml`` and ``pytest x.yaml`` collect the same items.
 
-Exit codes are pytest's: 0 passed, 1 a check failed or was inconclusive, 2 interrupted,
-3 internal error, 4 usage error (bad policy or option), 5 nothing collected.
+Exit codes are pytest's: 0 passed, 1 a check failed or was inconclusive (or a fleet gate
+failed), 2 interrupted (SIGTERM, --timeout), 3 internal error, 4 usage error (bad policy,
+option, waiver file or report file), 5 nothing collected; and 6: another run holds --lock.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 from .catalog import Catalog
-from .errors import EXIT_USAGE, PolicyError
+from .errors import EXIT_FAILED, EXIT_USAGE, PolicyError
+
+EXIT_LOCKED = 6
 from .policy import load_policy
 from .units import UNIT_LABEL
 
@@ -50,12 +54,19 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
 def _pytest_args(args: argparse.Namespace) -> list[str]:
     # xunit1 keeps file/line on <testcase> so CI can point at the policy line; system-out
     # carries the evidence of passing checks (failures carry it in <failure>)
-    out = list(_policies(args)) + ["-p", "no:cacheprovider", "-rfEs", "-o", "junit_family=xunit1",
-                                   "-o", "junit_logging=system-out"]
-    if getattr(args, "junitxml", None):
-        out.append(f"--junitxml={args.junitxml}")
+    import socket
+
+    host = os.environ.get("VCHECK_NODE_NAME") or socket.gethostname()
+    out = list(_policies(args)) + ["-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
+                                   "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
+    if getattr(args, "junit_tmp", None):
+        out.append(f"--junitxml={args.junit_tmp}")
     if getattr(args, "json", None):
         out.append(f"--json={args.json}")
+    for opt, flag in (("replay", "--replay"), ("baseline", "--baseline"), ("waivers", "--waivers"),
+                      ("prom_textfile", "--prom-textfile"), ("timeout", "--vcheck-timeout")):
+        if getattr(args, opt, None):
+            out.append(f"{flag}={getattr(args, opt)}")
     if getattr(args, "k", None):
         out += ["-k", args.k]
     if getattr(args, "m", None):
@@ -67,13 +78,98 @@ def _pytest_args(args: argparse.Namespace) -> list[str]:
     return out + list(getattr(args, "pytest_args", []) or [])
 
 
+def _take_lock(path: str) -> int | None:
+    """An exclusive flock on PATH, held until the process ends; None if another run holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
+    if args.lock:
+        try:
+            lock_fd = _take_lock(args.lock)
+        except OSError as exc:
+            print(f"vcheck: cannot open lock file {args.lock}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        if lock_fd is None:
+            holder = Path(args.lock).read_text().strip() or "?"
+            print(f"vcheck: another run holds the lock {args.lock} (pid {holder}); not starting", file=sys.stderr)
+            return EXIT_LOCKED
     status = _validate_all(_policies(args), Catalog())
     if status:
         return status
+    if args.junitxml:
+        # pytest writes JUnit in place; write beside it and rename, so a reader (or a killed run)
+        # never leaves a half-written file where the last good report was
+        final = Path(args.junitxml)
+        args.junit_tmp = str(final.parent / f".{final.name}.{os.getpid()}.tmp")
+    rc = int(pytest.main(_pytest_args(args)))
+    if args.junitxml and Path(args.junit_tmp).exists():
+        os.chmod(args.junit_tmp, 0o644)
+        os.replace(args.junit_tmp, args.junitxml)
+    return rc
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Judge AFTER (its thresholds, and regress: against BEFORE) without sampling anything."""
+    import pytest
+
+    from .report.json_report import ReportFormatError, read_report
+
+    for path in (args.before, args.after):
+        try:
+            read_report(path)
+        except ReportFormatError as exc:
+            print(f"vcheck: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    status = _validate_all(_policies(args), Catalog())
+    if status:
+        return status
+    args.replay, args.baseline = args.after, args.before
+    args.junit_tmp = args.junitxml
     return int(pytest.main(_pytest_args(args)))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .report.atomic import write_atomic
+    from .report.json_report import ReportFormatError
+    from .report.merge import fleet_json, fleet_junit, gate, load_node_reports
+
+    try:
+        nodes = load_node_reports(args.reports)
+    except ReportFormatError as exc:
+        print(f"vcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_failing_nodes is not None:
+        spec = args.max_failing_nodes.strip()
+        try:
+            float(spec[:-1]) if spec.endswith("%") else int(spec)
+        except ValueError:
+            print(f"vcheck: --max-failing-nodes {spec!r}: expected a count like 3 or a share like 2%",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    g = gate(nodes, args.max_failing_nodes, args.domain_label)
+    for line in g.lines:
+        print(line)
+    if args.json:
+        import json
+
+        write_atomic(args.json, (json.dumps(fleet_json(nodes, g, args.max_failing_nodes, args.domain_label),
+                                            indent=1) + "\n").encode())
+    if args.junitxml:
+        write_atomic(args.junitxml, fleet_junit(nodes))
+    return 0 if g.passed else EXIT_FAILED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -128,8 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-k", metavar="EXPR", help="only checks whose id matches (pytest -k)")
     run.add_argument("-m", metavar="LAYER", help="only checks of this layer: guest, hypervisor, container")
     run.add_argument("--window", metavar="DURATION", help="observe for this long instead of each policy's window")
+    run.add_argument("--baseline", metavar="REPORT", help="judge regress: checks against this earlier JSON report")
+    run.add_argument("--replay", metavar="REPORT", help="judge on a saved run's observations instead of sampling")
+    run.add_argument("--waivers", metavar="FILE", help="waiver file: known failures reported as waived until they expire")
+    run.add_argument("--prom-textfile", metavar="PATH", help="write Prometheus text format (node_exporter textfile collector)")
+    run.add_argument("--lock", metavar="PATH", help="exit at once (code 6) if another run holds this lock")
+    run.add_argument("--timeout", metavar="DURATION", help="bound the whole run; past it: detach, report as interrupted, exit 2")
     run.add_argument("-v", "--verbose", action="count", default=0)
-    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="load and compile policies only")
@@ -143,6 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     met = sub.add_parser("metrics", help="the metric catalogue")
     met.set_defaults(func=cmd_metrics)
 
+    cmp_ = sub.add_parser("compare", help="judge a saved run against an earlier one (regress: checks)")
+    cmp_.add_argument("before", help="baseline JSON report")
+    cmp_.add_argument("after", help="JSON report to judge")
+    cmp_.add_argument("policies", nargs="*", help="policies whose checks to judge (default: the bundled pack)")
+    cmp_.add_argument("--json", metavar="FILE")
+    cmp_.add_argument("--junitxml", metavar="FILE")
+    cmp_.set_defaults(func=cmd_compare, junitxml=None)
+
+    mrg = sub.add_parser("merge", help="combine per-node reports (JSON or JUnit) into a fleet report and gate")
+    mrg.add_argument("reports", nargs="+")
+    mrg.add_argument("--json", metavar="FILE", help="write the fleet JSON report here")
+    mrg.add_argument("--junitxml", metavar="FILE", help="write one JUnit file with a suite per node")
+    mrg.add_argument("--max-failing-nodes", metavar="N|P%", help="fail when more nodes than this fail (e.g. 2%%)")
+    mrg.add_argument("--domain-label", metavar="KEY", help="apply the gate within each value of this node label")
+    mrg.set_defaults(func=cmd_merge)
+
     doc = sub.add_parser("doctor", help="what this node can observe, and why not where it cannot")
     doc.add_argument("--json", action="store_true", help="machine-readable rows")
     doc.set_defaults(func=cmd_doctor)
@@ -151,7 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `vcheck run` passes options it does not know on to pytest (-x, --lf, -p ...)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) != "run":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pytest_args = extra
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -43,6 +43,7 @@ class Measurement:
     threshold_text: str
     passed: bool | None
     note: str = ""
+    threshold: float | None = None   # base unit, for machine readers (Prometheus, baselines)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Verdict:
     expect: str
     metric: str
     for_: float | None = None
+    notes: list[str] = field(default_factory=list)
 
     def properties(self) -> list[tuple[str, str]]:
         """Flat key/value pairs for JUnit <properties>."""
@@ -100,6 +102,8 @@ def render(v: Verdict, description: str = "", remediation: str = "", max_entitie
         lines.extend(_render_entity(e, v))
     if len(shown) > max_entities:
         lines.append(f"  ... {len(shown) - max_entities} more entities in the JSON report")
+    for n in v.notes:
+        lines.append(f"  note: {n}")
     if remediation and v.outcome == "fail":
         lines.append(f"  remediation: {remediation}")
     return "\n".join(lines)

@@ -257,3 +257,47 @@ def check_units(e: Expr, dimension: str) -> None:
         elif dim not in BARE_NUMBER_OK and dim != COUNT:
             raise ExprError(f"{q} needs a unit: this metric is measured in {UNIT_LABEL.get(dim, dim)}",
                             leaf.value_col)
+
+
+# --- regress: how much worse than a baseline is allowed ------------------------------------
+#
+#     regress  := STAT "+" NUMBER ( "%" | UNIT )?
+#
+# "p99 +20%" allows the statistic to grow by 20 % of the baseline's value; "mean +2" or
+# "p99 +50us" allow an absolute increase in the metric's unit (for percent metrics a bare number
+# is percentage points). A trailing "%" always means relative.
+
+_REGRESS_RE = re.compile(r"\s*(?P<stat>[a-z0-9]+)\s*\+\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>\S*)\s*$")
+
+
+@dataclass(frozen=True)
+class Regress:
+    stat: str
+    allowance: float        # relative fraction (0.2) or absolute base-unit value
+    relative: bool
+    text: str
+
+    def limit(self, baseline: float) -> float:
+        return baseline * (1 + self.allowance) if self.relative else baseline + self.allowance
+
+
+def parse_regress(text: str, dimension: str) -> Regress:
+    m = _REGRESS_RE.match(text)
+    if not m:
+        raise ExprError("regress: expected '<stat> +<amount>', e.g. 'p99 +20%' or 'mean +2'", 0)
+    stat, num, unit = m.group("stat"), float(m.group("num")), m.group("unit")
+    if stat not in STATS or stat in ("count", "rate", "sum"):
+        raise ExprError(f"regress: {stat!r} is not a statistic a baseline can be compared on "
+                        "(min max mean last p50 p90 p95 p99 p999)", m.start("stat"))
+    if unit == "%":
+        return Regress(stat, num / 100.0, True, text.strip())
+    if unit:
+        try:
+            q = Quantity(num, unit)
+            q.base_value
+        except UnitError as exc:
+            raise ExprError(f"regress: {exc}", m.start("unit")) from None
+        if q.dimension != dimension and not (dimension == COUNT and q.dimension is None):
+            raise ExprError(f"regress: unit {unit!r} does not fit a {dimension} metric", m.start("unit"))
+        return Regress(stat, q.base_value, False, text.strip())
+    return Regress(stat, num, False, text.strip())

@@ -6,13 +6,14 @@ verdict, so an inconclusive window is reported as a pytest *error*, a violated c
 """
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pytest
 
 from .errors import PolicyError
 from .evidence import Verdict, render
-from .judge import entity_name, judge
+from .judge import entity_name, judge, judge_regression
 from .policy import Check, Policy
 
 if TYPE_CHECKING:
@@ -54,11 +55,31 @@ class CheckItem(pytest.Item):
         if state.store is None:
             pytest.fail("vcheck: no sampling session ran for this item", pytrace=False)
         self.verdict = v = judge(self.check, state.store, self.labels, state.store.window.duration)
+        if state.baseline is not None and self.check.regress is not None:
+            judge_regression(self.check, v, state.store, state.baseline, self.labels)
+        self._apply_waivers(state.waivers, v)
         self.user_properties.extend(v.properties())
+        if v.outcome == "waived":
+            pytest.xfail(f"{self.check.id}: {v.reason}")
         if v.outcome == "error":
             pytest.fail(self._text(), pytrace=False)
         if v.outcome == "skip":
             pytest.skip(f"{self.check.id}: {v.reason}")
+
+    def _apply_waivers(self, waivers: list, v: Verdict) -> None:
+        """A failure covered by an unexpired waiver is reported as waived, with why and until when."""
+        if v.outcome != "fail" or not waivers:
+            return
+        entity = self.name[len(self.check.id):].strip("[]") or "node"
+        today = datetime.date.today()
+        for w in waivers:
+            if not w.matches(self.policy.name, self.check.id, entity):
+                continue
+            if w.expired(today):
+                v.notes.append(f"a waiver (line {w.line}) expired on {w.expires}; the check counts again")
+                continue
+            v.outcome, v.reason = "waived", f"waived until {w.expires}: {w.justification} (failed: {v.reason})"
+            return
 
     def runtest(self) -> None:
         assert self.verdict is not None

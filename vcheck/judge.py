@@ -136,7 +136,8 @@ def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimen
         got = view.count(e.inner_op, threshold)
         ok = E.OPS[e.op](got.value, e.limit) if got.value is not None else None
         out.append(Measurement(str(e), f"count({e.inner_op} {e.threshold})", got.value,
-                               format_value(got.value, COUNT), f"{e.op} {e.limit:g}", ok, got.note))
+                               format_value(got.value, COUNT), f"{e.op} {e.limit:g}", ok, got.note,
+                               float(e.limit)))
         return ok
     stat = e.stat or natural
     threshold = e.value.base_value
@@ -150,7 +151,7 @@ def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimen
             note = (f"the threshold lies inside the bucket [{format_value(s[0], dim)}, {format_value(s[1], dim)}) "
                     f"that holds {stat}: the verdict is within the histogram's {RELATIVE_ERROR:.2%} error")
     out.append(Measurement(str(e), stat, got.value, format_value(got.value, dim),
-                           f"{e.op} {format_value(threshold, dim)}", ok, note))
+                           f"{e.op} {format_value(threshold, dim)}", ok, note, threshold))
     return ok
 
 
@@ -336,3 +337,64 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
         ev.outcome = "missing"
         ev.reason = next((n for n in notes), "no events observed in the window")
     return ev
+
+
+# --- against a baseline run ---------------------------------------------------------------
+
+def _stat_of(spec, members: list[Observation], stat: str, window: float) -> float | None:
+    if spec.kind == "distribution":
+        hist = None
+        for o in members:
+            if o.histogram is not None:
+                hist = o.histogram if hist is None else hist.merge(o.histogram)
+        return DistributionView(hist).stat(stat, window).value if hist is not None else None
+    values = [SeriesView(o, window, slack=1.0).stat(stat, window).value for o in members]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def judge_regression(check: Check, verdict: Verdict, store: ObservationStore, baseline: ObservationStore,
+                     item_labels: Mapping[str, str] | None) -> None:
+    """Each entity's `regress:` statistic now against the same entity in the baseline run; a
+    regression fails with both figures. Entities only in one of the runs are listed."""
+    r = check.regress
+    if r is None:
+        return
+    spec = check.metric
+    now_obs = observations_for(check, store, item_labels)
+    base_obs = observations_for(check, baseline, item_labels)
+    window = store.window.duration or check.window
+    base_window = baseline.window.duration or check.window
+    regressed = []
+    for e in verdict.entities:
+        def mine(o: Observation) -> bool:
+            return all(o.label_dict.get(k) == v for k, v in e.labels.items())
+        now_val = _stat_of(spec, [o for o in now_obs if mine(o)], r.stat, window)
+        base_members = [o for o in base_obs if mine(o)]
+        if not base_members:
+            e.notes.append("not in the baseline run: nothing to compare")
+            continue
+        base_val = _stat_of(spec, base_members, r.stat, base_window)
+        if now_val is None or base_val is None:
+            e.notes.append(f"regress: no {r.stat} in {'this run' if now_val is None else 'the baseline'}")
+            continue
+        limit = r.limit(base_val)
+        ok = now_val <= limit
+        e.measurements.append(Measurement(
+            f"regress {r.text}", f"{r.stat} vs baseline", now_val, format_value(now_val, spec.dimension),
+            f"<= {format_value(limit, spec.dimension)} (baseline {format_value(base_val, spec.dimension)})",
+            ok, f"baseline {format_value(base_val, spec.dimension)}, now {format_value(now_val, spec.dimension)}",
+            limit))
+        if not ok:
+            e.outcome = "fail"
+            regressed.append(e.entity)
+    seen = {tuple(sorted(e.labels.items())) for e in verdict.entities}
+    vanished = sorted({entity_name(o.label_dict) for o in base_obs
+                       if not any(all(o.label_dict.get(k) == v for k, v in dict(s).items()) for s in seen)})
+    if vanished:
+        verdict.notes.append(f"in the baseline but not in this run: {', '.join(vanished[:10])}")
+    if regressed:
+        prior = verdict.reason if verdict.outcome == "fail" else ""
+        verdict.outcome = "fail"
+        verdict.reason = (prior + "; " if prior else "") + \
+            f"regressed against the baseline: {', '.join(regressed[:5])}"

@@ -92,6 +92,11 @@ class ObservationStore:
             o.histogram = hist
         return o
 
+    def put(self, o: Observation) -> None:
+        """File a whole observation (a replay loading a saved run)."""
+        with self._lock:
+            self._obs[(o.metric, o.labels)] = o
+
     def mark_gone(self, labels_match: Mapping[str, str], t: float, reason: str) -> None:
         """Every observation whose labels include labels_match: the entity vanished at t."""
         want = set(labels_of(labels_match))

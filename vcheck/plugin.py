@@ -44,6 +44,10 @@ class RunState:
     store: ObservationStore | None = None
     session: SamplingSession | None = None
     started: float = field(default_factory=time.time)
+    replay: ObservationStore | None = None      # --replay: judge a saved run instead of sampling
+    baseline: ObservationStore | None = None    # --baseline: regress: checks compare against it
+    waivers: list = field(default_factory=list)
+    timed_out: bool = False
 
     def load_policy(self, path: Path) -> Policy:
         path = Path(path)
@@ -64,6 +68,9 @@ class RunState:
             return [None]
         keys = list(spec.item_labels[: max(depth) + 1])
         cache_key = (spec.collector, spec.name)
+        if cache_key not in self.discovered and self.replay is not None:
+            # a replay judges the entities the saved run observed, not today's
+            self.discovered[cache_key] = [{**o.info, **o.label_dict} for o in self.replay.for_metric(spec.name)]
         if cache_key not in self.discovered:
             try:
                 self.discovered[cache_key] = list(self.catalog.collectors[spec.collector].discover(self.roots, spec.name))
@@ -98,6 +105,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="observe every check for this long instead of its policy window (e.g. 5s)")
     g.addoption("--vcheck-progress", dest="vcheck_progress", choices=("auto", "on", "off"), default="auto",
                 help="show sampling progress (auto: only on a terminal outside CI)")
+    g.addoption("--replay", dest="vcheck_replay", metavar="REPORT",
+                help="judge the policies on the observations saved in a JSON report instead of sampling")
+    g.addoption("--baseline", dest="vcheck_baseline", metavar="REPORT",
+                help="judge regress: checks against the observations of this earlier JSON report")
+    g.addoption("--waivers", dest="vcheck_waivers", metavar="FILE", help="waiver file (known failures)")
+    g.addoption("--prom-textfile", dest="vcheck_prom", metavar="PATH",
+                help="write Prometheus text format here (node_exporter textfile collector)")
+    g.addoption("--vcheck-timeout", dest="vcheck_timeout", metavar="DURATION",
+                help="bound the whole run; past it, stop, detach, report as interrupted, exit 2")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -109,7 +125,25 @@ def pytest_configure(config: pytest.Config) -> None:
             window = parse_duration(config.option.vcheck_window)
         except UnitError as exc:
             raise pytest.UsageError(f"--window: {exc}") from None
-    config.stash[STATE_KEY] = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
+    state = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
+    from .report.json_report import ReportFormatError, read_report, store_from_report
+
+    try:
+        if config.option.vcheck_replay:
+            state.replay = store_from_report(read_report(config.option.vcheck_replay))
+        if config.option.vcheck_baseline:
+            state.baseline = store_from_report(read_report(config.option.vcheck_baseline))
+    except ReportFormatError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if config.option.vcheck_waivers:
+        from .errors import UsageError as VUsageError
+        from .waivers import load_waivers
+
+        try:
+            state.waivers = load_waivers(config.option.vcheck_waivers)
+        except VUsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.stash[STATE_KEY] = state
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -135,6 +169,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if not items:
         return
     state = config.stash[STATE_KEY]
+    if state.replay is not None:
+        state.store = state.replay
+        return
     the_plan = plan([i.check for i in items], state.catalog)
     show = _progress_printer(config, the_plan.window)
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
@@ -145,7 +182,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         if show:
             show.finish()
     if state.store.window.interrupted:
-        pytest.exit(f"vcheck: sampling interrupted after {state.store.window.duration:.1f}s; "
+        why = "--timeout reached" if state.timed_out else "sampling interrupted"
+        pytest.exit(f"vcheck: {why} after {state.store.window.duration:.1f}s of sampling; "
                     "every collector was stopped and detached", returncode=2)
 
 
@@ -167,15 +205,35 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     if threading.current_thread() is threading.main_thread():
         session.config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm(session.config))
+    timeout = session.config.option.vcheck_timeout
+    if timeout:
+        try:
+            seconds = parse_duration(timeout)
+        except UnitError as exc:
+            raise pytest.UsageError(f"--timeout: {exc}") from None
+        state = session.config.stash[STATE_KEY]
+
+        def expire() -> None:
+            state.timed_out = True
+            os.kill(os.getpid(), signal.SIGTERM)   # the same path as an operator's SIGTERM
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        session.config.stash[_TIMER] = timer
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    timer = config.stash.get(_TIMER, None)
+    if timer is not None:
+        timer.cancel()
     previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
 
 _PREVIOUS_SIGTERM: pytest.StashKey = pytest.StashKey()
+_TIMER: pytest.StashKey = pytest.StashKey()
 
 
 class _Progress:
@@ -214,10 +272,24 @@ def _progress_printer(config: pytest.Config, window: float) -> _Progress | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    path = config.option.vcheck_json
     state = config.stash.get(STATE_KEY, None)
-    if not path or state is None or state.policy_errors:
+    json_path, prom_path = config.option.vcheck_json, config.option.vcheck_prom
+    if state is None or state.policy_errors or not (json_path or prom_path):
         return
     from .report.json_report import build_report, write_report
 
-    write_report(path, build_report(session, state, int(exitstatus)))
+    report = build_report(session, state, int(exitstatus))
+    if state.timed_out and report.get("window"):
+        report["window"]["interrupted"] = True
+        report["interrupted_by"] = "--timeout"
+    if json_path:
+        write_report(json_path, report)
+    if prom_path:
+        from .report.atomic import write_atomic
+        from .report.prometheus import render
+
+        try:
+            previous = Path(prom_path).read_text()
+        except OSError:
+            previous = None
+        write_atomic(prom_path, render(report, time.time() - state.started, previous).encode())

@@ -32,7 +32,7 @@ _STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "
 TOP_KEYS = ("policy", "description", "defaults", "checks")
 DEFAULT_KEYS = ("window", "interval", "on_missing")
 CHECK_KEYS = ("id", "metric", "expect", "layer", "per", "select", "for", "window", "interval",
-              "on_missing", "description", "remediation")
+              "on_missing", "description", "remediation", "regress")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Check:
     remediation: str
     line: int      # 1-based line of the check's mapping
     col: int
+    regress: expr_mod.Regress | None = None   # how much worse than a baseline run is allowed
 
     def selects(self, labels: dict[str, str]) -> bool:
         return all(s.matches(labels.get(s.label)) for s in self.select)
@@ -355,9 +356,17 @@ def _build_check(node: yaml.Node, ctx: _Ctx, defaults: dict[str, Any]) -> Check:
                   else defaults.get("on_missing", DEFAULT_ON_MISSING[spec.layer]))
     description = _string(m["description"][1], ctx, "description") if "description" in m else ""
     remediation = _string(m["remediation"][1], ctx, "remediation") if "remediation" in m else ""
+    regress = None
+    if "regress" in m:
+        rn = m["regress"][1]
+        rquoted = 1 if getattr(rn, "style", None) in ("'", '"') else 0
+        try:
+            regress = expr_mod.parse_regress(_string(rn, ctx, "regress"), spec.dimension)
+        except expr_mod.ExprError as exc:
+            raise ctx.err(rn, str(exc), col_offset=exc.col + rquoted) from None
     return Check(cid, spec, expect, expect_text, layer, per, tuple(select), for_, window, interval,
                  on_missing, description, remediation, node.start_mark.line + 1,
-                 node.start_mark.column + 1)
+                 node.start_mark.column + 1, regress)
 
 
 def _scalar_text(node: yaml.Node, ctx: _Ctx, what: str) -> str:

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..evidence import EntityEvidence, redact
-from ..observations import Observation
+from ..histogram import Histogram
+from ..observations import Observation, ObservationStore, labels_of
 from .atomic import write_atomic
+from .node import node_facts
 
 if TYPE_CHECKING:
     import pytest
@@ -44,17 +44,6 @@ if TYPE_CHECKING:
 
 FORMAT = "vcheck.report"
 VERSION = 1
-
-
-def node_facts() -> dict[str, str]:
-    def read(path: str) -> str:
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            return ""
-    return {"hostname": socket.gethostname(), "kernel": platform.release(),
-            "boot_id": read("/proc/sys/kernel/random/boot_id")}
 
 
 def _entity_json(e: EntityEvidence) -> dict[str, Any]:
@@ -96,7 +85,7 @@ def build_report(session: "pytest.Session", state: "RunState", exit_status: int)
         "format": FORMAT, "version": VERSION, "vcheck": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_status": exit_status,
-        "node": node_facts(),
+        "node": {**node_facts(), "layers": layers_observed(state)},
         "policies": [{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()],
         "window": {"start": w.start_wall, "planned": w.planned, "observed": w.duration,
                    "interrupted": w.interrupted} if w else None,
@@ -105,6 +94,50 @@ def build_report(session: "pytest.Session", state: "RunState", exit_status: int)
         "observations": [observation_json(o) for o in store.all()] if store else [],
         "collector_notes": dict(store.collector_notes) if store else {},
     }
+
+
+def layers_observed(state: "RunState") -> dict[str, str]:
+    """Per layer: 'observed', 'unavailable: why', or 'not checked' in this run."""
+    out = {}
+    store = state.store
+    for layer in ("guest", "hypervisor", "container"):
+        metrics = [m for m in state.catalog.metrics.values() if m.layer == layer]
+        names = {m.name for m in metrics}
+        if store is None:
+            out[layer] = "not checked"
+            continue
+        seen = any(o.metric in names and (o.values or (o.histogram is not None and o.histogram.count))
+                   for o in store.all())
+        why = next((r for m, r in store.unavailable.items() if m in names), "")
+        asked = any(m in names for m in store.unavailable) or any(o.metric in names for o in store.all())
+        out[layer] = "observed" if seen else f"unavailable: {why}" if why else \
+            "no data" if asked else "not checked"
+    return out
+
+
+def observation_from_json(d: dict[str, Any]) -> Observation:
+    return Observation(metric=d["metric"], labels=labels_of(d.get("labels") or {}), info=dict(d.get("info") or {}),
+                       times=list(d.get("times") or []), values=list(d.get("values") or []),
+                       spans=list(d.get("spans") or []),
+                       histogram=Histogram.from_json(d["histogram"]) if d.get("histogram") else None,
+                       events=list(d.get("events") or []), notes=list(d.get("notes") or []),
+                       gone_at=d.get("gone_at"), gone_reason=d.get("gone_reason") or "",
+                       blind=d.get("blind") or "")
+
+
+def store_from_report(report: dict[str, Any]) -> ObservationStore:
+    """The observations of a saved run, as a store items can judge (replays, baselines)."""
+    store = ObservationStore()
+    for d in report.get("observations") or []:
+        o = observation_from_json(d)
+        store.put(o)
+    store.unavailable.update(report.get("unavailable") or {})
+    w = report.get("window") or {}
+    store.window.start_wall = w.get("start") or 0.0
+    store.window.planned = w.get("planned") or 0.0
+    store.window.duration = w.get("observed") or 0.0
+    store.window.interrupted = bool(w.get("interrupted"))
+    return store
 
 
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:

@@ -1,0 +1,81 @@
+"""Prometheus text format for node_exporter's textfile collector, from a run's JSON report.
+
+Per check and entity: outcome, measured value and threshold (base units: seconds, bytes,
+percent, counts). Per run: timestamp, duration, exit status, counts by outcome, and the time
+of the last successful run, carried over from the previous file when this run did not pass,
+so an alert can say "no successful conformance run for 2 h".
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Iterable
+
+OUTCOMES = ("pass", "fail", "skip", "error", "waived", "not-run")
+_LAST_SUCCESS = re.compile(r"^vcheck_last_success_timestamp_seconds(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
+
+
+def _label(v: object) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**kw: object) -> str:
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in kw.items()) + "}"
+
+
+def previous_last_success(text: str | None) -> float | None:
+    m = _LAST_SUCCESS.search(text or "")
+    return float(m.group(1)) if m else None
+
+
+def render(report: dict[str, Any], duration: float, previous_text: str | None = None,
+           now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    host = (report.get("node") or {}).get("hostname", "")
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        rows = list(samples)
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:.17g}" for labels, value in rows)
+
+    status, values, thresholds = [], [], []
+    for r in report.get("results", []):
+        base = {"policy": r["policy"], "check": r["check"]}
+        entities = r.get("entities") or [{"entity": r.get("entity") or "node", "outcome": r["outcome"],
+                                          "measurements": []}]
+        for e in entities:
+            ent = e["entity"]
+            outcome = r["outcome"] if r["outcome"] in ("skip", "waived", "error", "not-run") else \
+                {"missing": "skip", "inconclusive": "error"}.get(e["outcome"], e["outcome"])
+            status.append((_labels(**base, entity=ent, node=host, outcome=outcome), 1.0 if outcome == "pass" else 0.0))
+            for m in e.get("measurements") or []:
+                lab = _labels(**base, entity=ent, node=host, metric=r["metric"], statistic=m["statistic"])
+                if m.get("measured") is not None:
+                    values.append((lab, float(m["measured"])))
+                if m.get("threshold") is not None:
+                    thresholds.append((lab, float(m["threshold"])))
+    family("vcheck_check_status", "gauge",
+           "1 if the check passed for this entity, else 0; the outcome label says what happened", status)
+    family("vcheck_check_value", "gauge", "the measured statistic, in the metric's base unit", values)
+    family("vcheck_check_threshold", "gauge", "the threshold the statistic was compared with", thresholds)
+
+    counts = {o: 0 for o in OUTCOMES}
+    for r in report.get("results", []):
+        counts[r["outcome"] if r["outcome"] in counts else "error"] += 1
+    node = _labels(node=host)
+    passed = report.get("exit_status") == 0
+    last_success = now if passed else previous_last_success(previous_text)
+    family("vcheck_run_timestamp_seconds", "gauge", "when this run ended (unix time)", [(node, now)])
+    family("vcheck_run_duration_seconds", "gauge", "how long the run took", [(node, duration)])
+    family("vcheck_run_exit_status", "gauge", "the run's exit code (0 all passed)",
+           [(node, float(report.get("exit_status", 3)))])
+    family("vcheck_run_checks", "gauge", "checks by outcome in this run",
+           [(_labels(node=host, outcome=o), float(n)) for o, n in counts.items()])
+    family("vcheck_run_interrupted", "gauge", "1 if the window was cut short (SIGTERM, --timeout)",
+           [(node, 1.0 if (report.get("window") or {}).get("interrupted") else 0.0)])
+    if last_success is not None:
+        family("vcheck_last_success_timestamp_seconds", "gauge", "when the last run that passed ended",
+               [(node, last_success)])
+    return "\n".join(lines) + "\n"
