@@ -309,7 +309,7 @@ def _build_check(node: yaml.Node, ctx: _Ctx, defaults: dict[str, Any]) -> Check:
         allowed = spec.labels + spec.attributes
         for k, v in sn.value:
             label = _string(k, ctx, "select key")
-            if label not in allowed:
+            if label not in allowed and not (label.startswith("label.") and "label.*" in allowed):
                 raise ctx.err(k, f"metric {spec.name} has no label {label!r} to select on "
                                  f"(it has: {', '.join(allowed) or 'none'})")
             vals = v.value if isinstance(v, yaml.SequenceNode) else [v]

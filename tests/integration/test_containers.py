@@ -94,12 +94,15 @@ def test_isolation_facts(containerd, env, policy_file, tmp_path):
     policy = policy_file("policy: iso\ndefaults: {window: 1s, interval: 1s}\nchecks:\n"
                          "  - {id: hostpid, metric: container.host_pid_ns, per: container,\n"
                          "     select: {namespace: '!kube-system'}, expect: '== 0'}\n"
-                         "  - {id: privileged, metric: container.privileged, per: container, expect: '== 0'}\n")
+                         "  - {id: privileged, metric: container.privileged, per: container, expect: '== 0'}\n"
+                         "  - {id: bylabel, metric: container.pids, per: container, select: {label.app: plain},\n"
+                         "     expect: '>= 1'}\n")
     proc, report = run(policy, tmp_path / "r.json", env)
     r = results(report)
     assert r["hostpid[shop-hostpid-peek]"]["outcome"] == "fail", r["hostpid[shop-hostpid-peek]"]["entities"]
     assert r["hostpid[shop-normal-plain]"]["outcome"] == "pass"
     assert r["privileged[shop-normal-plain]"]["outcome"] == "pass"
+    assert [k for k in r if k.startswith("bylabel")] == ["bylabel[shop-normal-plain]"]   # select by label
     # the mapping as evidence: a host-PID container's init has the same PID in both views
     info = r["hostpid[shop-hostpid-peek]"]["entities"][0]["info"]
     host_pid = info["pid"]
@@ -168,3 +171,23 @@ def test_plain_runc_container_from_its_state(policy_file, tmp_path):
                 except OSError:
                     pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_without_a_runtime_api_the_cgroup_tree_still_finds_containers(containerd, policy_file, tmp_path):
+    """No CRI socket, no runc state: containers are recognised by their cgroup leaf (a 64-hex id
+    under pod<uid>, the cgroupfs driver's layout) and named from containerd's bundle on disk."""
+    containerd.run_pod("fallback", "shop", [container_spec("worker", BURN, cpu_quota=20000)])
+    try:
+        policy = policy_file("policy: fb\ndefaults: {window: 2s, interval: 1s}\nchecks:\n"
+                             "  - {id: thr, metric: container.cpu.throttled, per: container, expect: '< 5%'}\n")
+        env = {"VCHECK_CRI_SOCKETS": "", "VCHECK_ENGINE_SOCKETS": "", "VCHECK_RUNC_ROOT": "/nonexistent",
+               "VCHECK_CONTAINERD_STATE": str(containerd.prefix / "state")}
+        proc, report = run(policy, tmp_path / "r.json", env)
+        r = results(report)
+        assert "thr[shop-fallback-worker]" in r, sorted(r)
+        assert r["thr[shop-fallback-worker]"]["outcome"] == "fail"
+        assert r["thr[shop-fallback-worker]"]["entities"][0]["info"]["source"].startswith("cgroup path ")
+        assert not any("pause" in k or "sandbox" in k for k in r)
+    finally:
+        for pod in list(containerd.pods):
+            containerd.remove_pod(pod)

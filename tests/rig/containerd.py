@@ -248,4 +248,5 @@ def container_spec(name: str, args: list[str], cpu_quota: int = 0, memory: int =
                    host_pid: bool = False, privileged: bool = False) -> dict:
     """The CRI ContainerConfig fields the rig uses."""
     return {"name": name, "image": IMAGE, "args": args, "cpu_quota": cpu_quota, "cpu_period": 100000 if cpu_quota else 0,
-            "memory_limit": memory, "host_pid": host_pid, "privileged": privileged}
+            "memory_limit": memory, "host_pid": host_pid, "privileged": privileged,
+            "labels": {"app": name, "tier": "rig"}}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...procfs import HostRoots, read_text
+from ..guest import parse_pressure
 
 UNLIMITED = None
 
@@ -43,6 +44,8 @@ class CgroupSample:
     pids_limit: int | None
     io_bytes: int
     io_ops: int
+    # PSI stall totals (us) per cgroup: v2 only; None where the kernel has none for cgroups
+    psi: dict[str, int] | None = None
 
 
 def cgroup_mode(root: Path) -> str:
@@ -110,7 +113,16 @@ def read_v2(directory: Path) -> CgroupSample:
                 io_bytes += int(v)
             elif k in ("rios", "wios"):
                 io_ops += int(v)
+    psi: dict[str, int] | None = {}
+    for resource in ("cpu", "memory", "io"):
+        text = _opt(directory / f"{resource}.pressure")
+        if text is None:
+            psi = None
+            break
+        for kind, total in parse_pressure(text).items():
+            psi[f"{resource}.{kind}"] = total
     return CgroupSample(
+        psi=psi,
         cpu_ns=cpu.get("usage_usec", 0) * 1000, periods=cpu.get("nr_periods", 0),
         throttled_periods=cpu.get("nr_throttled", 0), throttled_ns=cpu.get("throttled_usec", 0) * 1000,
         cpu_limit=cpu_limit, memory_bytes=working,

@@ -24,7 +24,7 @@ LABELS = ("namespace", "pod", "container")
 def _spec(name: str, dim: str, desc: str, source: str, natural: str = "max") -> MetricSpec:
     return MetricSpec(name=name, layer="container", dimension=dim, kind="series", labels=LABELS,
                       entity="container", natural_stat=natural, source=source, description=desc,
-                      attributes=("id", "image", "runtime"))
+                      attributes=("id", "image", "runtime", "label.*"))   # label.app: web
 
 
 CONTAINER_METRICS = (
@@ -45,6 +45,12 @@ CONTAINER_METRICS = (
           "cgroup pids.current / pids.max"),
     _spec("container.io.bytes", BYTE_RATE, "block I/O bytes per second", "cgroup blkio | io.stat"),
     _spec("container.io.ops", RATE, "block I/O operations per second", "cgroup blkio | io.stat"),
+    _spec("container.psi.cpu.some", PERCENT, "share of wall time some task of the container waited for "
+          "CPU (cgroup v2 only)", "cgroup cpu.pressure some total"),
+    _spec("container.psi.memory.full", PERCENT, "share of wall time all tasks of the container stalled "
+          "on memory (cgroup v2 only)", "cgroup memory.pressure full total"),
+    _spec("container.psi.io.full", PERCENT, "share of wall time all tasks of the container stalled "
+          "on I/O (cgroup v2 only)", "cgroup io.pressure full total"),
     _spec("container.host_pid_ns", COUNT, "1 if the container shares the host's PID namespace",
           "/proc/PID/ns/pid vs /proc/1/ns/pid"),
     _spec("container.host_net_ns", COUNT, "1 if the container shares the host's network namespace",
@@ -63,7 +69,7 @@ class ContainerCollector(Collector):
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
         containers, _ = discover_containers(roots)
-        return [c.identity for c in containers]
+        return [{**c.identity, **{f"label.{k}": v for k, v in c.labels.items()}} for c in containers]
 
     def start(self) -> None:
         containers, notes = discover_containers(self.roots)
@@ -79,7 +85,8 @@ class ContainerCollector(Collector):
                 chain = nspid(self.roots, c.pid)
             except OSError:
                 continue          # gone between discovery and now
-            info = {"id": c.id, "image": c.image, "runtime": c.runtime, "source": c.source,
+            info = {**{f"label.{k}": v for k, v in c.labels.items()},
+                    "id": c.id, "image": c.image, "runtime": c.runtime, "source": c.source,
                     "pid": str(c.pid), "cgroup": paths.get("cpu") or paths.get("", ""),
                     "cgroup_mode": self._mode,
                     "pid_map": f"host PID {c.pid} is {chain[-1]} in the container"}
@@ -88,6 +95,9 @@ class ContainerCollector(Collector):
             if c.privileged is not None:
                 facts["container.privileged"] = "1" if c.privileged else "0"
             self._containers[c.id] = (c, paths, {**info, **{f"ns_{k}": v for k, v in ns.items()}, **facts})
+        psi = {m for m in self.request.metrics if m.startswith("container.psi.")}
+        if psi and self._mode != "v2":
+            self.store.mark_unavailable(psi, "per-cgroup PSI needs cgroup v2; this node runs cgroup v1")
         if not self._containers and not containers:
             raise Unavailable("no container found: no reachable CRI socket (" +
                               ", ".join(notes or ["none present"]) + ") and no runc state")
@@ -137,6 +147,10 @@ class ContainerCollector(Collector):
                 "container.io.bytes": max(b.io_bytes - a.io_bytes, 0) / wall,
                 "container.io.ops": max(b.io_ops - a.io_ops, 0) / wall,
             }
+            if a.psi is not None and b.psi is not None:
+                for key in ("cpu.some", "memory.full", "io.full"):
+                    if key in a.psi and key in b.psi:
+                        values[f"container.psi.{key}"] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
             if b.memory_limit:
                 values["container.memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
             if b.pids_limit:

@@ -2,20 +2,25 @@
 
 1. The CRI API of every reachable runtime socket (containerd, CRI-O; more with
    ``VCHECK_CRI_SOCKETS=path:path``): pods, namespaces, names, ids, PIDs, privileged.
-2. Without a runtime API, the runtimes' state on disk: runc's ``state.json`` files
-   (``VCHECK_RUNC_ROOT``, default ``/run/runc``) and containerd's task bundles, so ids and PIDs
-   still resolve (Kubernetes names then come from the bundle's CRI annotations).
+2. The Docker Engine API (and podman's compatible one) over their unix sockets.
+3. runc's own ``state.json`` files (``VCHECK_RUNC_ROOT``, default ``/run/runc``).
+4. With no runtime answering at all, the cgroup tree: leaves named the way the cgroup drivers
+   name them (``cri-containerd-<id>.scope``, ``crio-<id>.scope``, ``docker-<id>.scope``,
+   ``libpod-<id>.scope``, a bare 64-hex id under ``pod<uid>``), with Kubernetes names from the
+   runtime's bundle on disk where readable (``VCHECK_CONTAINERD_STATE``).
 Each container's cgroup is then found from its init PID, the same way for every source.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...procfs import HostRoots, read_text
 from .cri import DEFAULT_SOCKETS, CriClient, CriError
+from .engine import EngineError, docker_sockets, from_docker
 
 CRI_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.cri.sandbox-name",
                    "io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri.container-type")
@@ -114,10 +119,21 @@ def discover_containers(roots: HostRoots) -> tuple[list[Container], list[str]]:
                 found.setdefault(c.id, c)
         except CriError as exc:
             notes.append(str(exc))
+    for sock in docker_sockets(roots):
+        if not sock.exists():
+            continue
+        try:
+            for c in from_docker(sock):
+                found.setdefault(c.id, c)
+        except EngineError as exc:
+            notes.append(str(exc))
     runc_root = Path(os.environ.get("VCHECK_RUNC_ROOT") or roots.run / "runc")
     for c in from_runc_state(runc_root):
         if c.id not in found and c.pid:
-            # CRI pause containers are not workloads
+            found.setdefault(c.id, c)
+    if not found:
+        # no runtime API answered: the cgroup tree still names every container
+        for c in from_cgroup_paths(roots):
             found.setdefault(c.id, c)
     return [c for c in found.values() if c.pid], notes
 
@@ -146,3 +162,70 @@ def host_namespaces(roots: HostRoots) -> dict[str, str]:
     its init) vcheck's own, which are the host's when vcheck runs on the host or with hostPID."""
     ids = namespace_ids(roots, 1)
     return ids if len(ids) >= 3 else namespace_ids(HostRoots(proc=roots.proc), os.getpid())
+
+
+# --- without a runtime API: cgroup path patterns --------------------------------------------
+# leaves as the cgroup drivers name them: systemd (`cri-containerd-<id>.scope`, `crio-<id>.scope`,
+# `docker-<id>.scope`, `libpod-<id>.scope`) and cgroupfs (a bare 64-hex id under `pod<uid>`)
+LEAF_RE = re.compile(r"^(?:(cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?$")
+POD_UID_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+RUNTIME_OF_PREFIX = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker", "libpod": "podman"}
+
+
+def _cgroup_walk_root(roots: HostRoots) -> Path:
+    if (roots.cgroup / "cgroup.controllers").exists():
+        return roots.cgroup
+    for name in ("cpu,cpuacct", "cpu", "cpuacct", "memory", "pids"):
+        if (roots.cgroup / name).is_dir():
+            return roots.cgroup / name
+    return roots.cgroup
+
+
+def _bundle_annotations(roots: HostRoots, cid: str) -> dict[str, str]:
+    state = Path(os.environ.get("VCHECK_CONTAINERD_STATE") or roots.run / "containerd")
+    base = state / "io.containerd.runtime.v2.task"
+    try:
+        namespaces = os.listdir(base)
+    except OSError:
+        return {}
+    for ns in namespaces:
+        try:
+            return json.loads(read_text(base / ns / cid / "config.json")).get("annotations") or {}
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def from_cgroup_paths(roots: HostRoots, max_depth: int = 8) -> list[Container]:
+    """Containers recognised by their cgroup's name; names from the runtime's bundle on disk
+    when it is readable, else the id (the pod from its `pod<uid>` parent)."""
+    top = _cgroup_walk_root(roots)
+    out = []
+    for dirpath, dirnames, _ in os.walk(top):
+        depth = len(Path(dirpath).relative_to(top).parts)
+        if depth >= max_depth:
+            dirnames[:] = []
+        for d in dirnames:
+            m = LEAF_RE.match(d)
+            if not m:
+                continue
+            cid = m.group(2)
+            try:
+                procs = read_text(Path(dirpath) / d / "cgroup.procs").split()
+            except OSError:
+                continue
+            if not procs:
+                continue
+            ann = _bundle_annotations(roots, cid)
+            if ann.get("io.kubernetes.cri.container-type") == "sandbox":
+                continue
+            runtime = RUNTIME_OF_PREFIX.get(m.group(1) or "", "cgroupfs")
+            uid = POD_UID_RE.search(dirpath)
+            c = _from_annotations(cid, int(procs[0]), ann, runtime=runtime,
+                                  source=f"cgroup path {Path(dirpath) / d}")
+            if not ann and uid:
+                c = Container(c.id, c.name, f"pod{uid.group(1).replace('_', '-')[:8]}",
+                              "kubepods" if "kubepods" in dirpath else runtime, runtime, c.pid,
+                              source=c.source)
+            out.append(c)
+    return out

@@ -21,6 +21,8 @@ def test_v2_tree():
     assert s.memory_bytes == 104857600 - 20971520 and s.memory_limit == 134217728
     assert s.oom_kills == 2 and s.pids == 7 and s.pids_limit is None
     assert s.io_bytes == 4096 + 8192 + 100 and s.io_ops == 4
+    assert s.psi == {"cpu.some": 1000, "cpu.full": 500, "memory.some": 2000, "memory.full": 700,
+                     "io.some": 3000, "io.full": 900}
 
 
 def test_v2_through_proc_cgroup(tmp_path):
@@ -62,4 +64,4 @@ def test_v1_hierarchies(tmp_path):
     assert s.cpu_ns == 7_000_000_000 and s.throttled_periods == 10 and s.throttled_ns == 2_000_000_000
     assert s.cpu_limit == 0.5 and s.memory_limit is None and s.memory_bytes == 40_000_000
     assert s.oom_kills == 3 and s.pids == 4 and s.pids_limit == 100
-    assert s.io_bytes == 12288 and s.io_ops == 3
+    assert s.io_bytes == 12288 and s.io_ops == 3 and s.psi is None
