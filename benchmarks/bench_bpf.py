@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vcheck.bpf import BpfProgram  # noqa: E402
 from vcheck.collectors.base import CollectContext, CollectRequest  # noqa: E402
-from vcheck.collectors.disk import BlockLatencyCollector  # noqa: E402
+from vcheck.collectors.disk import BLOCK_TRACEPOINTS, BlockLatencyCollector  # noqa: E402
 from vcheck.collectors.sched import RUNQ_TRACEPOINTS  # noqa: E402
-from vcheck.collectors.disk import BLOCK_TRACEPOINTS  # noqa: E402
 from vcheck.observations import ObservationStore  # noqa: E402
 from vcheck.procfs import HostRoots  # noqa: E402
 

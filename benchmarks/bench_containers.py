@@ -28,6 +28,7 @@ from vcheck.collectors.base import CollectContext, CollectRequest  # noqa: E402
 from vcheck.collectors.containers.collector import CONTAINER_METRICS, ContainerCollector  # noqa: E402
 from vcheck.observations import ObservationStore  # noqa: E402
 from vcheck.procfs import HostRoots  # noqa: E402
+from tests.rig.common import remove_cgroup_tree  # noqa: E402
 
 CGROUP_PARENT = "vcheck-bench"
 
@@ -63,18 +64,7 @@ def start(n: int, work: Path) -> Path:
 def cleanup(state: Path, n: int) -> None:
     for i in range(n):
         subprocess.run(["runc", "--root", str(state), "delete", "--force", f"bench-{i}"], capture_output=True)
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        base = hierarchy / CGROUP_PARENT
-        if base.is_dir():
-            for d in sorted(base.iterdir(), reverse=True):
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
-            try:
-                base.rmdir()
-            except OSError:
-                pass
+    remove_cgroup_tree(CGROUP_PARENT)
 
 
 def main() -> int:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 from . import bpf
+from .collectors.containers.discovery import cri_sockets
+from .collectors.containers.engine import docker_sockets
+from .collectors.hypervisor import discover_vms
 from .procfs import HostRoots, read_text
 
 
@@ -26,13 +28,6 @@ TRACEPOINT_FAMILIES = {
     "block": ("block_rq_issue", "block_rq_complete"),
     "sched": ("sched_wakeup", "sched_wakeup_new", "sched_switch"),
     "kvm": ("kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_pio", "kvm_mmio"),
-}
-
-CONTAINER_SOCKETS = {
-    "containerd (CRI)": "containerd/containerd.sock",
-    "CRI-O": "crio/crio.sock",
-    "docker": "docker.sock",
-    "podman": "podman/podman.sock",
 }
 
 
@@ -79,17 +74,15 @@ def bpf_rows() -> list[Row]:
 def _trial_loads() -> list[Row]:
     """Compile, attach and detach each program family once, as a run would."""
     from .collectors.disk import BLOCK_TRACEPOINTS
+    from .collectors.kvm import SOURCE as KVM_SOURCE
+    from .collectors.kvm import TRACEPOINTS as KVM_TRACEPOINTS
     from .collectors.sched import RUNQ_TRACEPOINTS
 
     programs: list[tuple[str, str, tuple[bpf.Attach, ...]]] = [
         ("guest", "block.latency (BPF)", ("block_latency.c", BLOCK_TRACEPOINTS)),
         ("guest", "sched.runq.latency (BPF)", ("runq_latency.c", RUNQ_TRACEPOINTS)),
     ]
-    try:
-        from .collectors import kvm  # the KVM exit program, where this build has it
-        programs.append(("hypervisor", "kvm exits (BPF)", (kvm.SOURCE, kvm.TRACEPOINTS)))
-    except (ImportError, AttributeError):
-        pass
+    programs.append(("hypervisor", "kvm exits (BPF)", (KVM_SOURCE, KVM_TRACEPOINTS)))
     rows = []
     for layer, what, (source, attach) in programs:
         t = time.monotonic()
@@ -111,16 +104,10 @@ def hypervisor_rows(roots: HostRoots) -> list[Row]:
     kvm_dev = "/dev/kvm"
     rows.append(Row("hypervisor", "KVM", "ok" if os.path.exists(kvm_dev) else "n/a",
                     kvm_dev if os.path.exists(kvm_dev) else "no /dev/kvm: not a KVM host"))
-    discover: Callable | None
-    try:
-        from .collectors.hypervisor import discover_vms as discover
-    except ImportError:
-        discover = None
-    if discover is not None:
-        vms = discover(roots)
-        rows.append(Row("hypervisor", "VMs", "ok" if vms else "n/a",
-                        ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
-                        or "no process holds a kvm-vm fd"))
+    vms = discover_vms(roots)
+    rows.append(Row("hypervisor", "VMs", "ok" if vms else "n/a",
+                    ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
+                    or "no process holds a kvm-vm fd"))
     return rows
 
 
@@ -132,12 +119,8 @@ def container_rows(roots: HostRoots) -> list[Row]:
         "v1" if (roots.cgroup / "cpu").exists() or (roots.cgroup / "cpu,cpuacct").exists() else None
     rows.append(Row("container", "cgroups", "ok" if version else "no",
                     version or f"no cgroup hierarchy under {roots.cgroup}"))
-    found = []
-    for name, rel in CONTAINER_SOCKETS.items():
-        for base in (roots.run, roots.run.parent / "var" / "run"):
-            if (base / rel).exists():
-                found.append(f"{name} at {base / rel}")
-                break
+    found = [f"{kind} at {sock}" for kind, socks in (("CRI", cri_sockets(roots)), ("engine API", docker_sockets(roots)))
+             for sock in socks if sock.exists()]
     rows.append(Row("container", "runtimes", "ok" if found else "n/a",
                     "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)"))
     return rows

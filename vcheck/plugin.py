@@ -16,7 +16,6 @@ import pytest
 
 from .catalog import Catalog
 from .collectors.base import Unavailable
-from .errors import PolicyError
 from .items import STATE_KEY, CheckItem, PolicyFile
 from .observations import ObservationStore
 from .policy import Check, Policy, load_policy

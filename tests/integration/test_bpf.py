@@ -10,14 +10,13 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, require_root, rig_fail
+from tests.rig.common import VCHECK, require_root, vcheck_programs
 from tests.rig.io import background_writes, cpu_hogs, direct_writes, root_device
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
@@ -26,13 +25,6 @@ from vcheck.observations import ObservationStore
 from vcheck.procfs import HostRoots
 
 pytestmark = pytest.mark.rig
-
-
-def vcheck_programs() -> list[str]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    if out.returncode != 0:
-        rig_fail("bpftool prog show failed", out.stderr.strip())
-    return [p.get("name", "") for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("vchk_")]
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, rig_fail
-from tests.rig.containerd import BUSYBOX, container_spec, containerd  # noqa: F401 (fixture)
+from tests.rig.common import VCHECK, remove_cgroup_tree, rig_fail
+from tests.rig.containerd import BUSYBOX, container_spec
 
 pytestmark = pytest.mark.rig
 
@@ -164,12 +164,7 @@ def test_plain_runc_container_from_its_state(policy_file, tmp_path):
         assert r[key]["entities"][0]["info"]["cgroup"] == "/vcheck-rig/runc-burn"
     finally:
         subprocess.run(["runc", "--root", str(state), "delete", "--force", cid], capture_output=True)
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            for d in (hierarchy / "vcheck-rig" / "runc-burn", hierarchy / "vcheck-rig"):
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
+        remove_cgroup_tree("vcheck-rig")
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.integration.test_bpf import vcheck_programs
-from tests.rig.common import VCHECK
+from tests.rig.common import VCHECK, vcheck_programs
 from tests.rig.io import cpu_hogs
 from vcheck.collectors.hypervisor import discover_vms
 from vcheck.procfs import HostRoots

@@ -10,14 +10,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, require_root, rig_fail
+from tests.rig.common import VCHECK, require_root, rig_fail, vcheck_programs
 from tests.rig.io import cpu_hogs
 
 pytestmark = pytest.mark.rig
@@ -213,8 +212,7 @@ def test_timeout_stops_detaches_and_reports_interrupted(policy_file, tmp_path):
     assert "--timeout reached" in r.stdout + r.stderr
     data = json.loads(report.read_text())
     assert data["window"]["interrupted"] is True and data["interrupted_by"] == "--timeout"
-    names = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-    assert "vchk_" not in names
+    assert vcheck_programs() == []
 
 
 def test_waivers_until_they_expire(policy_file, tmp_path):
@@ -287,6 +285,7 @@ def test_report_names_its_node(policy_file, tmp_path):
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     r = vcheck("run", str(policy_file(PASSING)), "--json", str(report), "--junitxml", str(junit),
                env={"VCHECK_NODE_NAME": "worker-7"})
+    assert r.returncode == 0, r.stdout + r.stderr
     node = json.loads(report.read_text())["node"]
     assert node["hostname"] == "worker-7" and node["kernel"] == os.uname().release
     assert len(node["boot_id"]) == 36 and node["virtualization"] != "" and node["layers"]["guest"] == "observed"

@@ -24,6 +24,32 @@ def require_root() -> None:
         rig_fail("must run as root (BPF, KVM, containerd, cgroups)")
 
 
+def vcheck_programs() -> list[str]:
+    """Names of loaded BPF programs that are vcheck's (all are named vchk_*)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        rig_fail("bpftool prog show failed", out.stderr.strip())
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("vchk_")]
+
+
+def remove_cgroup_tree(name: str, root: Path = Path("/sys/fs/cgroup")) -> None:
+    """Remove /NAME and everything under it in every hierarchy, deepest first. Only the rig's
+    own top-level name is ever passed; a cgroup still holding tasks stays (rmdir refuses)."""
+    for hierarchy in root.iterdir():
+        base = hierarchy / name
+        if not base.is_dir():
+            continue
+        for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            base.rmdir()
+        except OSError:
+            pass
+
+
 class VcheckRun:
     def __init__(self, proc: subprocess.CompletedProcess, json_path: Path | None):
         self.proc = proc

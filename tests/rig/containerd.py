@@ -26,7 +26,7 @@ import pytest
 
 from vcheck.collectors.containers import cri
 
-from .common import require_root, rig_fail
+from .common import remove_cgroup_tree, require_root, rig_fail
 
 IMAGE = "vcheck.local/busybox:rig"
 PAUSE = "vcheck.local/pause:rig"
@@ -200,7 +200,7 @@ def stop_containerd(rt: Containerd) -> None:
             except ProcessLookupError:
                 pass
     _unmount_under(rt.prefix)
-    _remove_rig_cgroups()
+    remove_cgroup_tree("vcheck-rig")
     shutil.rmtree(rt.prefix, ignore_errors=True)
 
 
@@ -208,24 +208,6 @@ def _unmount_under(prefix: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for m in sorted((m for m in mounts if m.startswith(str(prefix))), key=len, reverse=True):
         subprocess.run(["umount", "-l", m], capture_output=True)
-
-
-def _remove_rig_cgroups() -> None:
-    """Only the cgroups this rig made (under /vcheck-rig in each v1 hierarchy), deepest first."""
-    root = Path("/sys/fs/cgroup")
-    for hierarchy in root.iterdir():
-        base = hierarchy / "vcheck-rig"
-        if not base.is_dir():
-            continue
-        for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        try:
-            base.rmdir()
-        except OSError:
-            pass
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,9 @@ class BlockLatencyCollector(Collector):
         thr = self.request.outlier_thresholds.get("block.latency")
         if thr is not None:
             self._threshold_ns = max(1, int(thr * 1e9))
-        self._names = self._device_names()
+        stats = self._diskstats()
+        self._names = self._dev_names(stats)
+        self._disks = whole_disks(self.roots, stats)   # reported on even when idle
         prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS)
         self._prog = prog.load()
         for n in prog.notes:
@@ -211,18 +213,21 @@ class BlockLatencyCollector(Collector):
         prog["outliers"].open_ring_buffer(self._on_event)
         self._set_floor()
 
-    def _device_names(self) -> dict[int, str]:
+    def _diskstats(self) -> dict[str, DiskCounters]:
         try:
-            stats = parse_diskstats(read_text(self.roots.proc / "diskstats"))
+            return parse_diskstats(read_text(self.roots.proc / "diskstats"))
         except OSError:
             return {}
+
+    @staticmethod
+    def _dev_names(stats: Mapping[str, DiskCounters]) -> dict[int, str]:
         return {kernel_dev(c.major, c.minor): c.name for c in stats.values()}
 
     def _name(self, dev: int) -> str:
         name = self._names.get(dev)
-        if name is None:
-            self._names = self._device_names()
-            name = self._names.get(dev, f"{dev >> 20}:{dev & 0xFFFFF}")
+        if name is None:     # a device that appeared mid-window: look it up once
+            self._names.update(self._dev_names(self._diskstats()))
+            name = self._names.setdefault(dev, f"{dev >> 20}:{dev & 0xFFFFF}")
         return name
 
     def _set_floor(self) -> None:
@@ -324,7 +329,7 @@ class BlockLatencyCollector(Collector):
             o = self.store.set_histogram("block.latency", {"device": dev, "op": op}, h, source)
             o.events = events.get((dev, op), [])
             o.notes.extend(notes)
-        for dev in whole_disks(self.roots, parse_diskstats(read_text(self.roots.proc / "diskstats"))):
+        for dev in self._disks:
             if not any(d == dev for d, _ in hists):
                 o = self.store.set_histogram("block.latency", {"device": dev}, Histogram(scale=1e-9), source)
                 o.notes.append(f"no I/O completed on {dev} in the window")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -83,81 +83,78 @@ def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str]:
 
 
 # --- discovery ----------------------------------------------------------------------------
-def _fd_targets(proc: Path, pid: int) -> list[str]:
-    out = []
-    try:
-        with os.scandir(proc / str(pid) / "fd") as it:
-            for e in it:
-                try:
-                    out.append(os.readlink(e.path))
-                except OSError:
-                    continue
-    except OSError:
-        pass
-    return out
-
-
-def _vcpu_fds(proc: Path, pid: int) -> dict[int, int]:
-    """fd number -> vCPU index for anon_inode:kvm-vcpu:N fds."""
+def _fds(proc: Path, pid: int) -> dict[int, str]:
+    """fd number -> link target, read once per process and used for both VM and vCPU tests."""
     out = {}
     try:
         with os.scandir(proc / str(pid) / "fd") as it:
             for e in it:
                 try:
-                    target = os.readlink(e.path)
-                except OSError:
+                    out[int(e.name)] = os.readlink(e.path)
+                except (OSError, ValueError):
                     continue
-                if target.startswith("anon_inode:kvm-vcpu:"):
-                    out[int(e.name)] = int(target.rsplit(":", 1)[1])
     except OSError:
         pass
     return out
 
 
-def find_vcpu_threads(proc: Path, pid: int) -> tuple[list[VCpu], int]:
-    """The VM's vCPU threads, and how many vCPU fds it holds."""
-    fds = _vcpu_fds(proc, pid)
-    named, in_run, running_guest = [], [], []
+def _syscall(task: Path) -> list[str]:
+    """/proc/.../syscall split: ['16', fd, cmd, ...] in a syscall, ['running'] on a CPU."""
     try:
-        tids = sorted(int(t) for t in os.listdir(proc / str(pid) / "task"))
+        return read_text(task / "syscall").split()
     except OSError:
-        return [], len(fds)
+        return []
+
+
+def _named_index(comm: str) -> int | None:
+    for pattern in VCPU_THREAD_NAMES:
+        m = pattern.match(comm)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -> tuple[list[VCpu], int]:
+    """The VM's vCPU threads (by name, else by KVM_RUN, else running with guest time), and how
+    many vCPU fds the VM holds."""
+    fds = _fds(proc, pid) if fds is None else fds
+    vcpu_fds = {fd: int(t.rsplit(":", 1)[1]) for fd, t in fds.items() if t.startswith("anon_inode:kvm-vcpu:")}
+    base = proc / str(pid) / "task"
+    try:
+        tids = sorted(int(t) for t in os.listdir(base))
+    except OSError:
+        return [], len(vcpu_fds)
+    comms = {}
     for tid in tids:
-        task = proc / str(pid) / "task" / str(tid)
         try:
-            comm = read_text(task / "comm").strip()
+            comms[tid] = read_text(base / str(tid) / "comm").strip()
         except OSError:
             continue
-        for pattern in VCPU_THREAD_NAMES:
-            m = pattern.match(comm)
-            if m:
-                named.append(VCpu(tid, int(m.group(1))))
-                break
-        else:
-            if comm.startswith("kvm-"):   # kernel workers in the VMM's group (kvm-nx-lpage-recovery, kvm-pit)
-                continue
-            try:
-                call = read_text(task / "syscall").split()
-            except OSError:
-                continue
-            if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
-                fd = int(call[1], 16)
-                if fd in fds:
-                    in_run.append(VCpu(tid, fds[fd]))
-            elif call and call[0] == "running":
-                # a thread on a CPU has no syscall to show; one that has run guest code is a vCPU
-                try:
-                    if parse_stat(read_text(task / "stat"))[1] > 0:
-                        running_guest.append(tid)
-                except (OSError, IndexError, ValueError):
-                    pass
+    named = [VCpu(tid, i) for tid, comm in comms.items() if (i := _named_index(comm)) is not None]
     if named:
-        return sorted(named, key=lambda v: v.index), len(fds)
-    # busy vCPUs seen running: give them the vCPU indexes no thread in KVM_RUN claimed, in
-    # creation order (VMMs create vCPU threads in index order)
-    free = sorted(set(fds.values()) - {v.index for v in in_run})
-    found = in_run + [VCpu(tid, idx) for tid, idx in zip(sorted(running_guest), free)]
-    return sorted(found, key=lambda v: v.index), len(fds)
+        return sorted(named, key=lambda v: v.index), len(vcpu_fds)
+    in_run, running_guest = [], []
+    for tid, comm in comms.items():
+        if comm.startswith("kvm-"):   # kernel workers in the VMM's group (kvm-nx-lpage-recovery, kvm-pit)
+            continue
+        task = base / str(tid)
+        call = _syscall(task)
+        if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
+            fd = int(call[1], 16)
+            if fd in vcpu_fds:
+                in_run.append(VCpu(tid, vcpu_fds[fd]))
+        elif call[:1] == ["running"]:
+            # a thread on a CPU shows no syscall; one that has run guest code is a vCPU
+            try:
+                if parse_stat(read_text(task / "stat"))[1] > 0:
+                    running_guest.append(tid)
+            except (OSError, IndexError, ValueError):
+                pass
+    # busy vCPUs seen running get the vCPU indexes no thread in KVM_RUN claimed, in creation
+    # order (VMMs create vCPU threads in index order)
+    free = sorted(set(vcpu_fds.values()) - {v.index for v in in_run})
+    found = in_run + [VCpu(tid, idx) for tid, idx in zip(running_guest, free)]
+    return sorted(found, key=lambda v: v.index), len(vcpu_fds)
 
 
 def discover_vms(roots: HostRoots) -> list[VM]:
@@ -172,7 +169,8 @@ def discover_vms(roots: HostRoots) -> list[VM]:
     for pid in pids:
         if pid == self_pid:
             continue
-        if "anon_inode:kvm-vm" not in _fd_targets(proc, pid):
+        fds = _fds(proc, pid)
+        if "anon_inode:kvm-vm" not in fds.values():
             continue
         try:
             argv = [a for a in read_text(proc / str(pid) / "cmdline").split("\0") if a]
@@ -180,14 +178,13 @@ def discover_vms(roots: HostRoots) -> list[VM]:
         except OSError:
             continue
         name, vmm, uuid = vm_identity(argv, comm, pid)
-        vcpus, nfds = find_vcpu_threads(proc, pid)
+        vcpus, nfds = find_vcpu_threads(proc, pid, fds)
         vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid))
     # two VMs with the same name (two unnamed VMMs of one kind cannot collide: pid is in it)
     seen: dict[str, int] = {}
     for vm in vms:
         seen[vm.name] = seen.get(vm.name, 0) + 1
-    return [vm if seen[vm.name] == 1 else VM(vm.pid, f"{vm.name}-{vm.pid}", vm.vmm, vm.cmdline, vm.vcpus,
-                                             vm.vcpu_fds, vm.uuid) for vm in vms]
+    return [vm if seen[vm.name] == 1 else replace(vm, name=f"{vm.name}-{vm.pid}") for vm in vms]
 
 
 # --- per-thread figures -------------------------------------------------------------------
@@ -197,6 +194,7 @@ class TaskTimes:
     guest_ticks: int
     run_delay_ns: int   # schedstat field 2
     switches: int       # voluntary + involuntary
+    rss: int = 0        # VmRSS (bytes) of the process; threads share it
 
 
 def parse_stat(text: str) -> tuple[int, int]:
@@ -220,8 +218,9 @@ def parse_switches(status_text: str) -> int:
 
 def read_task(task_dir: Path) -> TaskTimes:
     cpu, guest = parse_stat(read_text(task_dir / "stat"))
+    status = read_text(task_dir / "status")
     return TaskTimes(cpu, guest, parse_schedstat(read_text(task_dir / "schedstat")),
-                     parse_switches(read_text(task_dir / "status")))
+                     parse_switches(status), parse_rss(status))
 
 
 def parse_rss(status_text: str) -> int:
@@ -318,11 +317,7 @@ class HypervisorCollector(Collector):
                     self.store.add_sample("vm.cpu", {"vm": vm.name}, t,
                                           100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks, span, info)
             if "vm.memory.rss" in want:
-                try:
-                    rss = parse_rss(read_text(self.roots.proc / str(pid) / "status"))
-                    self.store.add_sample("vm.memory.rss", {"vm": vm.name}, t, float(rss), span, info)
-                except OSError:
-                    pass
+                self.store.add_sample("vm.memory.rss", {"vm": vm.name}, t, float(b.rss), span, info)
             if "vm.vcpus" in want:
                 self.store.add_sample("vm.vcpus", {"vm": vm.name}, t, float(len(vm.vcpus)), span,
                                       {**info, "vcpu_fds": str(vm.vcpu_fds)})

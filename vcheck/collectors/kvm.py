@@ -22,6 +22,7 @@ from ..histogram import Histogram
 from ..procfs import HostRoots, read_text
 from ..units import RATE, TIME
 from .base import Collector
+from .hypervisor import CLK_TCK, discover_vms, parse_stat
 
 TRACEPOINTS = (
     Attach("kvm", "kvm_exit", "vchk_kvm_exit"),
@@ -123,8 +124,7 @@ def load_reason_names() -> ReasonNames:
 # --- the collector -----------------------------------------------------------------------
 def _process_cpu_ticks(roots: HostRoots, pid: int) -> int | None:
     try:
-        fields = read_text(roots.proc / str(pid) / "stat").rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])     # utime + stime (guest time is inside utime)
+        return parse_stat(read_text(roots.proc / str(pid) / "stat"))[0]
     except (OSError, IndexError, ValueError):
         return None
 
@@ -135,14 +135,13 @@ class KvmExitCollector(Collector):
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
-        from .hypervisor import discover_vms
-
         return [{"vm": vm.name} for vm in discover_vms(roots)]
 
     def start(self) -> None:
         self._prog: BpfProgram | None = None
         self._names = load_reason_names()
         self._vms = self._discover()
+        self._not_vms: set[int] = set()   # tgids seen in the maps that discovery did not find
         prog = BpfProgram(SOURCE, TRACEPOINTS)
         self._prog = prog.load()
         for n in prog.notes:
@@ -150,13 +149,14 @@ class KvmExitCollector(Collector):
 
     def _discover(self) -> dict[int, tuple[str, str]]:
         """pid -> (vm name, VMM) for the VMs on this host right now."""
-        from .hypervisor import discover_vms
-
         return {vm.pid: (vm.name, vm.vmm) for vm in discover_vms(self.roots)}
 
     def _vm(self, pid: int) -> str:
-        if pid not in self._vms:
+        """The VM name of a tgid; a VM started mid-window is discovered once, not per sample."""
+        if pid not in self._vms and pid not in self._not_vms:
             self._vms.update(self._discover())
+            if pid not in self._vms:
+                self._not_vms.add(pid)
         entry = self._vms.get(pid)
         return entry[0] if entry else f"pid{pid}"
 
@@ -244,30 +244,28 @@ class KvmExitCollector(Collector):
         return next((str(pid) for pid, (name, _) in self._vms.items() if name == vm), "")
 
     def _mark_blind(self, t: float, counters: list[int], hists: Mapping[tuple[str, str, str], Histogram]) -> None:
-        """A busy VM with no exits observed: the tracepoint does not fire for it here."""
-        exits_seen = counters[COUNTER_EXIT]
+        """A busy VM with no exit observed: the tracepoint does not fire for it here."""
+        wanted = [m for m in ("kvm.exit.latency", "kvm.exit.rate") if m in self.request.metrics]
+        traced = {vm for metric, vm, _ in hists if metric == "kvm.exit.latency"}
         for pid, (vm, vmm) in self._vms.items():
             before, after = self._cpu0.get(pid), _process_cpu_ticks(self.roots, pid)
             if after is None:
                 self.store.mark_gone({"vm": vm}, t, f"VMM process {pid} exited")
                 continue
-            busy = before is not None and t > 0 and (after - before) / 100 / t * 100 >= BUSY_CPU_PERCENT
-            cpu = f"{(after - before) / 100 / t * 100:.0f}%" if before is not None and t > 0 else "?"
-            for metric, rate in (("kvm.exit.latency", "kvm.exit.rate"),):
-                if not any(m == metric and v == vm for m, v, _ in hists):
-                    if metric not in self.request.metrics and rate not in self.request.metrics:
-                        continue
-                    why = (f"kvm:kvm_exit saw {'no event at all' if not exits_seen else 'no event for this VM'} "
-                           f"in the window while {vm} (pid {pid}, {vmm}) used {cpu} CPU: exits are not "
-                           "traced on this host (nested KVM such as PVM does not emit kvm_exit)")
-                    for m in (metric, rate):
-                        if m in self.request.metrics:
-                            o = self.store.series(m, {"vm": vm}, {"pid": str(pid)}) if m == rate else \
-                                self.store.set_histogram(m, {"vm": vm}, Histogram(scale=1e-9), {"pid": str(pid)})
-                            if busy:
-                                o.blind = why
-                            else:
-                                o.notes.append(f"no KVM exit for {vm} in the window; it used {cpu} CPU (idle)")
+            if not wanted or vm in traced:
+                continue
+            cpu_pct = (after - before) / CLK_TCK / t * 100 if before is not None and t > 0 else None
+            cpu = f"{cpu_pct:.0f}%" if cpu_pct is not None else "?"
+            why = (f"kvm:kvm_exit saw {'no event for this VM' if counters[COUNTER_EXIT] else 'no event at all'} "
+                   f"in the window while {vm} (pid {pid}, {vmm}) used {cpu} CPU: exits are not "
+                   "traced on this host (nested KVM such as PVM does not emit kvm_exit)")
+            for m in wanted:
+                o = (self.store.set_histogram(m, {"vm": vm}, Histogram(scale=1e-9), {"pid": str(pid)})
+                     if m == "kvm.exit.latency" else self.store.series(m, {"vm": vm}, {"pid": str(pid)}))
+                if cpu_pct is not None and cpu_pct >= BUSY_CPU_PERCENT:
+                    o.blind = why
+                else:
+                    o.notes.append(f"no KVM exit for {vm} in the window; it used {cpu} CPU (idle)")
 
     def close(self) -> None:
         prog, self._prog = getattr(self, "_prog", None), None

@@ -97,21 +97,23 @@ def build_report(session: "pytest.Session", state: "RunState", exit_status: int)
 
 
 def layers_observed(state: "RunState") -> dict[str, str]:
-    """Per layer: 'observed', 'unavailable: why', or 'not checked' in this run."""
-    out = {}
+    """Per layer: 'observed', 'unavailable: why', 'no data' or 'not checked' in this run."""
+    from ..catalog import LAYERS
+
+    layer_of = {m.name: m.layer for m in state.catalog.metrics.values()}
     store = state.store
-    for layer in ("guest", "hypervisor", "container"):
-        metrics = [m for m in state.catalog.metrics.values() if m.layer == layer]
-        names = {m.name for m in metrics}
-        if store is None:
-            out[layer] = "not checked"
-            continue
-        seen = any(o.metric in names and (o.values or (o.histogram is not None and o.histogram.count))
-                   for o in store.all())
-        why = next((r for m, r in store.unavailable.items() if m in names), "")
-        asked = any(m in names for m in store.unavailable) or any(o.metric in names for o in store.all())
-        out[layer] = "observed" if seen else f"unavailable: {why}" if why else \
-            "no data" if asked else "not checked"
+    observations = store.all() if store is not None else []
+    unavailable = store.unavailable if store is not None else {}
+    out = {}
+    for layer in LAYERS:
+        mine = [o for o in observations if layer_of.get(o.metric) == layer]
+        why = next((r for m, r in unavailable.items() if layer_of.get(m) == layer), "")
+        if any(o.values or (o.histogram is not None and o.histogram.count) for o in mine):
+            out[layer] = "observed"
+        elif why:
+            out[layer] = f"unavailable: {why}"
+        else:
+            out[layer] = "no data" if mine else "not checked"
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .json_report import FORMAT, ReportFormatError, read_report
+from .json_report import ReportFormatError, read_report
 
 FLEET_FORMAT = "vcheck.fleet"
 FLEET_VERSION = 1
@@ -76,13 +76,15 @@ def _from_junit(path: Path) -> list[NodeResult]:
 def load_node_reports(paths: list[str]) -> list[NodeResult]:
     nodes = []
     for p in map(Path, paths):
-        head = p.read_bytes()[:512].lstrip() if p.exists() else b""
-        if not p.exists():
-            raise ReportFormatError(f"{p}: no such report")
+        try:
+            with open(p, "rb") as f:
+                head = f.read(512).lstrip()
+        except OSError as exc:
+            raise ReportFormatError(f"{p}: cannot read report: {exc.strerror}") from None
         if head.startswith(b"<"):
             nodes.extend(_from_junit(p))
-        elif FORMAT.encode() in p.read_bytes()[:4096] or head.startswith(b"{"):
-            nodes.append(_from_json(p))
+        elif head.startswith(b"{"):
+            nodes.append(_from_json(p))      # read_report checks format and version
         else:
             raise ReportFormatError(f"{p}: neither a vcheck JSON report nor JUnit XML")
     return nodes

@@ -103,6 +103,9 @@ class ContainerCollector(Collector):
                               ", ".join(notes or ["none present"]) + ") and no runc state")
 
     def begin(self, t0: float) -> None:
+        # evidence attributes are fixed for the window: split them from the 0/1 facts once
+        self._public = {cid: {k: v for k, v in info.items() if not k.startswith("container.")}
+                        for cid, (_, _, info) in self._containers.items()}
         self._prev = {cid: self._read(cid) for cid in self._containers}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
@@ -159,11 +162,12 @@ class ContainerCollector(Collector):
                          "container.privileged"):
                 if fact in info:
                     values[fact] = float(info[fact])
-            public = {k: v for k, v in info.items() if not k.startswith("container.")}
+            limits = {}
             if b.cpu_limit is not None:
-                public["cpu_limit"] = f"{b.cpu_limit:g} CPU"
+                limits["cpu_limit"] = f"{b.cpu_limit:g} CPU"
             if b.memory_limit is not None:
-                public["memory_limit"] = str(b.memory_limit)
+                limits["memory_limit"] = str(b.memory_limit)
+            public = {**self._public[cid], **limits}
             for m in want:
                 if m in values:
                     self.store.add_sample(m, c.identity, t, values[m], span, public)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ...procfs import HostRoots, read_text
@@ -224,8 +224,7 @@ def from_cgroup_paths(roots: HostRoots, max_depth: int = 8) -> list[Container]:
             c = _from_annotations(cid, int(procs[0]), ann, runtime=runtime,
                                   source=f"cgroup path {Path(dirpath) / d}")
             if not ann and uid:
-                c = Container(c.id, c.name, f"pod{uid.group(1).replace('_', '-')[:8]}",
-                              "kubepods" if "kubepods" in dirpath else runtime, runtime, c.pid,
-                              source=c.source)
+                c = replace(c, pod=f"pod{uid.group(1).replace('_', '-')[:8]}",
+                            namespace="kubepods" if "kubepods" in dirpath else runtime)
             out.append(c)
     return out
