@@ -2,22 +2,31 @@
 ``vcheck run x.yaml`` and ``pytest x.yaml`` collect the same items.
 
 Exit codes are pytest's: 0 passed, 1 a check failed or was inconclusive (or a fleet gate
-failed), 2 interrupted (SIGTERM, --timeout), 3 internal error, 4 usage error (bad policy,
-option, waiver file or report file), 5 nothing collected; and 6: another run holds --lock.
+failed), 2 interrupted (SIGINT, SIGTERM, --timeout), 3 internal error, 4 usage error (bad
+policy, option, waiver file or report file), 5 nothing collected; and vcheck's own: 6 another
+run holds --lock, 7 the checks passed but an output could not be written.
+
+``vcheck`` is hermetic: it loads its own plugin and the policies named, never a conftest.py,
+an ini file's options, PYTEST_ADDOPTS or another installed pytest plugin (it runs as root).
+``pytest policies/x.yaml`` keeps pytest's rules: whoever runs pytest chose them.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
+import signal
+import stat
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .catalog import Catalog
-from .errors import EXIT_FAILED, EXIT_USAGE, PolicyError
-
-EXIT_LOCKED = 6
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
+    PolicyError, ReportFormatError
 from .policy import load_policy
 from .units import UNIT_LABEL
 
@@ -51,16 +60,24 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
     return status
 
 
-def _pytest_args(args: argparse.Namespace) -> list[str]:
-    # xunit1 keeps file/line on <testcase> so CI can point at the policy line; system-out
-    # carries the evidence of passing checks (failures carry it in <failure>)
+def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
+    """pytest's arguments for a hermetic run: an empty ini of our own (no pytest.ini, tox.ini or
+    pyproject.toml options from above the policies), no conftest.py, only vcheck's plugin. The
+    rootdir is the policies' common directory, as pytest picks it when no ini file is found.
+    xunit1 keeps file/line on <testcase> so CI can point at the policy line; system-out carries
+    the evidence of passing checks (failures carry it in <failure>)."""
     import socket
 
     host = os.environ.get("VCHECK_NODE_NAME") or socket.gethostname()
-    out = list(_policies(args)) + ["-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
-                                   "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
-    if getattr(args, "junit_tmp", None):
-        out.append(f"--junitxml={args.junit_tmp}")
+    ini = private / "vcheck-pytest.ini"
+    ini.write_text("[pytest]\n")
+    policies = _policies(args)
+    rootdir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in policies])
+    out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin",
+                            "-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
+                            "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
+    if getattr(args, "junitxml", None):
+        out.append(f"--junitxml={private / 'junit.xml'}")
     if getattr(args, "json", None):
         out.append(f"--json={args.json}")
     for opt, flag in (("replay", "--replay"), ("baseline", "--baseline"), ("waivers", "--waivers"),
@@ -78,11 +95,45 @@ def _pytest_args(args: argparse.Namespace) -> list[str]:
     return out + list(getattr(args, "pytest_args", []) or [])
 
 
+def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
+    """Run pytest on the policies without anything the operator did not name; JUnit goes to a
+    private directory first and is then written to its place like every other output."""
+    import pytest
+
+    private = Path(tempfile.mkdtemp(prefix="vcheck-"))
+    saved = {k: os.environ.pop(k) for k in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS") if k in os.environ}
+    autoload = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        rc = int(pytest.main(_pytest_args(args, private) + list(extra)))
+        junit = private / "junit.xml"
+        if getattr(args, "junitxml", None) and junit.exists():
+            from .report.output import write_output
+
+            try:
+                write_output(args.junitxml, junit.read_bytes())
+            except OutputError as exc:
+                print(f"vcheck: {exc}", file=sys.stderr)
+                rc = EXIT_OUTPUT if rc == EXIT_OK else rc
+        return rc
+    finally:
+        os.environ.update(saved)
+        if autoload is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+        else:
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = autoload
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def _take_lock(path: str) -> int | None:
-    """An exclusive flock on PATH, held until the process ends; None if another run holds it."""
+    """An exclusive flock on PATH (a regular file, never followed through a symlink), held until
+    the process ends; None if another run holds it. Raises OSError or ValueError."""
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("not a regular file")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,39 +144,42 @@ def _take_lock(path: str) -> int | None:
     return fd
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import pytest
+def _lock_holder(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "?"
+    try:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else "?"
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     if args.lock:
         try:
             lock_fd = _take_lock(args.lock)
         except OSError as exc:
-            print(f"vcheck: cannot open lock file {args.lock}: {exc.strerror}", file=sys.stderr)
+            reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            print(f"vcheck: cannot use lock file {args.lock}: {reason}", file=sys.stderr)
+            return EXIT_USAGE
+        except ValueError as exc:
+            print(f"vcheck: cannot use lock file {args.lock}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         if lock_fd is None:
-            holder = Path(args.lock).read_text().strip() or "?"
-            print(f"vcheck: another run holds the lock {args.lock} (pid {holder}); not starting", file=sys.stderr)
+            print(f"vcheck: another run holds the lock {args.lock} (pid {_lock_holder(args.lock)}); not starting",
+                  file=sys.stderr)
             return EXIT_LOCKED
     status = _validate_all(_policies(args), Catalog())
     if status:
         return status
-    if args.junitxml:
-        # pytest writes JUnit in place; write beside it and rename, so a reader (or a killed run)
-        # never leaves a half-written file where the last good report was
-        final = Path(args.junitxml)
-        args.junit_tmp = str(final.parent / f".{final.name}.{os.getpid()}.tmp")
-    rc = int(pytest.main(_pytest_args(args)))
-    if args.junitxml and Path(args.junit_tmp).exists():
-        os.chmod(args.junit_tmp, 0o644)
-        os.replace(args.junit_tmp, args.junitxml)
-    return rc
+    return _hermetic_pytest(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Judge AFTER (its thresholds, and regress: against BEFORE) without sampling anything."""
-    import pytest
-
-    from .report.json_report import ReportFormatError, read_report
+    from .report.json_report import read_report
 
     for path in (args.before, args.after):
         try:
@@ -137,39 +191,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if status:
         return status
     args.replay, args.baseline = args.after, args.before
-    args.junit_tmp = args.junitxml
-    return int(pytest.main(_pytest_args(args)))
+    return _hermetic_pytest(args)
+
+
+def _failing_nodes_spec(text: str) -> str:
+    """A count (3) or a share of the fleet (2%): finite, not negative, a share at most 100%."""
+    import math
+
+    s = text.strip()
+    try:
+        if s.endswith("%"):
+            share = float(s[:-1])
+            if math.isfinite(share) and 0 <= share <= 100:
+                return s
+        elif int(s) >= 0:
+            return s
+    except ValueError:
+        pass
+    raise ValueError(f"--max-failing-nodes {text!r}: expected a count like 3 or a share like 2% (0-100%)")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .report.atomic import write_atomic
-    from .report.json_report import ReportFormatError
-    from .report.merge import fleet_json, fleet_junit, gate, load_node_reports
+    import json
 
+    from .report.merge import fleet_json, fleet_junit, gate, load_node_reports
+    from .report.output import write_output
+
+    spec = None
+    if args.max_failing_nodes is not None:
+        try:
+            spec = _failing_nodes_spec(args.max_failing_nodes)
+        except ValueError as exc:
+            print(f"vcheck: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         nodes = load_node_reports(args.reports)
     except ReportFormatError as exc:
         print(f"vcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.max_failing_nodes is not None:
-        spec = args.max_failing_nodes.strip()
-        try:
-            float(spec[:-1]) if spec.endswith("%") else int(spec)
-        except ValueError:
-            print(f"vcheck: --max-failing-nodes {spec!r}: expected a count like 3 or a share like 2%",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    g = gate(nodes, args.max_failing_nodes, args.domain_label)
+    g = gate(nodes, spec, args.domain_label)
     for line in g.lines:
         print(line)
+    rc = EXIT_OK if g.passed else EXIT_FAILED
+    outputs = []
     if args.json:
-        import json
-
-        write_atomic(args.json, (json.dumps(fleet_json(nodes, g, args.max_failing_nodes, args.domain_label),
-                                            indent=1) + "\n").encode())
+        outputs.append((args.json, (json.dumps(fleet_json(nodes, g, spec, args.domain_label), indent=1) + "\n").encode()))
     if args.junitxml:
-        write_atomic(args.junitxml, fleet_junit(nodes))
-    return 0 if g.passed else EXIT_FAILED
+        outputs.append((args.junitxml, fleet_junit(nodes)))
+    for path, data in outputs:
+        try:
+            write_output(path, data)
+        except OutputError as exc:
+            print(f"vcheck: {exc}", file=sys.stderr)
+            rc = EXIT_OUTPUT if rc == EXIT_OK else rc
+    return rc
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -177,12 +252,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import pytest
-
     status = _validate_all(_policies(args), Catalog())
     if status:
         return status
-    return int(pytest.main(list(_policies(args)) + ["-p", "no:cacheprovider", "--collect-only", "-q"]))
+    return _hermetic_pytest(args, ["--collect-only", "-q"])
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -213,8 +286,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "no" for r in rows) else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes are usage errors: one line, exit 4 (argparse's 2 means
+    'interrupted' in vcheck's table)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vcheck", description=__doc__.split("\n")[0])
+    p = _Parser(prog="vcheck", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="sample the node once and judge the policies")
@@ -267,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:   # called from a thread (an embedding program): its signals are its own
+        pass
     parser = build_parser()
     # `vcheck run` passes options it does not know on to pytest (-x, --lf, -p ...)
     args, extra = parser.parse_known_args(argv)
@@ -278,12 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("vcheck: interrupted", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `vcheck doctor | head`: the reader left, nothing to report
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM outside the pytest session (while validating, while moving JUnit into place) ends
+    the run the way Ctrl-C does: exit 2, one line; the plugin has its own handler meanwhile."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

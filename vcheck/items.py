@@ -7,17 +7,18 @@ verdict, so an inconclusive window is reported as a pytest *error*, a violated c
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import pytest
 
 from .errors import PolicyError
 from .evidence import Verdict, render
-from .judge import entity_name, judge, judge_regression
+from .judge import judge, judge_regression
+from .model import Outcome
 from .policy import Check, Policy
-
-if TYPE_CHECKING:
-    from .plugin import RunState
+from .runstate import STATE_KEY, RunState
+from .selection import entity_name
+from .waivers import Waiver
 
 
 class CheckFailed(Exception):
@@ -50,6 +51,11 @@ class CheckItem(pytest.Item):
         self.policy = policy
         self.verdict: Verdict | None = None
 
+    @property
+    def entity(self) -> str | None:
+        """The entity this item judges ('web1-vcpu0'), None for a node-wide item."""
+        return entity_name(self.labels, list(self.labels)) if self.labels is not None else None
+
     def setup(self) -> None:
         state: RunState = self.config.stash[STATE_KEY]
         if state.store is None:
@@ -59,18 +65,18 @@ class CheckItem(pytest.Item):
             judge_regression(self.check, v, state.store, state.baseline, self.labels)
         self._apply_waivers(state.waivers, v)
         self.user_properties.extend(v.properties())
-        if v.outcome == "waived":
+        if v.outcome == Outcome.WAIVED:
             pytest.xfail(f"{self.check.id}: {v.reason}")
-        if v.outcome == "error":
+        if v.outcome == Outcome.ERROR:
             pytest.fail(self._text(), pytrace=False)
-        if v.outcome == "skip":
+        if v.outcome == Outcome.SKIP:
             pytest.skip(f"{self.check.id}: {v.reason}")
 
-    def _apply_waivers(self, waivers: list, v: Verdict) -> None:
+    def _apply_waivers(self, waivers: list[Waiver], v: Verdict) -> None:
         """A failure covered by an unexpired waiver is reported as waived, with why and until when."""
-        if v.outcome != "fail" or not waivers:
+        if v.outcome != Outcome.FAIL or not waivers:
             return
-        entity = self.name[len(self.check.id):].strip("[]") or "node"
+        entity = self.entity or "node"
         today = datetime.date.today()
         for w in waivers:
             if not w.matches(self.policy.name, self.check.id, entity):
@@ -78,12 +84,12 @@ class CheckItem(pytest.Item):
             if w.expired(today):
                 v.notes.append(f"a waiver (line {w.line}) expired on {w.expires}; the check counts again")
                 continue
-            v.outcome, v.reason = "waived", f"waived until {w.expires}: {w.justification} (failed: {v.reason})"
+            v.outcome, v.reason = Outcome.WAIVED, f"waived until {w.expires}: {w.justification} (failed: {v.reason})"
             return
 
     def runtest(self) -> None:
         assert self.verdict is not None
-        if self.verdict.outcome == "fail":
+        if self.verdict.outcome == Outcome.FAIL:
             raise CheckFailed(self.verdict)
         # passing evidence goes to JUnit <system-out>; failures carry it in <failure>
         self.add_report_section("call", "stdout", self._text() + "\n")
@@ -100,5 +106,14 @@ class CheckItem(pytest.Item):
     def reportinfo(self):
         return self.path, self.check.line - 1, f"{self.policy.name}::{self.name}"
 
-
-STATE_KEY: pytest.StashKey["RunState"] = pytest.StashKey()
+    def result_record(self) -> dict[str, Any]:
+        """This item's result as the reports carry it (plain data: reporters never see items)."""
+        v = self.verdict
+        return {
+            "nodeid": self.nodeid, "policy": self.policy.name, "check": self.check.id,
+            "metric": self.check.metric.name, "layer": self.check.layer,
+            "entity": self.entity, "labels": self.labels,
+            "outcome": v.outcome if v else Outcome.NOT_RUN, "reason": v.reason if v else "",
+            "expect": self.check.expect_text, "for": self.check.for_, "window": self.check.window,
+            "entities": [e.to_json() for e in v.entities] if v else [],
+        }

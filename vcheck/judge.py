@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from . import expr as E
 from .evidence import EntityEvidence, Measurement, Verdict
 from .histogram import RELATIVE_ERROR, Histogram
 from .observations import Observation, ObservationStore
 from .policy import Check
+from .selection import entity_name, observations_for
 from .units import COUNT, format_value
 
 MIN_COVERAGE = 0.5   # a series that covers less than half its window is inconclusive
 FOR_TOLERANCE = 0.25  # of an interval: sampling jitter allowed when measuring a stretch
-
-
-def entity_name(labels: Mapping[str, str], keys: Iterable[str] | None = None) -> str:
-    """'cpu3', 'vda', 'web1-EXTERNAL_INTERRUPT': values joined, numeric ones prefixed by their label."""
-    keys = list(keys) if keys is not None else sorted(labels)
-    parts = []
-    for k in keys:
-        v = labels.get(k)
-        if v is None:
-            continue
-        parts.append(f"{k}{v}" if v.isdigit() else v)
-    return "-".join(parts) or "node"
 
 
 # --- values an assertion can ask for -----------------------------------------------------
@@ -186,35 +175,12 @@ def longest_violation(e: E.Expr, times: list[float], values: list[float], spans:
 
 # --- one item ----------------------------------------------------------------------------
 
-def observations_for(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None
-                     ) -> list[Observation]:
-    obs = store.for_metric(check.metric.name)
-    if not check.per and not check.select:
-        # the node-wide figure; with select:, the chosen entities are judged one by one
-        aggregate = [o for o in obs if not o.labels]
-        if aggregate:
-            return aggregate
-    picked = []
-    for o in obs:
-        labels = o.label_dict
-        if not labels:
-            continue
-        if check.per and not all(p in labels for p in check.per):
-            continue
-        if item_labels and any(labels.get(k) != v for k, v in item_labels.items()):
-            continue
-        if not check.selects({**o.info, **labels}):
-            continue
-        picked.append(o)
-    return picked
-
-
 def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None,
           observed: float) -> Verdict:
     """Verdict for one item. `observed` is how long the session actually sampled."""
     spec = check.metric
     window = min(check.window, observed) if observed else check.window
-    obs = observations_for(check, store, item_labels)
+    obs = observations_for(check, store.all(), item_labels)
     entities: list[EntityEvidence] = []
     if spec.kind == "distribution":
         groups: dict[tuple, list[Observation]] = {}
@@ -361,8 +327,8 @@ def judge_regression(check: Check, verdict: Verdict, store: ObservationStore, ba
     if r is None:
         return
     spec = check.metric
-    now_obs = observations_for(check, store, item_labels)
-    base_obs = observations_for(check, baseline, item_labels)
+    now_obs = observations_for(check, store.all(), item_labels)
+    base_obs = observations_for(check, baseline.all(), item_labels)
     window = store.window.duration or check.window
     base_window = baseline.window.duration or check.window
     regressed = []

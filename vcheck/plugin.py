@@ -4,97 +4,32 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import sys
-import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 import pytest
 
 from .catalog import Catalog
-from .collectors.base import Unavailable
-from .items import STATE_KEY, CheckItem, PolicyFile
-from .observations import ObservationStore
-from .policy import Check, Policy, load_policy
+from .errors import ReportFormatError, UsageError
+from .items import CheckItem, PolicyFile
+from .model import LAYERS
 from .procfs import HostRoots
+from .report.json_report import RunFacts, read_report, store_from_report
+from .report.recorder import RECORDER_KEY, ReportRecorder, json_output, prometheus_output
+from .runstate import STATE_KEY, RunState
 from .session import SamplingSession, plan
 from .units import UnitError, format_duration, parse_duration
+from .waivers import load_waivers
 
 LAYER_MARKERS = {
     "guest": "checks on the VM guest layer (this node's own /proc, block devices, scheduler)",
     "hypervisor": "checks on the KVM hypervisor layer (VMs, vCPU threads, KVM exits)",
     "container": "checks on the container layer (cgroups, runtimes, namespaces)",
 }
-
-
-@dataclass
-class RunState:
-    """Everything one run shares between hooks (kept on config.stash, never global)."""
-
-    catalog: Catalog
-    roots: HostRoots
-    window_override: float | None = None
-    policies: dict[Path, Policy] = field(default_factory=dict)
-    policy_errors: list[str] = field(default_factory=list)
-    discovered: dict[tuple[str, str], list[Mapping[str, str]] | None] = field(default_factory=dict)
-    store: ObservationStore | None = None
-    session: SamplingSession | None = None
-    started: float = field(default_factory=time.time)
-    replay: ObservationStore | None = None      # --replay: judge a saved run instead of sampling
-    baseline: ObservationStore | None = None    # --baseline: regress: checks compare against it
-    waivers: list = field(default_factory=list)
-    timed_out: bool = False
-
-    def load_policy(self, path: Path) -> Policy:
-        path = Path(path)
-        if path not in self.policies:
-            p = load_policy(path, self.catalog, display=_display(path))
-            if self.window_override:
-                p = replace(p, checks=tuple(_with_window(c, self.window_override) for c in p.checks))
-            self.policies[path] = p
-        return self.policies[path]
-
-    def entities_for(self, check: Check) -> list[Mapping[str, str] | None]:
-        """Entities this check makes items for, discovered cheaply at collection time."""
-        spec = check.metric
-        # an entity is named by its labels up to the finest one per: asks for, so per: vcpu
-        # makes items web1-vcpu0 and db1-vcpu0, never one "vcpu0" for both VMs
-        depth = [spec.item_labels.index(p) for p in check.per if p in spec.item_labels]
-        if not depth:
-            return [None]
-        keys = list(spec.item_labels[: max(depth) + 1])
-        cache_key = (spec.collector, spec.name)
-        if cache_key not in self.discovered and self.replay is not None:
-            # a replay judges the entities the saved run observed, not today's
-            self.discovered[cache_key] = [{**o.info, **o.label_dict} for o in self.replay.for_metric(spec.name)]
-        if cache_key not in self.discovered:
-            try:
-                self.discovered[cache_key] = list(self.catalog.collectors[spec.collector].discover(self.roots, spec.name))
-            except (Unavailable, OSError):
-                self.discovered[cache_key] = None
-        found = self.discovered[cache_key] or []
-        out: list[Mapping[str, str]] = []
-        for d in found:
-            if not all(s.matches(d.get(s.label)) for s in check.select if s.label in d):
-                continue
-            proj = {k: str(d[k]) for k in keys if k in d}
-            if len(proj) == len(keys) and proj not in out:
-                out.append(proj)
-        return out or [None]
-
-
-def _with_window(c: Check, window: float) -> Check:
-    return replace(c, window=window, interval=min(c.interval, window))
-
-
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+assert set(LAYER_MARKERS) == set(LAYERS)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -115,34 +50,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="bound the whole run; past it, stop, detach, report as interrupted, exit 2")
 
 
+MAX_TIMEOUT = 7 * 86400.0   # a bound beyond a week is a typo, not a bound
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, desc in LAYER_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {desc}")
-    window = None
-    if config.option.vcheck_window:
-        try:
-            window = parse_duration(config.option.vcheck_window)
-        except UnitError as exc:
-            raise pytest.UsageError(f"--window: {exc}") from None
+    window = _duration_option(config.option.vcheck_window, "--window")
+    _duration_option(config.option.vcheck_timeout, "--timeout")
     state = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
-    from .report.json_report import ReportFormatError, read_report, store_from_report
-
     try:
         if config.option.vcheck_replay:
-            state.replay = store_from_report(read_report(config.option.vcheck_replay))
+            path = config.option.vcheck_replay
+            state.replay = store_from_report(read_report(path), path)
         if config.option.vcheck_baseline:
-            state.baseline = store_from_report(read_report(config.option.vcheck_baseline))
-    except ReportFormatError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    if config.option.vcheck_waivers:
-        from .errors import UsageError as VUsageError
-        from .waivers import load_waivers
-
-        try:
+            path = config.option.vcheck_baseline
+            state.baseline = store_from_report(read_report(path), path)
+        if config.option.vcheck_waivers:
             state.waivers = load_waivers(config.option.vcheck_waivers)
-        except VUsageError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    except (ReportFormatError, UsageError) as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[STATE_KEY] = state
+    outputs = []
+    if config.option.vcheck_json:
+        outputs.append(json_output(config.option.vcheck_json))
+    if config.option.vcheck_prom:
+        outputs.append(prometheus_output(config.option.vcheck_prom))
+    if outputs:
+        recorder = ReportRecorder(outputs, started=state.started)
+        config.stash[RECORDER_KEY] = recorder
+        config.pluginmanager.register(recorder, "vcheck-report")
+
+
+def _duration_option(text: str | None, flag: str) -> float | None:
+    if not text:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except UnitError as exc:
+        raise pytest.UsageError(f"{flag}: {exc}") from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise pytest.UsageError(f"{flag} {text}: must be more than 0 and at most 7d")
+    return seconds
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -153,9 +102,19 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    errors = session.config.stash[STATE_KEY].policy_errors
-    if errors:
-        raise pytest.UsageError(*errors)
+    config = session.config
+    state = config.stash[STATE_KEY]
+    if state.policy_errors:
+        raise pytest.UsageError(*state.policy_errors)
+    known = {(p.name, c.id) for p in state.policies.values() for c in p.checks}
+    for w in state.waivers:
+        if not any(fnmatch.fnmatchcase(f"{policy}::{check}" if "::" in w.check else check, w.check)
+                   for policy, check in known):
+            print(f"vcheck: {config.option.vcheck_waivers}:{w.line}: the waiver for {w.check!r} matches "
+                  "no check of the policies in this run", file=sys.stderr)
+    recorder = config.stash.get(RECORDER_KEY, None)
+    if recorder is not None:
+        recorder.collected([i.result_record() for i in session.items if isinstance(i, CheckItem)])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -176,25 +135,47 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
     try:
         state.store = state.session.run()
+    except KeyboardInterrupt:
+        # the report still says what was observed until then, and that it was cut short
+        state.store = state.session.store
+        state.interrupted_by = state.interrupted_by or "SIGINT"
+        raise
     finally:
         state.session = None
         if show:
             show.finish()
     if state.store.window.interrupted:
-        why = "--timeout reached" if state.timed_out else "sampling interrupted"
+        state.interrupted_by = state.interrupted_by or "SIGTERM"
+        why = "--timeout reached" if state.interrupted_by == "--timeout" else "sampling interrupted"
+        state.terminating = True
         pytest.exit(f"vcheck: {why} after {state.store.window.duration:.1f}s of sampling; "
                     "every collector was stopped and detached", returncode=2)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    if isinstance(item, CheckItem):
+        outcome.get_result().vcheck_result = item.result_record()
+
+
 def _on_sigterm(config: pytest.Config):
-    """SIGTERM during the window ends sampling early (collectors detach on the way out);
-    at any other moment it ends the run as interrupted (exit 2), like Ctrl-C."""
+    """SIGTERM during the window ends sampling early (collectors detach on the way out); at
+    any other moment it ends the run as interrupted (exit 2), like Ctrl-C. Once the run is
+    ending, further signals are ignored so they cannot break the reports being written."""
     def handler(signum, frame):
         state = config.stash.get(STATE_KEY, None)
-        if state is not None and state.session is not None:
+        if state is None:
+            return
+        if state.session is not None:
+            state.interrupted_by = state.interrupted_by or "SIGTERM"
             state.session.stop()
-        else:
-            pytest.exit("vcheck: terminated by SIGTERM", returncode=2)
+            return
+        if state.terminating:
+            return
+        state.terminating = True
+        state.interrupted_by = state.interrupted_by or "SIGTERM"
+        pytest.exit("vcheck: terminated by SIGTERM", returncode=2)
     return handler
 
 
@@ -204,22 +185,36 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     if threading.current_thread() is threading.main_thread():
         session.config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm(session.config))
-    timeout = session.config.option.vcheck_timeout
-    if timeout:
-        try:
-            seconds = parse_duration(timeout)
-        except UnitError as exc:
-            raise pytest.UsageError(f"--timeout: {exc}") from None
+    seconds = _duration_option(session.config.option.vcheck_timeout, "--timeout")
+    if seconds:
         state = session.config.stash[STATE_KEY]
 
         def expire() -> None:
-            state.timed_out = True
+            state.interrupted_by = state.interrupted_by or "--timeout"
             os.kill(os.getpid(), signal.SIGTERM)   # the same path as an operator's SIGTERM
 
         timer = threading.Timer(seconds, expire)
         timer.daemon = True
         timer.start()
         session.config.stash[_TIMER] = timer
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Hand the reporters what the run observed; they write after every other hook."""
+    config = session.config
+    state = config.stash.get(STATE_KEY, None)
+    recorder = config.stash.get(RECORDER_KEY, None)
+    if state is None or recorder is None:
+        return
+    state.terminating = True
+    if state.policy_errors:
+        recorder.outputs = []   # a usage error writes nothing: the last good report stays
+        return
+    layer_of = {m.name: m.layer for m in state.catalog.metrics.values()}
+    recorder.observed(RunFacts(
+        store=state.store, layer_of=layer_of, interrupted_by=state.interrupted_by,
+        policies=[{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()]))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -229,12 +224,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+    recorder = config.stash.get(RECORDER_KEY, None)
+    if recorder is not None and config.pluginmanager.is_registered(recorder):
+        config.pluginmanager.unregister(recorder)
 
 
 _PREVIOUS_SIGTERM: pytest.StashKey = pytest.StashKey()
 _TIMER: pytest.StashKey = pytest.StashKey()
-
-
 class _Progress:
     def __init__(self, config: pytest.Config, window: float):
         self.config = config
@@ -267,28 +263,3 @@ def _progress_printer(config: pytest.Config, window: float) -> _Progress | None:
     if mode == "off" or (mode == "auto" and (not sys.stdout.isatty() or os.environ.get("CI"))):
         return None
     return _Progress(config, window)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    state = config.stash.get(STATE_KEY, None)
-    json_path, prom_path = config.option.vcheck_json, config.option.vcheck_prom
-    if state is None or state.policy_errors or not (json_path or prom_path):
-        return
-    from .report.json_report import build_report, write_report
-
-    report = build_report(session, state, int(exitstatus))
-    if state.timed_out and report.get("window"):
-        report["window"]["interrupted"] = True
-        report["interrupted_by"] = "--timeout"
-    if json_path:
-        write_report(json_path, report)
-    if prom_path:
-        from .report.atomic import write_atomic
-        from .report.prometheus import render
-
-        try:
-            previous = Path(prom_path).read_text()
-        except OSError:
-            previous = None
-        write_atomic(prom_path, render(report, time.time() - state.started, previous).encode())

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
-from ..catalog import MetricSpec
+from ..model import MetricSpec
 from ..observations import ObservationStore
 from ..procfs import HostRoots
 

@@ -26,34 +26,39 @@ All values are in the metric's base unit: seconds, bytes, percent (0-100), count
 from __future__ import annotations
 
 import json
-import os
+import math
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from .. import __version__
-from ..evidence import EntityEvidence, redact
-from ..histogram import Histogram
+from ..errors import ReportFormatError
+from ..evidence import redact
+from ..histogram import MAX_INDEX, SUB, Histogram
+from ..model import LAYERS
 from ..observations import Observation, ObservationStore, labels_of
-from .atomic import write_atomic
 from .node import node_facts
-
-if TYPE_CHECKING:
-    import pytest
-
-    from ..plugin import RunState
+from .output import read_bounded
 
 FORMAT = "vcheck.report"
 VERSION = 1
+MAX_REPORT_BYTES = 256 << 20    # a day of 1 s samples of every metric fits many times over
+MAX_SERIES = 1_000_000          # samples in one observation
+MAX_BUCKETS = MAX_INDEX
+MAX_DEPTH = 64                  # JSON nesting; a report needs under 10
+
+__all__ = ["FORMAT", "VERSION", "ReportFormatError", "RunFacts", "build_report", "dumps", "parse_report", "read_report",
+           "store_from_report", "observation_json"]
 
 
-def _entity_json(e: EntityEvidence) -> dict[str, Any]:
-    return {
-        "entity": e.entity, "labels": e.labels, "info": {k: redact(v) for k, v in e.info.items()},
-        "outcome": e.outcome, "reason": e.reason, "samples": e.samples,
-        "expected_samples": e.expected_samples, "observed_seconds": e.observed_seconds,
-        "measurements": [m.__dict__ for m in e.measurements], "series": e.series,
-        "events": e.events, "notes": e.notes,
-    }
+@dataclass
+class RunFacts:
+    """What the run tells the report besides each item's result (pushed by the plugin)."""
+
+    store: ObservationStore | None = None
+    policies: list[dict[str, str]] = field(default_factory=list)
+    layer_of: Mapping[str, str] = field(default_factory=dict)   # metric -> layer
+    interrupted_by: str | None = None
 
 
 def observation_json(o: Observation) -> dict[str, Any]:
@@ -63,30 +68,15 @@ def observation_json(o: Observation) -> dict[str, Any]:
             "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason, "blind": o.blind}
 
 
-def build_report(session: "pytest.Session", state: "RunState", exit_status: int) -> dict[str, Any]:
-    from ..items import CheckItem
-
-    results = []
-    for item in session.items:
-        if not isinstance(item, CheckItem):
-            continue
-        v = item.verdict
-        results.append({
-            "nodeid": item.nodeid, "policy": item.policy.name, "check": item.check.id,
-            "metric": item.check.metric.name, "layer": item.check.layer,
-            "entity": item.name[len(item.check.id):].strip("[]") or None, "labels": item.labels,
-            "outcome": v.outcome if v else "not-run", "reason": v.reason if v else "",
-            "expect": item.check.expect_text, "for": item.check.for_, "window": item.check.window,
-            "entities": [_entity_json(e) for e in v.entities] if v else [],
-        })
-    store = state.store
+def build_report(results: list[dict[str, Any]], facts: RunFacts, exit_status: int) -> dict[str, Any]:
+    store = facts.store
     w = store.window if store else None
-    return {
+    report: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "vcheck": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_status": exit_status,
-        "node": {**node_facts(), "layers": layers_observed(state)},
-        "policies": [{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()],
+        "node": {**node_facts(), "layers": layers_observed(store, facts.layer_of)},
+        "policies": facts.policies,
         "window": {"start": w.start_wall, "planned": w.planned, "observed": w.duration,
                    "interrupted": w.interrupted} if w else None,
         "unavailable": dict(store.unavailable) if store else {},
@@ -94,14 +84,15 @@ def build_report(session: "pytest.Session", state: "RunState", exit_status: int)
         "observations": [observation_json(o) for o in store.all()] if store else [],
         "collector_notes": dict(store.collector_notes) if store else {},
     }
+    if facts.interrupted_by:
+        if report["window"] is not None:
+            report["window"]["interrupted"] = True
+        report["interrupted_by"] = facts.interrupted_by
+    return report
 
 
-def layers_observed(state: "RunState") -> dict[str, str]:
+def layers_observed(store: ObservationStore | None, layer_of: Mapping[str, str]) -> dict[str, str]:
     """Per layer: 'observed', 'unavailable: why', 'no data' or 'not checked' in this run."""
-    from ..catalog import LAYERS
-
-    layer_of = {m.name: m.layer for m in state.catalog.metrics.values()}
-    store = state.store
     observations = store.all() if store is not None else []
     unavailable = store.unavailable if store is not None else {}
     out = {}
@@ -117,49 +108,187 @@ def layers_observed(state: "RunState") -> dict[str, str]:
     return out
 
 
-def observation_from_json(d: dict[str, Any]) -> Observation:
-    return Observation(metric=d["metric"], labels=labels_of(d.get("labels") or {}), info=dict(d.get("info") or {}),
-                       times=list(d.get("times") or []), values=list(d.get("values") or []),
-                       spans=list(d.get("spans") or []),
-                       histogram=Histogram.from_json(d["histogram"]) if d.get("histogram") else None,
-                       events=list(d.get("events") or []), notes=list(d.get("notes") or []),
-                       gone_at=d.get("gone_at"), gone_reason=d.get("gone_reason") or "",
-                       blind=d.get("blind") or "")
+def _finite(x: Any) -> Any:
+    """Standard JSON has no NaN or Infinity: such a figure is written as null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
-def store_from_report(report: dict[str, Any]) -> ObservationStore:
+def dumps(report: dict[str, Any]) -> bytes:
+    return (json.dumps(_finite(report), indent=1, default=str, allow_nan=False) + "\n").encode()
+
+
+# --- reading a saved report (untrusted input) --------------------------------------------
+
+class _Shape:
+    """Checks one report's structure, naming the first bad field by its JSON path."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, what: str) -> ReportFormatError:
+        return ReportFormatError(f"{self.path}: {where}: {what}")
+
+    def obj(self, v: Any, where: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(where, f"expected an object, got {type(v).__name__}")
+        return v
+
+    def lst(self, v: Any, where: str, limit: int = MAX_SERIES) -> list[Any]:
+        if not isinstance(v, list):
+            raise self.fail(where, f"expected a list, got {type(v).__name__}")
+        if len(v) > limit:
+            raise self.fail(where, f"more than {limit} entries")
+        return v
+
+    def text(self, v: Any, where: str, optional: bool = False) -> str:
+        if v is None and optional:
+            return ""
+        if not isinstance(v, str):
+            raise self.fail(where, f"expected a string, got {type(v).__name__}")
+        return v
+
+    def num(self, v: Any, where: str, optional: bool = False) -> float | None:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.fail(where, f"expected a finite number, got {v!r:.40}")
+        return float(v)
+
+    def strmap(self, v: Any, where: str) -> dict[str, str]:
+        d = self.obj(v if v is not None else {}, where)
+        for k, x in d.items():
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool):
+                raise self.fail(f"{where}.{k}", "expected a string")
+        return {k: str(x) for k, x in d.items()}
+
+    def histogram(self, v: Any, where: str) -> Histogram:
+        d = self.obj(v, where)
+        if d.get("scheme") != f"loglinear-{SUB}":
+            raise self.fail(f"{where}.scheme", f"unknown histogram scheme {d.get('scheme')!r:.40}")
+        buckets = {}
+        for i, b in enumerate(self.lst(d.get("buckets"), f"{where}.buckets", MAX_BUCKETS)):
+            b = self.lst(b, f"{where}.buckets[{i}]", 4)
+            if len(b) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) for x in b):
+                raise self.fail(f"{where}.buckets[{i}]", "expected [index, low, high, count] integers")
+            if not 0 <= b[0] < MAX_INDEX or b[3] < 0:
+                raise self.fail(f"{where}.buckets[{i}]", "index or count out of range")
+            buckets[b[0]] = b[3]
+        count = self.num(d.get("count"), f"{where}.count")
+        scale = self.num(d.get("scale"), f"{where}.scale")
+        if count < 0 or count != int(count) or scale <= 0:
+            raise self.fail(where, "count must be a whole number >= 0 and scale > 0")
+        return Histogram(scale=scale, buckets=buckets, total=int(count), sum=self.num(d.get("sum"), f"{where}.sum"),
+                         max_exact=self.num(d.get("max"), f"{where}.max", optional=True))
+
+    def observation(self, v: Any, where: str) -> Observation:
+        d = self.obj(v, where)
+        times = [self.num(x, f"{where}.times") for x in self.lst(d.get("times") or [], f"{where}.times")]
+        values = [self.num(x, f"{where}.values") for x in self.lst(d.get("values") or [], f"{where}.values")]
+        spans = [self.num(x, f"{where}.spans") for x in self.lst(d.get("spans") or [], f"{where}.spans")]
+        if not len(times) == len(values) == len(spans):
+            raise self.fail(where, f"times, values and spans differ in length ({len(times)}, {len(values)}, "
+                                   f"{len(spans)})")
+        events = self.lst(d.get("events") or [], f"{where}.events", 100_000)
+        for i, e in enumerate(events):
+            self.obj(e, f"{where}.events[{i}]")
+        notes = [self.text(n, f"{where}.notes") for n in self.lst(d.get("notes") or [], f"{where}.notes", 10_000)]
+        return Observation(
+            metric=self.text(d.get("metric"), f"{where}.metric"),
+            labels=labels_of(self.strmap(d.get("labels"), f"{where}.labels")),
+            info=self.strmap(d.get("info"), f"{where}.info"),
+            times=times, values=values, spans=spans,   # type: ignore[arg-type]
+            histogram=self.histogram(d["histogram"], f"{where}.histogram") if d.get("histogram") is not None else None,
+            events=events, notes=notes,
+            gone_at=self.num(d.get("gone_at"), f"{where}.gone_at", optional=True),
+            gone_reason=self.text(d.get("gone_reason"), f"{where}.gone_reason", optional=True),
+            blind=self.text(d.get("blind"), f"{where}.blind", optional=True))
+
+    def report(self, data: Any) -> None:
+        d = self.obj(data, "top level")
+        for i, r in enumerate(self.lst(d.get("results") or [], "results")):
+            r = self.obj(r, f"results[{i}]")
+            for k in ("nodeid", "outcome"):
+                self.text(r.get(k), f"results[{i}].{k}")
+        w = d.get("window")
+        if w is not None:
+            w = self.obj(w, "window")
+            for k in ("start", "planned", "observed"):
+                self.num(w.get(k), f"window.{k}", optional=True)
+        self.strmap(d.get("unavailable"), "unavailable")
+        node = self.obj(d.get("node") or {}, "node")
+        self.text(node.get("hostname"), "node.hostname", optional=True)
+        self.strmap(node.get("labels"), "node.labels")
+        status = d.get("exit_status")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+            raise self.fail("exit_status", "expected an integer")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """Load and check a report written by vcheck; anything foreign, malformed, too big or too
+    deep gets one ReportFormatError line."""
+    try:
+        raw = read_bounded(path, MAX_REPORT_BYTES, "the report")
+    except FileNotFoundError:
+        raise ReportFormatError(f"{path}: no such report") from None
+    except OSError as exc:
+        raise ReportFormatError(f"{path}: cannot read report: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ReportFormatError(f"{path}: {exc}") from None
+    return parse_report(raw, path)
+
+
+def parse_report(raw: bytes, path: str) -> dict[str, Any]:
+    """read_report on bytes already read (a report can be read only once from a pipe)."""
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        depth = max_depth(data)
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested {depth} levels deep (at most {MAX_DEPTH})")
+    except (ValueError, RecursionError) as exc:
+        raise ReportFormatError(f"{path}: not a readable JSON report ({str(exc)[:120]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ReportFormatError(f"{path}: not a vcheck report (no \"format\": \"{FORMAT}\")")
+    version = data.get("version")
+    if version != VERSION or isinstance(version, bool) or not isinstance(version, int):
+        raise ReportFormatError(f"{path}: report format version {version!r:.40}; "
+                                f"this vcheck reads version {VERSION}")
+    _Shape(path).report(data)
+    return data
+
+
+def max_depth(data: Any) -> int:
+    """Nesting depth of parsed JSON, walked without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
+def store_from_report(report: dict[str, Any], path: str = "report") -> ObservationStore:
     """The observations of a saved run, as a store items can judge (replays, baselines)."""
+    shape = _Shape(path)
     store = ObservationStore()
-    for d in report.get("observations") or []:
-        o = observation_from_json(d)
-        store.put(o)
-    store.unavailable.update(report.get("unavailable") or {})
+    for i, d in enumerate(shape.lst(report.get("observations") or [], "observations")):
+        store.put(shape.observation(d, f"observations[{i}]"))
+    store.unavailable.update(shape.strmap(report.get("unavailable"), "unavailable"))
     w = report.get("window") or {}
     store.window.start_wall = w.get("start") or 0.0
     store.window.planned = w.get("planned") or 0.0
     store.window.duration = w.get("observed") or 0.0
     store.window.interrupted = bool(w.get("interrupted"))
     return store
-
-
-def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(report, indent=1, default=str) + "\n").encode())
-
-
-class ReportFormatError(ValueError):
-    pass
-
-
-def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a report written by vcheck; a foreign or newer file gets a clear error."""
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except (OSError, ValueError) as exc:
-        raise ReportFormatError(f"{path}: not a readable JSON report ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ReportFormatError(f"{path}: not a vcheck report (no \"format\": \"{FORMAT}\")")
-    if data.get("version") != VERSION:
-        raise ReportFormatError(f"{path}: report format version {data.get('version')!r}; "
-                                f"this vcheck reads version {VERSION}")
-    return data

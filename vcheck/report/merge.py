@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .json_report import ReportFormatError, read_report
+from ..errors import ReportFormatError
+from .json_report import MAX_REPORT_BYTES, parse_report
+from .output import read_bounded
 
 FLEET_FORMAT = "vcheck.fleet"
 FLEET_VERSION = 1
@@ -34,23 +36,36 @@ class NodeResult:
         return bool(self.failed)
 
 
-def _from_json(path: Path) -> NodeResult:
-    r = read_report(path)
+# exit codes that mean the node was not judged healthy whatever its results say: interrupted,
+# internal error, usage error, nothing collected, an output lost
+NOT_HEALTHY_EXITS = {2: "run interrupted", 3: "internal error", 4: "usage error", 5: "nothing collected",
+                     7: "an output could not be written"}
+
+
+def _from_json(raw: bytes, path: Path) -> NodeResult:
+    r = parse_report(raw, str(path))
     node = r.get("node") or {}
     res = NodeResult(name=node.get("hostname") or path.stem, source=str(path), labels=dict(node.get("labels") or {}))
     for x in r.get("results", []):
         res.counts[x["outcome"]] = res.counts.get(x["outcome"], 0) + 1
         if x["outcome"] in ("fail", "error"):
             res.failed.append(x["nodeid"])
-    if (r.get("window") or {}).get("interrupted"):
+    status = r.get("exit_status")
+    if (r.get("window") or {}).get("interrupted") or status == 2:
         res.failed.append("(run interrupted)")
+    elif status in NOT_HEALTHY_EXITS:
+        res.failed.append(f"(exit {status}: {NOT_HEALTHY_EXITS[status]})")
+    elif not r.get("results"):
+        res.failed.append("(no check was judged)")
     return res
 
 
-def _from_junit(path: Path) -> list[NodeResult]:
+def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        raise ReportFormatError(f"{path}: JUnit XML with a DOCTYPE or entities is refused")
     try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
         raise ReportFormatError(f"{path}: not a readable JUnit XML file ({exc})") from None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     if not suites:
@@ -77,14 +92,18 @@ def load_node_reports(paths: list[str]) -> list[NodeResult]:
     nodes = []
     for p in map(Path, paths):
         try:
-            with open(p, "rb") as f:
-                head = f.read(512).lstrip()
+            raw = read_bounded(p, MAX_REPORT_BYTES, "the report")
+        except FileNotFoundError:
+            raise ReportFormatError(f"{p}: no such report") from None
         except OSError as exc:
             raise ReportFormatError(f"{p}: cannot read report: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ReportFormatError(f"{p}: {exc}") from None
+        head = raw[:512].lstrip()
         if head.startswith(b"<"):
-            nodes.extend(_from_junit(p))
+            nodes.extend(_from_junit(raw, p))
         elif head.startswith(b"{"):
-            nodes.append(_from_json(p))      # read_report checks format and version
+            nodes.append(_from_json(raw, p))      # parse_report checks format, version and shape
         else:
             raise ReportFormatError(f"{p}: neither a vcheck JSON report nor JUnit XML")
     return nodes

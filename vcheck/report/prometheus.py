@@ -7,6 +7,7 @@ so an alert can say "no successful conformance run for 2 h".
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any, Iterable
@@ -23,9 +24,22 @@ def _labels(**kw: object) -> str:
     return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in kw.items()) + "}"
 
 
+def _number(v: float) -> str:
+    """Prometheus spells the non-finite values NaN, +Inf and -Inf."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return f"{v:.17g}"
+
+
 def previous_last_success(text: str | None) -> float | None:
     m = _LAST_SUCCESS.search(text or "")
-    return float(m.group(1)) if m else None
+    try:
+        value = float(m.group(1)) if m else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def render(report: dict[str, Any], duration: float, previous_text: str | None = None,
@@ -35,10 +49,14 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
-        rows = list(samples)
+        rows, seen = [], set()
+        for labels, value in samples:
+            if labels not in seen:   # a statistic used twice in one expect: one series (the first)
+                seen.add(labels)
+                rows.append((labels, value))
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:.17g}" for labels, value in rows)
+        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in rows)
 
     status, values, thresholds = [], [], []
     for r in report.get("results", []):

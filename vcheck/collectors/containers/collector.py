@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from typing import Mapping
 
-from ...catalog import MetricSpec
+from ...model import MetricSpec
 from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
 from .cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
-from .discovery import Container, discover_containers, host_namespaces, namespace_ids, nspid
+from .container import Container
+from .discovery import discover_containers, host_namespaces, namespace_ids, nspid
 
 LABELS = ("namespace", "pod", "container")
 

@@ -15,34 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ...procfs import HostRoots, read_text
+from .container import Container
 from .cri import DEFAULT_SOCKETS, CriClient, CriError
 from .engine import EngineError, docker_sockets, from_docker
-
-CRI_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.cri.sandbox-name",
-                   "io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri.container-type")
-
-
-@dataclass(frozen=True)
-class Container:
-    id: str
-    name: str
-    pod: str
-    namespace: str
-    runtime: str
-    pid: int
-    image: str = ""
-    privileged: bool | None = None
-    source: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def identity(self) -> dict[str, str]:
-        return {"namespace": self.namespace, "pod": self.pod, "container": self.name}
-
 
 def cri_sockets(roots: HostRoots) -> list[Path]:
     extra = [Path(p) for p in os.environ.get("VCHECK_CRI_SOCKETS", "").split(":") if p]

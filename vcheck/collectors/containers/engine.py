@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ...procfs import HostRoots
+from .container import Container
 
 API = "/v1.41"
 DEFAULT_SOCKETS = ("docker.sock", "podman/podman.sock")   # under the host's /run
@@ -57,9 +58,7 @@ def docker_sockets(roots: HostRoots) -> list[Path]:
     return extra + [roots.run / rel for rel in DEFAULT_SOCKETS]
 
 
-def from_docker(sock: Path) -> list:
-    from .discovery import Container
-
+def from_docker(sock: Path) -> list[Container]:
     out = []
     for c in _get(sock, "/containers/json"):
         cid = c.get("Id", "")

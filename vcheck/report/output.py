@@ -1,0 +1,183 @@
+"""Writing and reading the files a run is told to use, as root, in directories others may write.
+
+Writing: a regular file (or a new one) is replaced atomically: a temporary file with an
+unpredictable name, created exclusively in the same directory (never through a symlink),
+written, fsynced, given its mode through the descriptor, then renamed over the target, so a
+reader never sees half a file and a failed run leaves the last good one byte-identical. A FIFO,
+a terminal, /dev/null or a pipe behind /dev/stdout is written as a stream. Anything else that is
+not a regular file (a directory, a block or other character device, a socket, a symlink to a
+regular file) is refused, never replaced.
+
+Reading: bounded in size, regular files and streams only, never blocking on a FIFO with no
+writer, so a hostile path cannot wedge or exhaust a run.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import OutputError
+
+_NULL = (1, 3)                                        # /dev/null
+_TTY_MAJORS = frozenset({4, 5, *range(136, 144)})     # virtual consoles, /dev/tty, ptys
+
+
+def _streamable(st: os.stat_result) -> bool:
+    if stat.S_ISFIFO(st.st_mode):
+        return True
+    if stat.S_ISCHR(st.st_mode):
+        dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        return dev == _NULL or dev[0] in _TTY_MAJORS
+    return False
+
+
+def _kind(st: os.stat_result) -> str:
+    m = st.st_mode
+    return ("a directory" if stat.S_ISDIR(m) else "a block device" if stat.S_ISBLK(m) else
+            "a character device" if stat.S_ISCHR(m) else "a socket" if stat.S_ISSOCK(m) else
+            "a FIFO" if stat.S_ISFIFO(m) else "a symbolic link" if stat.S_ISLNK(m) else "not a regular file")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM/SIGINT wait until a file is complete (then act as usual), so a second signal
+    cannot leave a temporary file behind or a report half-renamed."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (ValueError, OSError):   # not the main thread: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` as described above; raises OutputError naming the path and why."""
+    target = Path(path)
+    try:
+        lst = os.lstat(target)
+    except FileNotFoundError:
+        lst = None
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write: {exc.strerror}") from None
+    if lst is not None and stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(target)
+        except OSError as exc:
+            raise OutputError(f"{target}: a symbolic link to nothing usable ({exc.strerror}); "
+                              "give the real path") from None
+        if not _streamable(st):
+            raise OutputError(f"{target}: is a symbolic link (to {_kind(st)}); vcheck does not write "
+                              "through links: give the real path")
+        _write_stream(target, data)
+        return
+    if lst is not None and not stat.S_ISREG(lst.st_mode):
+        if _streamable(lst):
+            _write_stream(target, data)
+            return
+        raise OutputError(f"{target}: is {_kind(lst)}; vcheck writes reports only to regular files, "
+                          "FIFOs and terminals")
+    _replace_atomically(target, data, mode)
+
+
+def _write_stream(target: Path, data: bytes) -> None:
+    try:
+        # O_NONBLOCK: a FIFO with no reader is an error now, not a run that hangs forever
+        fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror
+        raise OutputError(f"{target}: cannot write: {why}") from None
+    try:
+        if not _streamable(os.fstat(fd)):     # swapped for something else since we looked
+            raise OutputError(f"{target}: changed while being opened; not written")
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        with _signals_held():
+            while view:
+                view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise OutputError(f"{target}: write failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(target: Path, data: bytes, mode: int) -> None:
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise OutputError(f"{target}: cannot write: directory {directory} does not exist")
+    with _signals_held():
+        try:
+            # mkstemp: random name, O_CREAT|O_EXCL (never opens an existing file or a symlink), 0600
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write in {directory}: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                os.fchmod(f.fileno(), mode)
+            os.rename(tmp, target)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise OutputError(f"{target}: write failed: {exc.strerror}; the previous file is unchanged") from None
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """At most `limit` bytes of a regular file, FIFO or pipe (read once: process substitution
+    works); refuses directories and devices, and a file over the limit. Raises OSError or
+    ValueError with a message that names what was wrong."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise ValueError(f"{what} is {_kind(st)}, not a file")
+        if stat.S_ISFIFO(st.st_mode):
+            os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ValueError(f"{what} is larger than {limit // (1 << 20) or 1} MiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_previous(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
+    """The earlier content of an output file we are about to replace, if it is a regular file
+    (never a device or FIFO: those are not ours to read), bounded, decoded leniently."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""Which entities a check is about: the one selection rule, used both when items are made and
+when an item picks its observations.
+
+A check names entities with ``per:`` (one item per entity) and ``select:`` (which entities).
+Two kinds of label meet here:
+
+* labels known before sampling (a VM, a CPU, a device, a container and its attributes): an
+  entity that lacks one cannot match a ``select:`` on it (a negation does match), and an
+  observation that lacks a ``per:`` label of that kind is not that entity (a node-wide total
+  is not cpu3);
+* labels seen only in the data (an exit reason, an I/O op): an entity observed without one
+  (a VM whose tracepoint never fired, a device with no I/O) cannot be excluded by them. It
+  stays in, so a blind or empty entity is judged (inconclusive, or on_missing) instead of
+  vanishing from the verdict.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+from .model import MetricSpec
+from .observations import Observation
+from .policy import Check
+
+Labels = Mapping[str, str]
+
+
+def entity_name(labels: Labels, keys: Iterable[str] | None = None) -> str:
+    """'cpu3', 'vda', 'web1-EXTERNAL_INTERRUPT': values joined, numeric ones prefixed by their label."""
+    keys = list(keys) if keys is not None else sorted(labels)
+    parts = []
+    for k in keys:
+        v = labels.get(k)
+        if v is None:
+            continue
+        parts.append(f"{k}{v}" if v.isdigit() else v)
+    return "-".join(parts) or "node"
+
+
+def selected(check: Check, entity: Labels) -> bool:
+    """Whether `entity` (identity labels and descriptive attributes) passes the check's select:."""
+    data_only = check.metric.data_only_labels
+    for s in check.select:
+        value = entity.get(s.label)
+        if value is None and s.label in data_only:
+            continue   # not knowable for this entity: it cannot be excluded by it
+        if not s.matches(value):
+            return False
+    return True
+
+
+def item_keys(check: Check) -> tuple[str, ...]:
+    """The labels an item of this check is named by: the discoverable labels down to the finest
+    one per: asks for, so per: vcpu makes web1-vcpu0 and db1-vcpu0, never one 'vcpu0' for both."""
+    spec = check.metric
+    depth = [spec.item_labels.index(p) for p in check.per if p in spec.item_labels]
+    return tuple(spec.item_labels[: max(depth) + 1]) if depth else ()
+
+
+def item_entities(check: Check, discovered: Sequence[Labels] | None) -> list[dict[str, str] | None]:
+    """One entry per item: the entity's identity labels, or None for a single node-wide item."""
+    keys = item_keys(check)
+    if not keys:
+        return [None]
+    out: list[dict[str, str] | None] = []
+    for d in discovered or ():
+        if not selected(check, d):
+            continue
+        proj = {k: str(d[k]) for k in keys if k in d}
+        if len(proj) == len(keys) and proj not in out:
+            out.append(proj)
+    return out or [None]
+
+
+def _has_per_labels(spec: MetricSpec, per: tuple[str, ...], labels: Labels) -> bool:
+    return all(p in labels or p in spec.data_only_labels for p in per)
+
+
+def observations_for(check: Check, observations: Iterable[Observation],
+                     item_labels: Labels | None) -> list[Observation]:
+    """The observations an item judges."""
+    spec = check.metric
+    obs = [o for o in observations if o.metric == spec.name]
+    if not check.per and not check.select:
+        # the node-wide figure; with select:, the chosen entities are judged one by one
+        aggregate = [o for o in obs if not o.labels]
+        if aggregate:
+            return aggregate
+    picked = []
+    for o in obs:
+        labels = o.label_dict
+        if not labels:
+            continue
+        if not _has_per_labels(spec, check.per, labels):
+            continue
+        if item_labels and any(labels.get(k) != v for k, v in item_labels.items()):
+            continue
+        if not selected(check, {**o.info, **labels}):
+            continue
+        picked.append(o)
+    return picked
