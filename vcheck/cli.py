@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .catalog import Catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
+from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
     PolicyError, ReportFormatError
 from .policy import load_policy
 from .units import UNIT_LABEL
@@ -368,6 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `vcheck doctor | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:   # a bug: one line (VCHECK_DEBUG=1 shows the traceback), exit 3
+        if os.environ.get("VCHECK_DEBUG"):
+            raise
+        print(f"vcheck: internal error: {type(exc).__name__}: {str(exc)[:300]} (VCHECK_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -13,6 +13,7 @@ from . import bpf
 from .collectors.containers.discovery import cri_sockets
 from .collectors.containers.engine import docker_sockets
 from .collectors.hypervisor import discover_vms
+from .errors import Unavailable
 from .procfs import HostRoots, read_text
 
 
@@ -92,7 +93,7 @@ def _trial_loads() -> list[Row]:
             rows.append(Row(layer, what, "ok", f"{source} compiled and attached in "
                                                f"{time.monotonic() - t:.1f}s" +
                             (f"; {'; '.join(prog.notes)}" if prog.notes else "")))
-        except bpf.Unavailable as exc:
+        except Unavailable as exc:
             rows.append(Row(layer, what, "no", exc.reason))
         finally:
             prog.close()
@@ -104,7 +105,11 @@ def hypervisor_rows(roots: HostRoots) -> list[Row]:
     kvm_dev = "/dev/kvm"
     rows.append(Row("hypervisor", "KVM", "ok" if os.path.exists(kvm_dev) else "n/a",
                     kvm_dev if os.path.exists(kvm_dev) else "no /dev/kvm: not a KVM host"))
-    vms = discover_vms(roots)
+    try:
+        vms = discover_vms(roots)
+    except Unavailable as exc:
+        rows.append(Row("hypervisor", "VMs", "no", exc.reason))
+        return rows
     rows.append(Row("hypervisor", "VMs", "ok" if vms else "n/a",
                     ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
                     or "no process holds a kvm-vm fd"))
@@ -119,10 +124,23 @@ def container_rows(roots: HostRoots) -> list[Row]:
         "v1" if (roots.cgroup / "cpu").exists() or (roots.cgroup / "cpu,cpuacct").exists() else None
     rows.append(Row("container", "cgroups", "ok" if version else "no",
                     version or f"no cgroup hierarchy under {roots.cgroup}"))
-    found = [f"{kind} at {sock}" for kind, socks in (("CRI", cri_sockets(roots)), ("engine API", docker_sockets(roots)))
-             for sock in socks if sock.exists()]
-    rows.append(Row("container", "runtimes", "ok" if found else "n/a",
-                    "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)"))
+    found, denied = [], []
+    for kind, socks in (("CRI", cri_sockets(roots)), ("engine API", docker_sockets(roots))):
+        for sock in socks:
+            try:
+                os.stat(sock)
+            except PermissionError:
+                denied.append(str(sock))
+                continue
+            except OSError:
+                continue
+            found.append(f"{kind} at {sock}")
+    if denied:
+        rows.append(Row("container", "runtimes", "no", f"not allowed to reach {', '.join(denied)} as uid "
+                        f"{os.geteuid()}: run vcheck as root"))
+    else:
+        rows.append(Row("container", "runtimes", "ok" if found else "n/a",
+                        "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)"))
     return rows
 
 

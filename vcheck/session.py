@@ -183,7 +183,9 @@ class SamplingSession:
                 self.store.mark_unavailable(exc.metrics or c.request.metrics, exc.reason)
                 return
             except Exception as exc:
-                self.store.note(c.name, f"sampling stopped at +{time.monotonic() - t0:.1f}s: {exc!r}")
+                why = f"{c.name} stopped sampling at +{time.monotonic() - t0:.1f}s: {exc!r}"
+                self.store.note(c.name, why)
+                self.store.mark_unavailable(c.request.metrics, why)   # kept only where no data came
                 return
             # a slow read skips ticks rather than sampling back to back
             k = max(k + 1, int((time.monotonic() - t0) / interval) + 1)

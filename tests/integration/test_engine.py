@@ -56,7 +56,10 @@ def test_burner_fails_its_cpu_and_agrees_with_mpstat(run_vcheck, policy_file, cp
     assert vc.returncode == 1, out + err
     report = json.loads(json_path.read_text())
     by_cpu = {r["entity"]: r for r in report["results"]}
-    assert by_cpu["cpu1"]["outcome"] == "fail" and by_cpu["cpu0"]["outcome"] == "pass", out
+    assert by_cpu["cpu1"]["outcome"] == "fail", out
+    # cpu0 carries whatever else runs on a shared machine: its verdict must follow its own figure
+    cpu0 = by_cpu["cpu0"]["entities"][0]["series"]["max"]
+    assert by_cpu["cpu0"]["outcome"] == ("pass" if cpu0 < 50 else "fail"), out
     assert "user[cpu1]" in out and "VIOLATED" in out
 
     stats = json.loads(mp.stdout)["sysstat"]["hosts"][0]["statistics"]
@@ -137,7 +140,8 @@ def test_pytest_and_vcheck_collect_the_same_items():
 
 
 def test_layer_markers_and_keyword_selection(run_vcheck, policy_file):
-    path = policy_file(USER_POLICY.replace("4s", "1s"))
+    # selection is under test, not the machine's load: an expectation no figure can violate
+    path = policy_file(USER_POLICY.replace("4s", "1s").replace('"< 50%"', '"<= 100%"'))
     r = run_vcheck(str(path), "-k", "cpu0", "-m", "guest")
     assert r.returncode == 0, r.stdout
     assert [x["entity"] for x in r.results()] == ["cpu0"]

@@ -18,19 +18,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
+from ..errors import Unavailable
 from ..model import MetricSpec
 from ..observations import ObservationStore
 from ..procfs import HostRoots
 
 
-class Unavailable(Exception):
-    """This collector (or some of its metrics) cannot observe this node; the message says why
-    and what would fix it."""
-
-    def __init__(self, reason: str, metrics: tuple[str, ...] | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.metrics = metrics  # None: all metrics the collector was asked for
+__all__ = ["CollectContext", "CollectRequest", "Collector", "Unavailable"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..catalog import MetricSpec
+from ..model import MetricSpec
 from ..procfs import HostRoots, read_text
 from ..units import PERCENT
 from .base import Collector, Unavailable

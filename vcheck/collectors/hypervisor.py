@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..catalog import MetricSpec
+from ..model import MetricSpec
 from ..evidence import redact
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
@@ -83,8 +83,9 @@ def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str]:
 
 
 # --- discovery ----------------------------------------------------------------------------
-def _fds(proc: Path, pid: int) -> dict[int, str]:
-    """fd number -> link target, read once per process and used for both VM and vCPU tests."""
+def _fds(proc: Path, pid: int, denied: list[int] | None = None) -> dict[int, str]:
+    """fd number -> link target, read once per process and used for both VM and vCPU tests.
+    A process whose fds we may not read is appended to `denied`."""
     out = {}
     try:
         with os.scandir(proc / str(pid) / "fd") as it:
@@ -93,6 +94,9 @@ def _fds(proc: Path, pid: int) -> dict[int, str]:
                     out[int(e.name)] = os.readlink(e.path)
                 except (OSError, ValueError):
                     continue
+    except PermissionError:
+        if denied is not None:
+            denied.append(pid)
     except OSError:
         pass
     return out
@@ -166,10 +170,11 @@ def discover_vms(roots: HostRoots) -> list[VM]:
     except OSError as exc:
         raise Unavailable(f"cannot list {proc}: {exc.strerror}") from exc
     self_pid = os.getpid()
+    denied: list[int] = []
     for pid in pids:
         if pid == self_pid:
             continue
-        fds = _fds(proc, pid)
+        fds = _fds(proc, pid, denied)
         if "anon_inode:kvm-vm" not in fds.values():
             continue
         try:
@@ -180,6 +185,11 @@ def discover_vms(roots: HostRoots) -> list[VM]:
         name, vmm, uuid = vm_identity(argv, comm, pid)
         vcpus, nfds = find_vcpu_threads(proc, pid, fds)
         vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid))
+    if denied:
+        # a VM among them would be invisible: say so rather than report "no VMs"
+        raise Unavailable(f"cannot see VMs: the open files of {len(denied)} processes (e.g. pid {denied[0]}) "
+                          f"are not readable by uid {os.geteuid()}; run vcheck as root (or with "
+                          "CAP_SYS_PTRACE) to find the processes that hold a kvm-vm fd")
     # two VMs with the same name (two unnamed VMMs of one kind cannot collide: pid is in it)
     seen: dict[str, int] = {}
     for vm in vms:
