@@ -72,7 +72,10 @@ class SamplingSession:
             self._start_all()
             self._sample_window()
         except BaseException:
-            self.store.window.interrupted = True
+            w = self.store.window
+            w.interrupted = True
+            if w.start and not w.duration:
+                w.duration = min(time.monotonic() - w.start, w.planned)
             raise
         finally:
             self._close_all()
@@ -134,13 +137,20 @@ class SamplingSession:
                 threads.append(t)
         deadline = t0 + window
         names = [c.name for c in self._collectors]
+        ctrl_c = False
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= deadline:
                 break
-            if self.progress:
-                self.progress(now - t0, window, names)
-            self._stop.wait(min(self.progress_every, deadline - now))
+            try:
+                if self.progress:
+                    self.progress(now - t0, window, names)
+                self._stop.wait(min(self.progress_every, deadline - now))
+            except KeyboardInterrupt:
+                # Ctrl-C ends the window like SIGTERM: collectors still give their final
+                # read, so the report holds what was observed until now; then it propagates
+                ctrl_c = True
+                self._stop.set()
         interrupted = self._stop.is_set()
         if not interrupted:
             # let every poller take its final sample at the end of the window
@@ -165,6 +175,8 @@ class SamplingSession:
                 self.store.mark_unavailable(c.request.metrics, f"{c.name} failed at the end of the window: {exc!r}")
         if self.progress:
             self.progress(self.store.window.duration, window, names)
+        if ctrl_c:
+            raise KeyboardInterrupt
 
     def _poll(self, c: Collector, t0: float, window: float) -> None:
         interval = c.request.interval

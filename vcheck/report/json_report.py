@@ -125,6 +125,12 @@ def dumps(report: dict[str, Any]) -> bytes:
 
 # --- reading a saved report (untrusted input) --------------------------------------------
 
+def _given(d: dict[str, Any], key: str, default: Any) -> Any:
+    """The field, or the default when absent or null (a wrong type stays wrong: no `or`)."""
+    v = d.get(key)
+    return default if v is None else v
+
+
 class _Shape:
     """Checks one report's structure, naming the first bad field by its JSON path."""
 
@@ -188,16 +194,16 @@ class _Shape:
 
     def observation(self, v: Any, where: str) -> Observation:
         d = self.obj(v, where)
-        times = [self.num(x, f"{where}.times") for x in self.lst(d.get("times") or [], f"{where}.times")]
-        values = [self.num(x, f"{where}.values") for x in self.lst(d.get("values") or [], f"{where}.values")]
-        spans = [self.num(x, f"{where}.spans") for x in self.lst(d.get("spans") or [], f"{where}.spans")]
+        times = [self.num(x, f"{where}.times") for x in self.lst(_given(d, "times", []), f"{where}.times")]
+        values = [self.num(x, f"{where}.values") for x in self.lst(_given(d, "values", []), f"{where}.values")]
+        spans = [self.num(x, f"{where}.spans") for x in self.lst(_given(d, "spans", []), f"{where}.spans")]
         if not len(times) == len(values) == len(spans):
             raise self.fail(where, f"times, values and spans differ in length ({len(times)}, {len(values)}, "
                                    f"{len(spans)})")
-        events = self.lst(d.get("events") or [], f"{where}.events", 100_000)
+        events = self.lst(_given(d, "events", []), f"{where}.events", 100_000)
         for i, e in enumerate(events):
             self.obj(e, f"{where}.events[{i}]")
-        notes = [self.text(n, f"{where}.notes") for n in self.lst(d.get("notes") or [], f"{where}.notes", 10_000)]
+        notes = [self.text(n, f"{where}.notes") for n in self.lst(_given(d, "notes", []), f"{where}.notes", 10_000)]
         return Observation(
             metric=self.text(d.get("metric"), f"{where}.metric"),
             labels=labels_of(self.strmap(d.get("labels"), f"{where}.labels")),
@@ -211,7 +217,7 @@ class _Shape:
 
     def report(self, data: Any) -> None:
         d = self.obj(data, "top level")
-        for i, r in enumerate(self.lst(d.get("results") or [], "results")):
+        for i, r in enumerate(self.lst(_given(d, "results", []), "results")):
             r = self.obj(r, f"results[{i}]")
             for k in ("nodeid", "outcome"):
                 self.text(r.get(k), f"results[{i}].{k}")
@@ -221,7 +227,7 @@ class _Shape:
             for k in ("start", "planned", "observed"):
                 self.num(w.get(k), f"window.{k}", optional=True)
         self.strmap(d.get("unavailable"), "unavailable")
-        node = self.obj(d.get("node") or {}, "node")
+        node = self.obj(_given(d, "node", {}), "node")
         self.text(node.get("hostname"), "node.hostname", optional=True)
         self.strmap(node.get("labels"), "node.labels")
         status = d.get("exit_status")
@@ -283,7 +289,7 @@ def store_from_report(report: dict[str, Any], path: str = "report") -> Observati
     """The observations of a saved run, as a store items can judge (replays, baselines)."""
     shape = _Shape(path)
     store = ObservationStore()
-    for i, d in enumerate(shape.lst(report.get("observations") or [], "observations")):
+    for i, d in enumerate(shape.lst(_given(report, "observations", []), "observations")):
         store.put(shape.observation(d, f"observations[{i}]"))
     store.unavailable.update(shape.strmap(report.get("unavailable"), "unavailable"))
     w = report.get("window") or {}

@@ -39,7 +39,7 @@ def _streamable(st: os.stat_result) -> bool:
 
 def _kind(st: os.stat_result) -> str:
     m = st.st_mode
-    return ("a directory" if stat.S_ISDIR(m) else "a block device" if stat.S_ISBLK(m) else
+    return ("a regular file" if stat.S_ISREG(m) else "a directory" if stat.S_ISDIR(m) else "a block device" if stat.S_ISBLK(m) else
             "a character device" if stat.S_ISCHR(m) else "a socket" if stat.S_ISSOCK(m) else
             "a FIFO" if stat.S_ISFIFO(m) else "a symbolic link" if stat.S_ISLNK(m) else "not a regular file")
 

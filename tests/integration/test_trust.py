@@ -1,0 +1,155 @@
+"""Hostile and careless use of the command line, as a new user and as an attacker would try
+it: every case ends with one line, a distinct exit code, no traceback, and nothing destroyed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import VCHECK, vcheck_programs
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
+SOURCE = GOLDEN / "replay-source.json"
+POLICY = GOLDEN / "node-conformance.yaml"
+
+
+def vcheck(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    return subprocess.run(VCHECK + list(args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(r) -> str:
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [["run", "--no-such-flag-at-all=1", "--window"], ["merge"], ["bogus"],
+                                  ["compare", "only-one.json"], ["doctor", "extra"]])
+def test_command_line_mistakes_exit_4_with_one_line(args):
+    r = vcheck(*args)
+    assert r.returncode == 4, r.stderr
+    one_line_error(r)
+
+
+@pytest.mark.parametrize("spec", ["nan%", "inf%", "-5", "101%", "-1%", "lots"])
+def test_absurd_gate_limits_are_usage_errors(tmp_path, spec):
+    r = vcheck("merge", str(SOURCE), "--max-failing-nodes", spec)
+    assert r.returncode == 4 and "--max-failing-nodes" in one_line_error(r)
+
+
+@pytest.mark.parametrize("timeout", ["0s", "1e400s", "9999d", "nan"])
+def test_absurd_timeouts_are_refused(timeout):
+    r = vcheck("run", "--replay", str(SOURCE), str(POLICY), "--timeout", timeout)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "--timeout" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+
+
+def _report(tmp_path: Path, name: str, **changes) -> Path:
+    d = json.loads(SOURCE.read_text())
+    d.update(changes)
+    p = tmp_path / name
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_merge_counts_interrupted_and_empty_runs_as_failing(tmp_path):
+    passing = _report(tmp_path, "ok.json", exit_status=0,
+                      results=[{"nodeid": "a", "outcome": "pass"}], node={"hostname": "ok"})
+    interrupted = _report(tmp_path, "int.json", exit_status=2, results=[{"nodeid": "a", "outcome": "pass"}],
+                          node={"hostname": "int"}, window={"interrupted": False})
+    empty = _report(tmp_path, "empty.json", exit_status=5, results=[], node={"hostname": "empty"})
+    r = vcheck("merge", str(passing), str(interrupted), str(empty), "--json", str(tmp_path / "fleet.json"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    nodes = {n["name"]: n["failing"] for n in json.loads((tmp_path / "fleet.json").read_text())["nodes"]}
+    assert nodes == {"ok": False, "int": True, "empty": True}
+
+
+def test_a_conftest_or_ini_beside_a_policy_is_never_run(tmp_path):
+    """vcheck runs as root: only its own plugin and the policies named."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "conftest.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (tmp_path / "evilplugin.py").write_text(f"open({str(marker)!r}, 'w').write('plugin')\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p evilplugin\n")
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY.read_text())
+    env = {"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}", "PYTEST_ADDOPTS": "-p evilplugin",
+           "PYTEST_PLUGINS": "evilplugin"}
+    for cmd in (["run", "--replay", str(SOURCE), str(policy)], ["list", str(policy)]):
+        r = vcheck(*cmd, cwd=tmp_path, env=env)
+        assert r.returncode in (0, 1), r.stdout + r.stderr
+        assert not marker.exists(), f"{cmd[0]} ran code the operator did not name"
+
+
+def test_outputs_that_fail_do_not_stop_the_others(tmp_path):
+    (tmp_path / "adir").mkdir()
+    good = tmp_path / "good.json"
+    prom = tmp_path / "m.prom"
+    prom.write_text("old")
+    r = vcheck("run", "--replay", str(SOURCE), str(POLICY), "--junitxml", str(tmp_path / "adir"),
+               "--json", str(good), "--prom-textfile", str(tmp_path / "missing" / "m.prom"))
+    errors = [x for x in r.stderr.splitlines() if x.startswith("vcheck:")]
+    assert len(errors) == 2 and all("Traceback" not in x for x in errors), r.stderr
+    assert json.loads(good.read_text())["format"] == "vcheck.report"
+    assert r.returncode == 1          # the replayed run had failures: that verdict stands
+
+
+def test_lock_through_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    lock = tmp_path / "run.lock"
+    lock.symlink_to(victim)
+    r = vcheck("run", "--replay", str(SOURCE), str(POLICY), "--lock", str(lock))
+    assert r.returncode == 4 and "symbolic link" in one_line_error(r)
+    assert victim.read_text() == "precious"
+
+
+def test_compare_writes_junit_atomically_and_refuses_devices(tmp_path):
+    r = vcheck("compare", str(SOURCE), str(SOURCE), str(POLICY), "--junitxml", "/dev/full")
+    assert "Traceback" not in r.stderr and "/dev/full" in r.stderr
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+    out = tmp_path / "c.xml"
+    r = vcheck("compare", str(SOURCE), str(SOURCE), str(POLICY), "--junitxml", str(out))
+    assert out.read_text().startswith("<?xml") and [p.name for p in tmp_path.iterdir()] == ["c.xml"]
+
+
+def _start_long_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    policy = tmp_path / "long.yaml"
+    policy.write_text("policy: long\nchecks:\n  - {id: a, metric: cpu.user, expect: '<= 100%', window: 30s}\n")
+    report, prom = tmp_path / "r.json", tmp_path / "r.prom"
+    p = subprocess.Popen(VCHECK + ["run", str(policy), "--json", str(report), "--prom-textfile", str(prom)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    return p, report, prom
+
+
+@pytest.mark.rig
+def test_sigint_reports_an_interrupted_window(tmp_path):
+    p, report, prom = _start_long_run(tmp_path)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2 and "Traceback" not in err, err
+    data = json.loads(report.read_text())
+    assert data["window"]["interrupted"] is True and data["interrupted_by"] == "SIGINT"
+    assert 0 < data["window"]["observed"] < 30
+    assert 'vcheck_run_interrupted{node=' in prom.read_text() and "} 1\n" in prom.read_text().split(
+        "vcheck_run_interrupted{")[1][:80] + "\n"
+
+
+@pytest.mark.rig
+def test_two_sigterms_in_a_row_end_cleanly(tmp_path):
+    p, report, _ = _start_long_run(tmp_path)
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2 and "Traceback" not in err, err
+    assert json.loads(report.read_text())["interrupted_by"] == "SIGTERM"
+    assert vcheck_programs() == []
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []

@@ -1,0 +1,101 @@
+"""Saved reports are untrusted input (replay, baseline, compare, merge): every crafted shape gets
+one ReportFormatError line, and what vcheck writes is standard JSON."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from vcheck.errors import ReportFormatError
+from vcheck.report.json_report import RunFacts, build_report, dumps, read_report, store_from_report
+
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "golden" / "replay-source.json"
+
+
+def _valid() -> dict:
+    return json.loads(GOLDEN.read_text())
+
+
+def _set(d: dict, path: str, value) -> dict:
+    d = copy.deepcopy(d)
+    cur = d
+    keys = path.split(".")
+    for k in keys[:-1]:
+        cur = cur[int(k)] if isinstance(cur, list) else cur[k]
+    last = keys[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+    return d
+
+
+CRAFTED = [
+    ("version", "1"), ("version", 1.0), ("version", True), ("version", 2), ("results", {}),
+    ("results.0", "x"), ("results.0.outcome", 3), ("results.0.nodeid", None), ("window", []),
+    ("window.observed", "soon"), ("unavailable", []), ("unavailable.x", {"y": 1}), ("node", "n"),
+    ("node.labels", [1]), ("exit_status", "0"), ("observations", {}), ("observations.0", 7),
+    ("observations.0.labels", ["cpu"]), ("observations.0.labels", {"cpu": {"a": 1}}),
+    ("observations.0.times", "123"), ("observations.0.values", [1, "x"]), ("observations.0.spans", [None]),
+    ("observations.0.metric", 5), ("observations.0.histogram", {"scheme": "log2"}),
+    ("observations.0.histogram", {"scheme": "loglinear-8", "scale": 1e-9, "count": 1, "sum": 1,
+                                  "buckets": [[5, 1, 2]]}),
+    ("observations.0.histogram", {"scheme": "loglinear-8", "scale": 1e-9, "count": 1, "sum": 1,
+                                  "buckets": [[10 ** 9, 1, 2, 1]]}),
+    ("observations.0.histogram", {"scheme": "loglinear-8", "scale": -1, "count": 1, "sum": 1, "buckets": []}),
+    ("observations.0.histogram", {"scheme": "loglinear-8", "scale": 1, "count": "1", "sum": 1, "buckets": []}),
+    ("observations.0.events", [1, 2]), ("observations.0.notes", [{"a": 1}]), ("observations.0.gone_at", "x"),
+    ("observations.0.blind", 1),
+]
+
+
+@pytest.mark.parametrize("path,value", CRAFTED, ids=[f"{p}={v!r}"[:40] for p, v in CRAFTED])
+def test_crafted_shapes_get_one_line(tmp_path, path, value):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(_set(_valid(), path, value)))
+    with pytest.raises(ReportFormatError) as exc:
+        store_from_report(read_report(str(f)), str(f))
+    assert str(exc.value).startswith(str(f)) and "\n" not in str(exc.value)
+
+
+def test_lengths_of_a_series_must_agree(tmp_path):
+    d = _valid()
+    obs = next(o for o in d["observations"] if o["values"])
+    obs["times"] = obs["times"][:-1]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(d))
+    with pytest.raises(ReportFormatError, match="differ in length"):
+        store_from_report(read_report(str(f)), str(f))
+
+
+@pytest.mark.parametrize("text", ['{"format": "vcheck.report", "version": 1, "x": NaN}',
+                                  '{"format": "vcheck.report", "version": 1, "x": Infinity}',
+                                  "[" * 100000 + "]" * 100000, '{"a":' * 70 + "1" + "}" * 70,
+                                  "\xff\xfe", "", "null", '"s"'])
+def test_non_json_deep_or_non_standard_files(tmp_path, text):
+    f = tmp_path / "r.json"
+    f.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    with pytest.raises(ReportFormatError):
+        read_report(str(f))
+
+
+def test_directories_devices_and_missing_files(tmp_path):
+    for p in (str(tmp_path), "/dev/zero", str(tmp_path / "none.json")):
+        with pytest.raises(ReportFormatError):
+            read_report(p)
+
+
+def test_non_finite_figures_are_written_as_null():
+    report = build_report([{"nodeid": "a", "outcome": "pass", "value": math.nan, "n": [math.inf, 1.0]}],
+                          RunFacts(), 0)
+    text = dumps(report).decode()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["results"][0]["n"] == [None, 1.0]
+
+
+def test_a_valid_report_round_trips():
+    store = store_from_report(read_report(str(GOLDEN)))
+    assert store.all() and store.window.duration > 0
