@@ -12,24 +12,107 @@ from typing import Any
 from .histogram import RELATIVE_ERROR, Histogram
 from .units import format_duration, format_value
 
-_SECRET_PATTERNS = (
-    # qemu -object secret,id=x,data=... and password=/passwd=/token=/key= style options
-    (re.compile(r"(?i)\b((?:data|password|passwd|pass|pwd|secret|token|key|api[-_]?key|access[-_]?key|"
-                r"auth|credentials?)=)([^,:\s&]+)"), r"\1<redacted>"),
-    # credentials in URLs: scheme://user:pass@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)@"), r"\1<redacted>@"),
-    # --password VALUE style flags
-    (re.compile(r"(?i)(--?(?:password|passwd|token|secret|api-key)[ =])(\S+)"), r"\1<redacted>"),
-    # Authorization: Bearer xyz
-    (re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9._~+/-]+=*)"), r"\1<redacted>"),
-)
+REDACTED = "<redacted>"
+
+# Redaction is by rule, not by a list of known options. A key (of key=value, key: value,
+# --key value or --key=value) names a secret when one of its word parts - split at
+# non-alphanumerics and camelCase humps - does:
+#   * contains passw, passphrase, passcode, pwd, secret, token, credential, cookie, session,
+#     signature, csrf or xsrf (client_secret, access_token, DB_PASSWORD, password-secret);
+#   * is pass, pw, cred, creds, sig, jwt, otp, psk or private; ends with pass (storepass,
+#     dbpass) except the English words bypass, compass, ...; or starts or ends with auth
+#     (auth, authorization, oauth, X-Auth-Token), except author(s);
+#   * is key/keys, or "key" glued to a word that says what kind of key it is (apikey,
+#     accesskey, privkey, sshkey, ...). Other words ending in "key" (monkey, hotkey) and
+#     words that merely start with it (keyboard, keymap) are not secrets.
+# Where a rule errs it errs towards redacting: a redacted harmless value costs less than a leak.
+_SECRET_STEMS = ("passw", "passphrase", "passcode", "pwd", "secret", "token", "credential", "cookie",
+                 "session", "signature", "csrf", "xsrf")
+_SECRET_PARTS = {"pass", "pw", "cred", "creds", "sig", "jwt", "otp", "psk", "private", "key", "keys"}
+_KEY_QUALIFIERS = ("api", "access", "private", "priv", "auth", "master", "signing", "sign", "encryption",
+                   "enc", "crypt", "ssh", "host", "client", "shared", "pass", "storage", "account",
+                   "app", "license", "p")
+_GLUED_KEY_RE = re.compile(r"(?:%s)keys?\Z" % "|".join(_KEY_QUALIFIERS))
+_NOT_PASS = ("bypass", "compass", "encompass", "surpass", "trespass", "overpass", "underpass")
+_WORD_PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+# key=value / key: value / "key": value, and --flag value / --flag=value
+_KEY_RE = re.compile(
+    r"""(?<![\w.-])(?:(?P<q>["']?)(?P<key>[A-Za-z_][\w.-]*)(?P=q)(?P<sep>[ \t]*[=:][ \t]*)"""
+    r"""|(?P<flag>--?[A-Za-z_][\w.-]*)(?P<fsep>=|[ \t]+))""")
+# an unquoted value ends at whitespace or a separator of the surrounding syntax (",", "&", ";");
+# qemu escapes a comma as ",,", rbd a colon as "\:"; a colon ends it only before another key=
+_VALUE_RE = re.compile(r"""(?:,,|\\.|:(?![A-Za-z_][\w.-]*=)|[^\s,;&"'\\:\x00])+""")
+_QUOTED_RE = re.compile(r""""[^"\n]*"?|'[^'\n]*'?""")
+_LINE_RE = re.compile(r"""[^\r\n\x00"']*""")
+_ARG_RE = re.compile(r"""\S+""")
+# scheme://userinfo@host: the userinfo runs to the last '@' of the URL (passwords hold '@' and '/')
+_URL_RE = re.compile(r"""(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)([^\s"']*)""")
+# qemu -object secret,id=x,data=...: "data" is a secret only inside a secret object
+_QEMU_SECRET_DATA_RE = re.compile(
+    r"""(\bsecret\b[^\n]{0,200}?[,{]\s*["']?data["']?\s*[=:]\s*["']?)((?:,,|[^,"'\s}])+)""")
+_BEARER_RE = re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9._~+/-]+=*)")
+
+
+def names_secret(key: str) -> bool:
+    """Whether an option or variable name says its value is a secret (see the rule above)."""
+    for part in _WORD_PART_RE.findall(key):
+        p = part.lower()
+        if (p in _SECRET_PARTS or any(s in p for s in _SECRET_STEMS) or _GLUED_KEY_RE.match(p)
+                or (p.endswith("pass") and p not in _NOT_PASS)
+                or ((p.startswith("auth") or p.endswith("auth")) and p not in ("author", "authors"))):
+            return True
+    return False
+
+
+def _redact_keys(text: str) -> str:
+    out, pos, copied = [], 0, 0
+    while True:
+        m = _KEY_RE.search(text, pos)
+        if not m:
+            break
+        name = m.group("key") or m.group("flag")
+        sep = m.group("sep") or m.group("fsep")
+        end = m.end()
+        if not names_secret(name):
+            pos = end          # the value may itself hold key=value pairs: scan it too
+            continue
+        if m.group("flag") and sep != "=":
+            v = _QUOTED_RE.match(text, end) or _ARG_RE.match(text, end)
+            if v and v.group().startswith("--"):   # the next option, not a value
+                v = None
+        elif text.startswith(("'", '"'), end):
+            v = _QUOTED_RE.match(text, end)
+        elif ":" in sep and sep != sep.rstrip():
+            v = _LINE_RE.match(text, end)       # header style "Authorization: Basic xyz"
+        else:
+            v = _VALUE_RE.match(text, end)
+        span = v.group() if v else ""
+        if not span.strip() or span.strip("'\"") == REDACTED:   # nothing, or done already
+            pos = end
+            continue
+        quote = span[0] if span[0] in "'\"" else ""
+        closed = quote and len(span) > 1 and span.endswith(quote)
+        out.append(text[copied:end] + quote + REDACTED + (quote if closed else ""))
+        pos = copied = v.end()
+    out.append(text[copied:])
+    return "".join(out)
+
+
+def _redact_userinfo(m: re.Match) -> str:
+    scheme, rest = m.group(1), m.group(2)
+    at = rest.rfind("@")
+    if at <= 0 or rest[:at] == REDACTED:
+        return m.group()
+    return scheme + REDACTED + rest[at:]
 
 
 def redact(text: str) -> str:
     """Remove secrets from a command line or environment string before it becomes evidence."""
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
+    text = _URL_RE.sub(_redact_userinfo, text)
+    text = _QEMU_SECRET_DATA_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _redact_keys(text)
+    return _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 @dataclass
@@ -61,6 +144,16 @@ class EntityEvidence:
     events: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's form: descriptive info is redacted, since evidence leaves the node."""
+        return {
+            "entity": self.entity, "labels": self.labels, "info": {k: redact(v) for k, v in self.info.items()},
+            "outcome": self.outcome, "reason": self.reason, "samples": self.samples,
+            "expected_samples": self.expected_samples, "observed_seconds": self.observed_seconds,
+            "measurements": [m.__dict__ for m in self.measurements], "series": self.series,
+            "events": self.events, "notes": self.notes,
+        }
 
 
 @dataclass

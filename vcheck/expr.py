@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
-from .units import COUNT, UNIT_DIMENSION, Quantity, UnitError
+from .units import COUNT, UNIT_DIMENSION, Quantity, UnitError, finite_number
 
 STATS = ("min", "max", "mean", "last", "sum", "count", "rate", "p50", "p90", "p95", "p99", "p999")
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
@@ -34,6 +34,10 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+
+# The parser and every walk of the tree recurse; these bounds keep them far from Python's limit.
+MAX_DEPTH = 32      # nested parentheses
+MAX_TERMS = 64      # comparisons in one expression (the tree is at most this deep)
 
 
 class ExprError(ValueError):
@@ -91,7 +95,7 @@ Expr = Union[Comparison, Outliers, And, Or]
 
 _UNITS_BY_LENGTH = sorted(UNIT_DIMENSION, key=len, reverse=True)
 _TOKEN_RE = re.compile(
-    r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op><=|>=|==|!=|<|>)"
+    r"\s*(?:(?P<num>[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)|(?P<op><=|>=|==|!=|<|>)"
     r"|(?P<paren>[()])|(?P<word>[A-Za-zµμ_][A-Za-z0-9µμ_/]*|%|/s))"
 )
 
@@ -138,6 +142,8 @@ class _Parser:
         self.text = text
         self.toks = list(_scan(text))
         self.i = 0
+        self.depth = 0
+        self.terms = 0
 
     @property
     def tok(self) -> _Tok:
@@ -151,7 +157,7 @@ class _Parser:
     def expect(self, kind: str, text: str | None = None, what: str = "") -> _Tok:
         t = self.tok
         if t.kind != kind or (text is not None and t.text != text):
-            found = "end of expression" if t.kind == "end" else repr(t.text)
+            found = "end of expression" if t.kind == "end" else _show(t.text)
             raise ExprError(f"expected {what or text or kind}, found {found}", t.col)
         return self.take()
 
@@ -160,7 +166,7 @@ class _Parser:
             raise ExprError("empty expression: expected e.g. '< 10%'", 0)
         e = self.expr()
         if self.tok.kind != "end":
-            raise ExprError(f"unexpected {self.tok.text!r} after a complete expression "
+            raise ExprError(f"unexpected {_show(self.tok.text)} after a complete expression "
                             "(join with 'and' / 'or')", self.tok.col)
         return e
 
@@ -181,16 +187,23 @@ class _Parser:
     def atom(self) -> Expr:
         t = self.tok
         if t.kind == "paren" and t.text == "(":
+            if self.depth >= MAX_DEPTH:
+                raise ExprError(f"parentheses nested deeper than {MAX_DEPTH} levels", t.col)
             self.take()
+            self.depth += 1
             e = self.expr()
             self.expect("paren", ")", "')'")
+            self.depth -= 1
             return e
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise ExprError(f"more than {MAX_TERMS} comparisons in one expression", t.col)
         if t.kind == "word" and t.text == "count" and self.toks[self.i + 1].text == "(":
             return self.outliers()
         stat = None
         if t.kind == "word":
             if t.text not in STATS:
-                raise ExprError(f"unknown statistic {t.text!r} (known: {' '.join(STATS)})", t.col)
+                raise ExprError(f"unknown statistic {_show(t.text)} (known: {' '.join(STATS)})", t.col)
             stat = self.take().text
         op = self.expect("op", what="a comparison (< <= > >= == !=)")
         value_col = self.tok.col
@@ -207,7 +220,7 @@ class _Parser:
         limit = self.expect("num", what="a number of occurrences")
         if self.tok.kind == "unit":
             raise ExprError("the limit of count(...) is a plain number of occurrences", self.tok.col)
-        return Outliers(inner.text, threshold, op.text, float(limit.text), start.col, value_col)
+        return Outliers(inner.text, threshold, op.text, _number(limit), start.col, value_col)
 
     def quantity(self) -> Quantity:
         num = self.expect("num", what="a number")
@@ -215,9 +228,21 @@ class _Parser:
         if self.tok.kind == "unit" or (self.tok.kind == "word" and self.tok.text in UNIT_DIMENSION):
             unit = self.take().text  # "10ms" or "10 ms"
         elif self.tok.kind == "word" and self.tok.text not in ("and", "or"):
-            raise ExprError(f"unknown unit {self.tok.text!r} (known: {' '.join(sorted(UNIT_DIMENSION))})",
+            raise ExprError(f"unknown unit {_show(self.tok.text)} (known: {' '.join(sorted(UNIT_DIMENSION))})",
                             self.tok.col)
-        return Quantity(float(num.text), unit)
+        return Quantity(_number(num), unit)
+
+
+def _show(text: str) -> str:
+    """repr() for an error message, cut short: a 1 MiB token must not become a 1 MiB line."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _number(tok: _Tok) -> float:
+    try:
+        return finite_number(tok.text, tok.col)
+    except UnitError as exc:
+        raise ExprError(str(exc), exc.col) from None
 
 
 def parse(text: str) -> Expr:
@@ -228,11 +253,14 @@ def parse(text: str) -> Expr:
 
 
 def leaves(e: Expr) -> Iterator[Comparison | Outliers]:
-    if isinstance(e, (And, Or)):
-        yield from leaves(e.left)
-        yield from leaves(e.right)
-    else:
-        yield e
+    """The comparisons, left to right (iterative: a tree built by hand need not be shallow)."""
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (And, Or)):
+            stack.extend((n.right, n.left))
+        else:
+            yield n
 
 
 def check_units(e: Expr, dimension: str) -> None:
@@ -267,7 +295,7 @@ def check_units(e: Expr, dimension: str) -> None:
 # "p99 +50us" allow an absolute increase in the metric's unit (for percent metrics a bare number
 # is percentage points). A trailing "%" always means relative.
 
-_REGRESS_RE = re.compile(r"\s*(?P<stat>[a-z0-9]+)\s*\+\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>\S*)\s*$")
+_REGRESS_RE = re.compile(r"\s*(?P<stat>[a-z0-9]+)\s*\+\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>\S*)\s*\Z")
 
 
 @dataclass(frozen=True)
@@ -285,9 +313,13 @@ def parse_regress(text: str, dimension: str) -> Regress:
     m = _REGRESS_RE.match(text)
     if not m:
         raise ExprError("regress: expected '<stat> +<amount>', e.g. 'p99 +20%' or 'mean +2'", 0)
-    stat, num, unit = m.group("stat"), float(m.group("num")), m.group("unit")
+    stat, unit = m.group("stat"), m.group("unit")
+    try:
+        num = finite_number(m.group("num"), m.start("num"))
+    except UnitError as exc:
+        raise ExprError(f"regress: {exc}", exc.col) from None
     if stat not in STATS or stat in ("count", "rate", "sum"):
-        raise ExprError(f"regress: {stat!r} is not a statistic a baseline can be compared on "
+        raise ExprError(f"regress: {_show(stat)} is not a statistic a baseline can be compared on "
                         "(min max mean last p50 p90 p95 p99 p999)", m.start("stat"))
     if unit == "%":
         return Regress(stat, num / 100.0, True, text.strip())
@@ -296,7 +328,8 @@ def parse_regress(text: str, dimension: str) -> Regress:
             q = Quantity(num, unit)
             q.base_value
         except UnitError as exc:
-            raise ExprError(f"regress: {exc}", m.start("unit")) from None
+            raise ExprError(f"regress: unknown unit {_show(unit)} (known: {', '.join(sorted(UNIT_DIMENSION))})",
+                            m.start("unit")) from None
         if q.dimension != dimension and not (dimension == COUNT and q.dimension is None):
             raise ExprError(f"regress: unit {unit!r} does not fit a {dimension} metric", m.start("unit"))
         return Regress(stat, q.base_value, False, text.strip())

@@ -38,6 +38,8 @@ class SeriesView:
         self.times = [obs.times[i] for i in keep]
         self.values = [obs.values[i] for i in keep]
         self.spans = [obs.spans[i] for i in keep]
+        weighted = len(obs.weights) == len(obs.values)
+        self.weights = [obs.weights[i] for i in keep] if weighted else self.spans
 
     def stat(self, name: str, window: float) -> _Value:
         v = self.values
@@ -54,8 +56,8 @@ class SeriesView:
         if name == "count":
             return _Value(float(len(v)))
         if name == "mean":
-            total = sum(self.spans)
-            return _Value(sum(x * s for x, s in zip(v, self.spans)) / total if total > 0 else sum(v) / len(v))
+            total = sum(self.weights)
+            return _Value(sum(x * w for x, w in zip(v, self.weights)) / total if total > 0 else sum(v) / len(v))
         if name in E.PERCENTILES:
             ordered = sorted(v)
             rank = max(1, math.ceil(E.PERCENTILES[name] * len(ordered)))

@@ -28,6 +28,10 @@ class Observation:
     times: list[float] = field(default_factory=list)        # sample end times (s since window start)
     values: list[float] = field(default_factory=list)       # in the metric's base unit
     spans: list[float] = field(default_factory=list)        # seconds each sample covers
+    # what a sample's mean stands for, where that is not its span: the I/Os a per-interval mean
+    # latency averages over (so the window's mean is I/O-weighted, as iostat's await); empty
+    # when every sample weighs its span
+    weights: list[float] = field(default_factory=list)
     histogram: Histogram | None = None
     events: list[dict] = field(default_factory=list)        # outliers: slowest I/Os, longest exits
     notes: list[str] = field(default_factory=list)
@@ -78,12 +82,14 @@ class ObservationStore:
             return o
 
     def add_sample(self, metric: str, labels: Mapping[str, object], t: float, value: float,
-                   span: float, info: Mapping[str, str] | None = None) -> None:
+                   span: float, info: Mapping[str, str] | None = None, weight: float | None = None) -> None:
         o = self.series(metric, labels, info)
         with self._lock:
             o.times.append(t)
             o.values.append(value)
             o.spans.append(span)
+            if weight is not None:
+                o.weights.append(weight)
 
     def set_histogram(self, metric: str, labels: Mapping[str, object], hist: Histogram,
                       info: Mapping[str, str] | None = None) -> Observation:

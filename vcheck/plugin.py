@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from .report.recorder import RECORDER_KEY, ReportRecorder, json_output, promethe
 from .runstate import STATE_KEY, RunState
 from .session import SamplingSession, plan
 from .units import UnitError, format_duration, parse_duration
-from .waivers import load_waivers
+from .waivers import load_waivers, unmatched
 
 LAYER_MARKERS = {
     "guest": "checks on the VM guest layer (this node's own /proc, block devices, scheduler)",
@@ -107,10 +106,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if state.policy_errors:
         raise pytest.UsageError(*state.policy_errors)
     known = {(p.name, c.id) for p in state.policies.values() for c in p.checks}
-    for w in state.waivers:
-        if not any(fnmatch.fnmatchcase(f"{policy}::{check}" if "::" in w.check else check, w.check)
-                   for policy, check in known):
-            print(f"vcheck: {config.option.vcheck_waivers}:{w.line}: the waiver for {w.check!r} matches "
+    for w in unmatched(state.waivers, known):
+        print(f"vcheck: {config.option.vcheck_waivers}:{w.line}: the waiver for {w.check!r} matches "
                   "no check of the policies in this run", file=sys.stderr)
     recorder = config.stash.get(RECORDER_KEY, None)
     if recorder is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from . import expr as expr_mod
-from .catalog import DEFAULT_ON_MISSING, LAYERS, Catalog, MetricSpec
+from .model import DEFAULT_ON_MISSING, LAYERS, MetricLookup, MetricSpec
 from .errors import PolicyError
 from .units import UnitError, parse_duration
 
@@ -28,6 +28,8 @@ CHECK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 DEFAULT_WINDOW = 60.0
 DEFAULT_INTERVAL = 1.0
 _STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+MAX_YAML_DEPTH = 32   # a policy needs 5; PyYAML's composer recurses, ~330 levels overflow the stack
+_MULTILINE_KEYS = ("description", "remediation")   # the only values that may hold newlines and tabs
 
 TOP_KEYS = ("policy", "description", "defaults", "checks")
 DEFAULT_KEYS = ("window", "interval", "on_missing")
@@ -38,13 +40,31 @@ CHECK_KEYS = ("id", "metric", "expect", "layer", "per", "select", "for", "window
 @dataclass(frozen=True)
 class Selector:
     """One `select:` entry: label matches any alternative (glob or numeric range 'a-b');
-    a leading '!' negates the whole entry."""
+    a leading '!' negates the whole entry.
+
+    Alternatives are validated on construction (ValueError), so matches() never raises.
+    """
 
     label: str
     alternatives: tuple[str, ...]
     negate: bool = False
 
+    def __post_init__(self) -> None:
+        for alt in self.alternatives:
+            problem = selector_problem(alt)
+            if problem:
+                raise ValueError(problem)
+
+    @classmethod
+    def parse(cls, label: str, texts: list[str]) -> "Selector":
+        """From the YAML value's texts: one string 'a,b' or '!a,b', or a list of strings."""
+        negate = len(texts) == 1 and texts[0].startswith("!")
+        alts = tuple(a.strip() for a in (texts[0][1:] if negate else ",".join(texts)).split(","))
+        return cls(label, alts, negate)
+
     def matches(self, value: str | None) -> bool:
+        if value is not None and not isinstance(value, str):
+            value = str(value)
         hit = value is not None and any(_alt_matches(a, value) for a in self.alternatives)
         return hit != self.negate
 
@@ -52,11 +72,62 @@ class Selector:
         return f"{self.label}={'!' if self.negate else ''}{','.join(self.alternatives)}"
 
 
+_RANGE_RE = re.compile(r"([0-9]+)-([0-9]+)\Z")
+_DIGITS_RE = re.compile(r"[0-9]+\Z")
+_SIGNED_RE = re.compile(r"[-+]?[0-9]+\Z")
+_RANGEISH_RE = re.compile(r"[0-9*?+-]*[0-9][0-9*?+-]*\Z")
+_BRACKETS_RE = re.compile(r"\[!?\]?[^\]]*\]")
+_MAX_RANGE_DIGITS = 18
+# C0/C1 controls and the bidi overrides that reorder what a terminal shows
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def selector_problem(alt: str) -> str | None:
+    """Why `alt` cannot be a select alternative, or None.
+
+    A range is exactly 'low-high' in ASCII digits. Anything else made only of digits, signs,
+    dashes and glob characters ('0-3*', '1-3-5', '-1-3', '5-*') would silently be a glob that
+    matches nothing numeric, so it is refused; a literal '-' in a glob can be written '[-]'.
+    """
+    if not alt:
+        return "empty alternative in select value"
+    shown = repr(alt if len(alt) <= 40 else alt[:40] + "...")
+    bad = _CONTROL_RE.search(alt)
+    if bad:
+        return f"control character U+{ord(bad.group()):04X} in select value"
+    if alt.startswith("!"):
+        return (f"'!' in {shown} only negates a whole select value and must come first: "
+                "write '!a,b' as one string")
+    m = _RANGE_RE.match(alt)
+    if m:
+        lo, hi = m.groups()
+        if max(len(lo), len(hi)) > _MAX_RANGE_DIGITS:
+            return f"range {shown} has a bound of more than {_MAX_RANGE_DIGITS} digits"
+        if int(lo) > int(hi):
+            return f"range {shown} is empty: write the low end first ({hi}-{lo})"
+        return None
+    unbracketed = _BRACKETS_RE.sub("?", alt)
+    if "-" in unbracketed and not _SIGNED_RE.match(alt) and _RANGEISH_RE.match(unbracketed):
+        return (f"{shown} is neither a range nor a clear glob: a range is 'low-high' in digits only, "
+                "and a literal '-' in a glob is written '[-]'")
+    return None
+
+
 def _alt_matches(alt: str, value: str) -> bool:
-    m = re.fullmatch(r"(\d+)-(\d+)", alt)
-    if m and value.isdigit():
-        return int(m.group(1)) <= int(value) <= int(m.group(2))
-    return fnmatch.fnmatchcase(value, alt)
+    m = _RANGE_RE.match(alt)
+    if m and _DIGITS_RE.match(value):
+        # compare digit strings, not ints: a label value can be longer than int() accepts
+        n = _digits_key(value)
+        return _digits_key(m.group(1)) <= n <= _digits_key(m.group(2))
+    try:
+        return fnmatch.fnmatchcase(value, alt)
+    except re.error:  # fnmatch escapes everything today; a selector must still never raise
+        return False
+
+
+def _digits_key(digits: str) -> tuple[int, str]:
+    d = digits.lstrip("0") or "0"
+    return len(d), d
 
 
 @dataclass(frozen=True)
@@ -94,7 +165,7 @@ class Policy:
 # --- loading -------------------------------------------------------------------------------
 
 class _Ctx:
-    def __init__(self, path: str, catalog: Catalog):
+    def __init__(self, path: str, catalog: MetricLookup):
         self.path = path
         self.catalog = catalog
 
@@ -105,11 +176,10 @@ class _Ctx:
         return PolicyError(self.path, line, col, message)
 
 
-def load_policy(path: str | Path, catalog: Catalog | None = None, display: str | None = None) -> Policy:
+def load_policy(path: str | Path, catalog: MetricLookup, display: str | None = None) -> Policy:
     """Load and validate one policy file; raises PolicyError."""
     p = Path(path)
     shown = display or str(path)
-    catalog = catalog or Catalog()
     try:
         raw = p.read_bytes() if p.stat().st_size <= MAX_POLICY_BYTES else None
     except OSError as exc:
@@ -119,7 +189,7 @@ def load_policy(path: str | Path, catalog: Catalog | None = None, display: str |
     return load_policy_bytes(raw, shown, catalog, p)
 
 
-def load_policy_bytes(raw: bytes, shown: str, catalog: Catalog, path: Path | None = None) -> Policy:
+def load_policy_bytes(raw: bytes, shown: str, catalog: MetricLookup, path: Path | None = None) -> Policy:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -136,7 +206,14 @@ def load_policy_bytes(raw: bytes, shown: str, catalog: Catalog, path: Path | Non
 def _compose(text: str, ctx: _Ctx) -> yaml.Node:
     try:
         docs = 0
+        depth = 0
         for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise ctx.err(ev, f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+            elif isinstance(ev, yaml.CollectionEndEvent):
+                depth -= 1
             if isinstance(ev, yaml.AliasEvent):
                 raise ctx.err(ev, f"YAML aliases (*{ev.anchor}) are not allowed in policies")
             if isinstance(ev, yaml.DocumentStartEvent):
@@ -164,22 +241,65 @@ def _compose(text: str, ctx: _Ctx) -> yaml.Node:
         raise PolicyError(ctx.path, 1, 1, f"invalid YAML: {exc}") from None
     if node is None:
         raise PolicyError(ctx.path, 1, 1, "empty policy: expected a mapping with 'policy' and 'checks'")
-    for n in _walk(node):
+    for n, path, is_key in _walk(node, ctx):
         if n.tag not in _STD_TAGS:
             raise ctx.err(n, f"YAML tag {n.tag} is not allowed in policies")
+        if isinstance(n, yaml.ScalarNode):
+            _check_controls(n, path, is_key, ctx)
+        if len(path) == 4 and path[0] == "checks" and path[2] == "select" and not is_key:
+            _check_select(n, ctx)
     return node
 
 
-def _walk(node: yaml.Node):
-    stack = [node]
+_Path = tuple  # mapping keys (str, or None for a non-scalar key) and list indexes from the root
+
+
+def _walk(node: yaml.Node, ctx: _Ctx):
+    """Every node with its path and whether it is a mapping key; iterative, depth-bounded."""
+    stack: list[tuple[yaml.Node, _Path, bool]] = [(node, (), False)]
     while stack:
-        n = stack.pop()
-        yield n
+        n, path, is_key = stack.pop()
+        if len(path) > MAX_YAML_DEPTH:
+            raise ctx.err(n, f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+        yield n, path, is_key
         if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                stack.extend((k, v))
+            for k, v in reversed(n.value):
+                name = k.value if isinstance(k, yaml.ScalarNode) else None
+                stack.extend(((v, path + (name,), False), (k, path, True)))
         elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
+            stack.extend((item, path + (i,), False) for i, item in reversed(list(enumerate(n.value))))
+
+
+_TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _check_controls(n: yaml.ScalarNode, path: _Path, is_key: bool, ctx: _Ctx) -> None:
+    """Policy text reaches terminals and reports: no control characters, so none arrive raw."""
+    name = path[-1] if path and isinstance(path[-1], str) else None
+    multiline = not is_key and name in _MULTILINE_KEYS
+    bad = (_TEXT_CONTROLS if multiline else _CONTROL_RE).search(n.value)
+    if bad:
+        what = "a key" if is_key else (name[:40] if name else "a value")
+        allowed = "; only newlines and tabs are allowed there" if multiline else ""
+        raise ctx.err(n, f"control character U+{ord(bad.group()):04X} in {what}{allowed}")
+
+
+def _check_select(v: yaml.Node, ctx: _Ctx) -> None:
+    """Refuse at load time the select values a Selector would refuse (see selector_problem);
+    shapes that are wrong anyway are left to the check's own error."""
+    items = v.value if isinstance(v, yaml.SequenceNode) else [v]
+    if not all(isinstance(i, yaml.ScalarNode) and not i.tag.endswith(":null") for i in items):
+        return
+    if isinstance(v, yaml.SequenceNode):   # each item on its own, to point at the right one
+        for i in items:
+            for alt in i.value.split(","):
+                problem = selector_problem(alt.strip())
+                if problem:
+                    raise ctx.err(i, problem)
+    try:
+        Selector.parse("", [i.value for i in items])
+    except ValueError as exc:
+        raise ctx.err(v, str(exc)) from None
 
 
 def _mapping(node: yaml.Node, ctx: _Ctx, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
@@ -194,7 +314,7 @@ def _mapping(node: yaml.Node, ctx: _Ctx, what: str, allowed: tuple[str, ...]) ->
         if k.value not in allowed:
             close = difflib.get_close_matches(k.value, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
-            raise ctx.err(k, f"unknown key {k.value!r} in {what}{hint}")
+            raise ctx.err(k, f"unknown key {_short(k.value)!r} in {what}{hint}")
         out[k.value] = (k, v)
     return out
 
@@ -216,13 +336,21 @@ def _string(node: yaml.Node, ctx: _Ctx, key: str) -> str:
     return node.value
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """User text echoed in an error: one line stays one line, whatever the file holds."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MIN_INTERVAL = 0.01   # a sampler asked to wake every nanosecond would only spin
+
+
 def _duration(node: yaml.Node, ctx: _Ctx, key: str) -> float:
     if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null", ":bool")):
         raise ctx.err(node, f"{key} must be a duration like 60s, not {_kind(node)}")
     try:
         if node.tag.endswith((":int", ":float")):
             raise UnitError(f"{key} {node.value} needs a unit, e.g. {node.value}s")
-        return parse_duration(node.value)
+        return parse_duration(node.value, minimum=MIN_INTERVAL) if key == "interval" else parse_duration(node.value)
     except UnitError as exc:
         raise ctx.err(node, f"{key}: {exc}" if not str(exc).startswith(key) else str(exc)) from None
 
@@ -241,7 +369,7 @@ def _build_policy(root: yaml.Node, ctx: _Ctx, path: Path) -> Policy:
     name_node = top["policy"][1]
     name = _string(name_node, ctx, "policy")
     if not POLICY_NAME_RE.match(name):
-        raise ctx.err(name_node, f"policy name {name!r} must match [a-z0-9-]+")
+        raise ctx.err(name_node, f"policy name {_short(name)!r} must match [a-z0-9-]+")
     description = _string(top["description"][1], ctx, "description") if "description" in top else ""
 
     defaults: dict[str, Any] = {}
@@ -260,7 +388,7 @@ def _build_policy(root: yaml.Node, ctx: _Ctx, path: Path) -> Policy:
     for cnode in checks_node.value:
         c = _build_check(cnode, ctx, defaults)
         if c.id in seen:
-            raise ctx.err(cnode, f"duplicate check id {c.id!r} (first at line {seen[c.id]})")
+            raise ctx.err(cnode, f"duplicate check id {_short(c.id)!r} (first at line {seen[c.id]})")
         seen[c.id] = c.line
         checks.append(c)
     return Policy(name, description, path, "", tuple(checks))
@@ -274,13 +402,13 @@ def _build_check(node: yaml.Node, ctx: _Ctx, defaults: dict[str, Any]) -> Check:
     id_node = m["id"][1]
     cid = _string(id_node, ctx, "id")
     if not CHECK_ID_RE.match(cid):
-        raise ctx.err(id_node, f"check id {cid!r} must be letters, digits, '.', '_' or '-'")
+        raise ctx.err(id_node, f"check id {_short(cid)!r} must be letters, digits, '.', '_' or '-'")
 
     metric_node = m["metric"][1]
     metric_name = _string(metric_node, ctx, "metric")
     spec = ctx.catalog.get(metric_name)
     if spec is None:
-        raise ctx.err(metric_node, f"unknown metric {metric_name!r}{ctx.catalog.suggest(metric_name)}")
+        raise ctx.err(metric_node, f"unknown metric {_short(metric_name)!r}{ctx.catalog.suggest(metric_name[:200])}")
 
     layer = spec.layer
     if "layer" in m:

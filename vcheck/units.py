@@ -74,11 +74,31 @@ class Quantity:
         return f"{n}{self.unit}"
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_MAX_NUMBER_CHARS = 64   # far more than any real quantity; keeps absurd literals out of float()
+
+MIN_DURATION = 1e-9              # below a nanosecond nothing can be measured
+MAX_DURATION = 7 * 24 * 3600.0   # a week: longer windows are a typo, not a plan
 
 
-def parse_duration(text: object) -> float:
-    """Parse '60s', '1m30s', '500ms' into seconds. A bare number is refused: say the unit."""
+def finite_number(text: str, col: int = 0) -> float:
+    """float(text), refusing what is not a finite number (1e400 and 400-digit literals are inf)."""
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise UnitError(f"number {text[:20]}... is too long", col)
+    try:
+        value = float(text)
+    except ValueError:
+        raise UnitError(f"{text!r} is not a number", col) from None
+    if not math.isfinite(value):
+        raise UnitError(f"number {text} is out of range", col)
+    return value
+
+
+def parse_duration(text: object, *, minimum: float = MIN_DURATION, maximum: float = MAX_DURATION) -> float:
+    """Parse '60s', '1m30s', '500ms' into seconds. A bare number is refused: say the unit.
+
+    The result is finite and within [minimum, maximum] (default 1ns to 7 days), or UnitError.
+    """
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise UnitError(f"expected a duration like 60s, got {type(text).__name__}")
     if isinstance(text, (int, float)):
@@ -86,18 +106,26 @@ def parse_duration(text: object) -> float:
     s = text.strip()
     if not s:
         raise UnitError("empty duration")
+    shown = s if len(s) <= 40 else s[:40] + "..."
     pos = 0
     total = 0.0
     while pos < len(s):
         m = _DURATION_RE.match(s, pos)
         if not m:
-            if re.fullmatch(r"\d+(\.\d+)?", s[pos:]):
-                raise UnitError(f"duration {s!r} needs a unit, e.g. {s}s", pos)
-            raise UnitError(f"bad duration {s!r}: expected e.g. 60s, 500ms, 1m30s", pos)
-        total += float(m.group(1)) * TIME_UNITS[m.group(2)]
+            if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s[pos:]):
+                raise UnitError(f"duration {shown!r} needs a unit, e.g. {shown}s", pos)
+            raise UnitError(f"bad duration {shown!r}: expected e.g. 60s, 500ms, 1m30s", pos)
+        number = m.group(1)
+        if len(number) > _MAX_NUMBER_CHARS:
+            raise UnitError(f"bad duration {shown!r}: a number of more than {_MAX_NUMBER_CHARS} digits", pos)
+        total += float(number) * TIME_UNITS[m.group(2)]
         pos = m.end()
-    if not math.isfinite(total) or total <= 0:
-        raise UnitError(f"duration {s!r} must be positive")
+    if not math.isfinite(total) or total > maximum:
+        raise UnitError(f"duration {shown!r} is too long (at most {format_duration(maximum)})")
+    if total <= 0:
+        raise UnitError(f"duration {shown!r} must be positive")
+    if total < minimum:
+        raise UnitError(f"duration {shown!r} is too short (at least {format_duration(minimum)})")
     return total
 
 

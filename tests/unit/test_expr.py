@@ -77,3 +77,49 @@ def test_units_must_fit_the_metric(text, dim, ok):
     else:
         with pytest.raises(E.ExprError):
             E.check_units(e, dim)
+
+
+@pytest.mark.parametrize("text, col, fragment", [
+    ("(" * 400 + "< 1" + ")" * 400, E.MAX_DEPTH, "nested deeper than 32"),
+    ("(" * 33 + "< 1" + ")" * 33, 32, "nested deeper than 32"),
+    ("(" * 100_000, 32, "nested deeper than 32"),
+    (" and ".join(["< 1"] * 65), 64 * 8, "more than 64 comparisons"),
+    ("< 1" + " or < 1" * 5000, 64 * 7, "more than 64 comparisons"),
+    ("< 1e400", 2, "out of range"),
+    ("< -1e400", 2, "out of range"),
+    ("< " + "9" * 400, 2, "too long"),
+    ("count(> 1ms) <= 1e999", 16, "out of range"),
+    ("count(> 1e309ms) <= 1", 8, "out of range"),
+])
+def test_absurd_expressions_are_refused_with_a_column(text, col, fragment):
+    with pytest.raises(E.ExprError) as ei:
+        E.parse(text)
+    assert fragment in str(ei.value) and ei.value.col == col
+
+
+def test_depth_and_term_limits_are_inclusive():
+    assert str(E.parse("(" * 32 + "< 1" + ")" * 32)) == "< 1"
+    assert len(list(E.leaves(E.parse(" or ".join(["< 1"] * 64))))) == 64
+
+
+def test_leaves_does_not_recurse():
+    e: E.Expr = E.Comparison(None, "<", E.Quantity(0, ""), 0)
+    for i in range(1, 5000):   # far deeper than the parser builds, as a hand-made tree could be
+        e = E.And(e, E.Comparison(None, "<", E.Quantity(i, ""), 0))
+    assert [leaf.value.number for leaf in E.leaves(e)] == list(range(5000))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("p99 +" + "9" * 400 + "%", "too long"),
+    ("p99 +1" + "0" * 70 + "us", "too long"),
+])
+def test_regress_refuses_absurd_amounts(text, fragment):
+    with pytest.raises(E.ExprError, match=fragment):
+        E.parse_regress(text, TIME)
+
+
+@pytest.mark.parametrize("text", ["< 1 " + "x" * 100_000, "y" * 100_000 + " < 1", "< " + "z" * 100_000])
+def test_errors_do_not_echo_huge_tokens(text):
+    with pytest.raises(E.ExprError) as ei:
+        E.parse(text)
+    assert len(str(ei.value)) < 300

@@ -2,18 +2,15 @@
 files, the Prometheus rendering, the fleet gate arithmetic, and the deploy manifests."""
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vcheck.errors import UsageError
 from vcheck.expr import ExprError, parse_regress
 from vcheck.report.merge import NodeResult, allowed_failures, gate
 from vcheck.report.prometheus import previous_last_success, render
 from vcheck.units import PERCENT, TIME
-from vcheck.waivers import load_waivers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,29 +45,6 @@ def test_regress_in_a_policy_names_file_line_and_column(tmp_path):
     with pytest.raises(PolicyError) as exc:
         load_policy(p, Catalog())
     assert str(exc.value).startswith(f"{p}:6:") and "does not fit" in str(exc.value)
-
-
-def test_waiver_file_errors_name_the_line(tmp_path):
-    w = tmp_path / "w.yaml"
-    w.write_text("waivers:\n  - check: a\n    justification: b\n    expires: 2026-01-01\n    owner: me\n")
-    with pytest.raises(UsageError, match=r"w.yaml:2:\d+: unknown key 'owner'"):
-        load_waivers(w)
-    w.write_text("waivers:\n  - check: a\n    expires: 2026-01-01\n")
-    with pytest.raises(UsageError, match="missing 'justification'"):
-        load_waivers(w)
-    w.write_text("waivers: [\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
-        load_waivers(w)
-
-
-def test_waiver_matching_and_expiry(tmp_path):
-    w = tmp_path / "w.yaml"
-    w.write_text("waivers:\n  - {check: 'node-*::steal', entity: 'cpu[0-3]', justification: j, expires: 2026-12-31}\n")
-    (waiver,) = load_waivers(w)
-    assert waiver.matches("node-conformance", "steal", "cpu2")
-    assert not waiver.matches("node-conformance", "steal", "cpu7")
-    assert not waiver.matches("other", "steal", "cpu2")
-    assert not waiver.expired(dt.date(2026, 12, 31)) and waiver.expired(dt.date(2027, 1, 1))
 
 
 REPORT = {"node": {"hostname": 'we"ird'}, "exit_status": 1, "window": {"interrupted": False},

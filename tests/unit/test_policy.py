@@ -3,7 +3,7 @@ import pytest
 
 from vcheck.catalog import Catalog
 from vcheck.errors import PolicyError
-from vcheck.policy import load_policy, load_policy_bytes
+from vcheck.policy import Selector, load_policy, load_policy_bytes, selector_problem
 
 CATALOG = Catalog()
 
@@ -134,3 +134,109 @@ def test_alias_bomb_is_refused_before_expansion():
 def test_missing_file_is_a_policy_error(tmp_path):
     with pytest.raises(PolicyError, match="cannot read policy"):
         load_policy(tmp_path / "nope.yaml", CATALOG)
+
+
+PER_CPU = CHECK + "    per: cpu\n"
+DEEP_FLOW = "policy: x\nchecks: " + "[" * 400 + "]" * 400 + "\n"
+DEEP_BLOCK = "policy: x\nchecks:\n" + "".join(" " * i + "- \n" for i in range(1, 400))
+DEEP_MAP = "policy: x\nd:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 400))
+
+BAD_INPUTS = [
+    # nesting: never a RecursionError, always the node that went too deep
+    (DEEP_FLOW, 2, 40, "YAML nested deeper than 32 levels"),
+    ("policy: x\nchecks: " + "[" * 100_000 + "\n", 2, 40, "YAML nested deeper than 32 levels"),
+    (DEEP_BLOCK, 34, 33, "YAML nested deeper than 32 levels"),
+    (DEEP_MAP, 34, 33, "YAML nested deeper than 32 levels"),
+    (CHECK.replace("'< 10%'", "'" + "(" * 400 + "< 10%" + ")" * 400 + "'"), 5, 46,
+     "expect: parentheses nested deeper than 32 levels"),
+    (CHECK.replace("'< 10%'", "'" + " and ".join(["< 10%"] * 65) + "'"), 5, 14 + 64 * 10,
+     "more than 64 comparisons"),
+    # select values that would validate but crash or silently match nothing at run time
+    *((PER_CPU + f"    select: {{cpu: {value}}}\n", 7, 19, fragment) for value, fragment in [
+        ("'5-3'", "range '5-3' is empty"), ("'99999999999999999999-1'", "more than 18 digits"),
+        ("'1-99999999999999999999'", "more than 18 digits"), ("'0-3*'", "neither a range nor a clear glob"),
+        ("'[0-3]-7'", "neither a range"), ("'1-3-5'", "neither a range"), ("'-1-3'", "neither a range"),
+        ("'2-*'", "neither a range"), ("'0,!1'", "only negates a whole select value"),
+        ("'!!1'", "only negates a whole"), ("'!'", "empty alternative"), ("'1,,2'", "empty alternative"),
+        ("[]", "empty alternative"),
+    ]),
+    (PER_CPU + "    select: {cpu: ['!0', '1']}\n", 7, 20, "only negates a whole select value"),
+    (PER_CPU + "    select:\n      cpu:\n        - '1'\n        - '3-2'\n", 10, 11, "range '3-2' is empty"),
+    # durations and numbers out of range
+    (CHECK + "    window: 99999h\n", 6, 13, "too long (at most 168h)"),
+    (CHECK + "    window: 8d\n", 6, 13, "bad duration"),
+    (CHECK + "    window: " + "9" * 400 + "s\n", 6, 13, "more than 64 digits"),
+    (CHECK + "    window: 1e400s\n", 6, 13, "bad duration"),
+    (CHECK + "    window: .inf\n", 6, 13, "needs a unit"),
+    (CHECK + "    window: -5s\n", 6, 13, "bad duration"),
+    (CHECK + "    interval: 0.0000000001s\n", 6, 15, "too short"),
+    ("policy: x\ndefaults: {window: 200h}\nchecks: []\n", 2, 20, "too long"),
+    (CHECK.replace("'< 10%'", "'< 1e400'"), 5, 16, "out of range"),
+    (CHECK + "    regress: 'p99 +" + "9" * 70 + "%'\n", 6, 20, "regress: number"),
+    # control characters never reach the terminal raw
+    (CHECK.replace("id: a", 'id: "a\\e[31m"'), 3, 9, "control character U+001B in id"),
+    (CHECK.replace("'< 10%'", '"< 10%\\n"'), 5, 13, "control character U+000A in expect"),
+    (CHECK.replace("'< 10%'", '"\\x1c< 10%"'), 5, 13, "control character U+001C in expect"),
+    (CHECK.replace("'< 10%'", '"< 10%\\x85"'), 5, 13, "control character U+0085 in expect"),
+    (CHECK + '    description: "red \\e[31m"\n', 6, 18, "U+001B in description; only newlines and tabs"),
+    (CHECK + '    remediation: "a\\rb"\n', 6, 18, "U+000D in remediation"),
+    (CHECK + '    remediation: "abc\\u202Eevil"\n', 6, 18, "U+202E in remediation"),
+    ('policy: x\ndescription: "\\x07"\nchecks: []\n', 2, 14, "U+0007 in description"),
+    (PER_CPU + '    select: {cpu: "1\\e"}\n', 7, 19, "control character U+001B in cpu"),
+    (PER_CPU + '    select: {"label\\e": 1}\n', 7, 14, "control character U+001B in a key"),
+    ('policy: "x\\x9b"\nchecks: []\n', 1, 9, "control character U+009B in policy"),
+    (CHECK + '    regress: "p99\\x1c+20%"\n', 6, 14, "control character U+001C in regress"),
+]
+
+
+@pytest.mark.parametrize("text, line, col, fragment", BAD_INPUTS)
+def test_bad_inputs_give_one_line_with_position(text, line, col, fragment):
+    test_error_table(text, line, col, fragment)
+
+
+def test_description_and_remediation_keep_newlines_and_tabs():
+    p = load(CHECK + '    description: "one\\n\\ttwo"\n    remediation: |\n      step 1\n      step 2\n')
+    assert p.checks[0].description == "one\n\ttwo" and p.checks[0].remediation == "step 1\nstep 2\n"
+
+
+def test_valid_selects_still_load():
+    p = load(PER_CPU + "    select: {cpu: [0, '2-3', '[5-6]', '1[-]2', '08-09']}\n")
+    s = p.checks[0].select[0]
+    assert s.alternatives == ("0", "2-3", "[5-6]", "1[-]2", "08-09")
+    assert [v for v in ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "1-2") if s.matches(v)] == \
+        ["0", "2", "3", "5", "6", "8", "9", "1-2"]
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "0", "3", "00000000000000000000000000003", "9" * 5000, "²", "٣", "-1", "1-2", "\x00", "[",
+    "a" * 10000, 5,
+])
+def test_selector_matches_never_raises(value):
+    for alts, negate in ((("0-3",), False), (("0-3", "*x*", "[a-", "1[-]2"), True), (("[!0-9]",), False)):
+        assert isinstance(Selector("cpu", alts, negate).matches(value), bool)
+
+
+def test_selector_ranges_compare_as_numbers():
+    s = Selector("cpu", ("8-12",))
+    assert [s.matches(v) for v in ("7", "8", "010", "12", "13", "9" * 5000, "²")] == \
+        [False, True, True, True, False, False, False]
+
+
+@pytest.mark.parametrize("texts, alternatives, negate", [
+    (["0-3"], ("0-3",), False), (["!0, 2"], ("0", "2"), True), (["a", "b,c"], ("a", "b", "c"), False),
+])
+def test_selector_parse(texts, alternatives, negate):
+    s = Selector.parse("cpu", texts)
+    assert (s.alternatives, s.negate) == (alternatives, negate)
+
+
+@pytest.mark.parametrize("alt", ["", "5-3", "0-3*", "!0", "a\x1bb", "1-2-3"])
+def test_invalid_selectors_cannot_be_built(alt):
+    assert selector_problem(alt)
+    with pytest.raises(ValueError):
+        Selector("cpu", (alt,))
+
+
+@pytest.mark.parametrize("alt", ["0-3", "web-*", "web-1", "nvme0n1", "-1", "+1", "[0-3]", "*[-]3", "0x1F"])
+def test_valid_selectors(alt):
+    assert selector_problem(alt) is None

@@ -1,7 +1,7 @@
 import pytest
 
-from vcheck.units import (BYTES, PERCENT, TIME, UnitError, format_duration, format_value,
-                          parse_duration)
+from vcheck.units import (BYTES, MAX_DURATION, MIN_DURATION, PERCENT, TIME, UnitError, finite_number,
+                          format_duration, format_value, parse_duration)
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -32,3 +32,36 @@ def test_format(value, dim, text):
 
 def test_format_duration_prefers_minutes():
     assert format_duration(60.0) == "1m" and format_duration(3600.0) == "1h" and format_duration(5.0) == "5s"
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ("1e400s", "bad duration"), ("9" * 400 + "s", "more than 64 digits"), ("nan", "bad duration"),
+    ("inf", "bad duration"), ("infs", "bad duration"), ("-1m", "bad duration"), ("169h", "too long"),
+    ("99999999h", "too long"), ("10080m1s", "too long"), ("0.0000000001s", "too short"), ("0ns", "positive"),
+    ("1m-5s", "bad duration"), ("1s\x1b[2J", "bad duration"),
+])
+def test_absurd_durations_are_refused(bad, fragment):
+    with pytest.raises(UnitError, match=fragment):
+        parse_duration(bad)
+
+
+def test_duration_bounds():
+    assert parse_duration("168h") == MAX_DURATION == 7 * 24 * 3600
+    assert parse_duration("1ns") == MIN_DURATION
+    assert parse_duration("2h", maximum=3 * 3600) == 7200
+    with pytest.raises(UnitError, match=r"too long \(at most 1h\)"):
+        parse_duration("2h", maximum=3600)
+    with pytest.raises(UnitError, match=r"too short \(at least 10ms\)"):
+        parse_duration("1ms", minimum=0.01)
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("1.5", True), ("-3", True), ("1e3", True), ("1e400", False), ("-1e400", False), ("nan", False),
+    ("inf", False), ("9" * 65, False), ("x", False),
+])
+def test_finite_number(text, ok):
+    if ok:
+        assert finite_number(text) == float(text)
+    else:
+        with pytest.raises(UnitError):
+            finite_number(text)

@@ -62,10 +62,13 @@ class RunFacts:
 
 
 def observation_json(o: Observation) -> dict[str, Any]:
-    return {"metric": o.metric, "labels": dict(o.labels), "info": {k: redact(v) for k, v in o.info.items()},
-            "times": o.times, "values": o.values, "spans": o.spans,
-            "histogram": o.histogram.to_json() if o.histogram is not None else None,
-            "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason, "blind": o.blind}
+    d = {"metric": o.metric, "labels": dict(o.labels), "info": {k: redact(v) for k, v in o.info.items()},
+         "times": o.times, "values": o.values, "spans": o.spans,
+         "histogram": o.histogram.to_json() if o.histogram is not None else None,
+         "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason, "blind": o.blind}
+    if o.weights:
+        d["weights"] = o.weights
+    return d
 
 
 def build_report(results: list[dict[str, Any]], facts: RunFacts, exit_status: int) -> dict[str, Any]:
@@ -197,9 +200,10 @@ class _Shape:
         times = [self.num(x, f"{where}.times") for x in self.lst(_given(d, "times", []), f"{where}.times")]
         values = [self.num(x, f"{where}.values") for x in self.lst(_given(d, "values", []), f"{where}.values")]
         spans = [self.num(x, f"{where}.spans") for x in self.lst(_given(d, "spans", []), f"{where}.spans")]
-        if not len(times) == len(values) == len(spans):
-            raise self.fail(where, f"times, values and spans differ in length ({len(times)}, {len(values)}, "
-                                   f"{len(spans)})")
+        weights = [self.num(x, f"{where}.weights") for x in self.lst(_given(d, "weights", []), f"{where}.weights")]
+        if not len(times) == len(values) == len(spans) or weights and len(weights) != len(values):
+            raise self.fail(where, f"times, values, spans (and weights) differ in length ({len(times)}, "
+                                   f"{len(values)}, {len(spans)}, {len(weights)})")
         events = self.lst(_given(d, "events", []), f"{where}.events", 100_000)
         for i, e in enumerate(events):
             self.obj(e, f"{where}.events[{i}]")
@@ -208,7 +212,7 @@ class _Shape:
             metric=self.text(d.get("metric"), f"{where}.metric"),
             labels=labels_of(self.strmap(d.get("labels"), f"{where}.labels")),
             info=self.strmap(d.get("info"), f"{where}.info"),
-            times=times, values=values, spans=spans,   # type: ignore[arg-type]
+            times=times, values=values, spans=spans, weights=weights,   # type: ignore[arg-type]
             histogram=self.histogram(d["histogram"], f"{where}.histogram") if d.get("histogram") is not None else None,
             events=events, notes=notes,
             gone_at=self.num(d.get("gone_at"), f"{where}.gone_at", optional=True),
