@@ -183,6 +183,16 @@ class Verdict:
         return props
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Names from the node (a task's comm, a container's name, a device) reach a terminal:
+    control characters are shown escaped, never sent raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
+                        f"\\u{ord(m.group()):04x}", text)
+
+
 def render(v: Verdict, description: str = "", remediation: str = "", max_entities: int = 12) -> str:
     """The text a human reads in one glance: verdict line, then the offending entities first."""
     lines = [f"{v.metric} expect {v.expect!r}" + (f" for {format_duration(v.for_)}" if v.for_ else "")
@@ -199,7 +209,7 @@ def render(v: Verdict, description: str = "", remediation: str = "", max_entitie
         lines.append(f"  note: {n}")
     if remediation and v.outcome == "fail":
         lines.append(f"  remediation: {remediation}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _render_entity(e: EntityEvidence, v: Verdict) -> list[str]:

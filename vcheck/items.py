@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import pytest
 
 from .errors import PolicyError
-from .evidence import Verdict, render
+from .evidence import Verdict, printable, render
 from .judge import judge, judge_regression
 from .model import Outcome
 from .policy import Check, Policy
@@ -66,11 +66,11 @@ class CheckItem(pytest.Item):
         self._apply_waivers(state.waivers, v)
         self.user_properties.extend(v.properties())
         if v.outcome == Outcome.WAIVED:
-            pytest.xfail(f"{self.check.id}: {v.reason}")
+            pytest.xfail(printable(f"{self.check.id}: {v.reason}"))
         if v.outcome == Outcome.ERROR:
             pytest.fail(self._text(), pytrace=False)
         if v.outcome == Outcome.SKIP:
-            pytest.skip(f"{self.check.id}: {v.reason}")
+            pytest.skip(printable(f"{self.check.id}: {v.reason}"))
 
     def _apply_waivers(self, waivers: list[Waiver], v: Verdict) -> None:
         """A failure covered by an unexpired waiver is reported as waived, with why and until when."""

@@ -119,3 +119,13 @@ def test_redaction_is_linear_on_hostile_command_lines(text):
     out = redact(text)
     assert time.monotonic() - t0 < 2.0
     assert redact(out) == out
+
+
+def test_names_from_the_node_reach_the_terminal_escaped():
+    from vcheck.evidence import EntityEvidence, Verdict, printable, render
+
+    assert printable("web\x1b]0;pwned\x07") == "web\\x1b]0;pwned\\x07"
+    v = Verdict("fail", "violated by evil\x1b[2J", [EntityEvidence("evil\x1b[2J", {}, {"comm": "x\x9bq"}, "fail")],
+                60.0, "percent", "< 1%", "cpu.user")
+    text = render(v)
+    assert "\x1b" not in text and "\x9b" not in text and "evil\\x1b[2J" in text
