@@ -17,16 +17,19 @@ releases them, and so does the kernel if the process is killed.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import platform
+import re
 import subprocess
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
-from .collectors.base import Unavailable
+from .errors import Unavailable
+from .histogram import Histogram
 
 PROGRAM_PREFIX = "vchk_"
 TRACEFS_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -37,6 +40,14 @@ DEBUGFS = Path("/sys/kernel/debug")
 _COMPILE_LOCK = threading.Lock()
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+_COUNTER_DEFINE = re.compile(r"^#define\s+COUNTER_(\w+)\s+(\d+)\b", re.M)
+
+K = TypeVar("K")
+
+
+class BpfUnavailable(Unavailable):
+    """A BPF program cannot run on this node; .reason says why and what would fix it,
+    .metrics which metrics that costs (None: all the caller's)."""
 
 
 @dataclass(frozen=True)
@@ -86,27 +97,27 @@ def check_privileges() -> Finding:
 
 
 def import_bcc() -> Any:
-    """The bcc module, or Unavailable saying how to get the right one."""
+    """The bcc module, or BpfUnavailable saying how to get the right one."""
     try:
         import bcc  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise Unavailable(
+        raise BpfUnavailable(
             f"bcc is not importable ({exc}): install the distribution's python3-bpfcc "
             "(Debian/Ubuntu) or python3-bcc (Fedora/RHEL); the PyPI package named bcc is an "
             "unrelated project") from exc
     except OSError as exc:  # libbcc.so missing or broken
-        raise Unavailable(f"bcc's library failed to load ({exc}): reinstall libbpfcc") from exc
+        raise BpfUnavailable(f"bcc's library failed to load ({exc}): reinstall libbpfcc") from exc
     if not hasattr(bcc, "BPF"):
-        raise Unavailable(f"the module named bcc at {getattr(bcc, '__file__', '?')} is not the BPF "
-                          "Compiler Collection (PyPI's bcc is unrelated): pip uninstall bcc and "
-                          "install the distribution's python3-bpfcc")
+        raise BpfUnavailable(f"the module named bcc at {getattr(bcc, '__file__', '?')} is not the BPF "
+                             "Compiler Collection (PyPI's bcc is unrelated): pip uninstall bcc and "
+                             "install the distribution's python3-bpfcc")
     return bcc
 
 
 def check_bcc() -> Finding:
     try:
         bcc = import_bcc()
-    except Unavailable as exc:
+    except BpfUnavailable as exc:
         return Finding("bcc", False, exc.reason)
     return Finding("bcc", True, f"{Path(bcc.__file__).parent}")
 
@@ -187,17 +198,17 @@ def tracepoint_exists(category: str, event: str) -> bool:
 
 
 def preflight(attach: Sequence[Attach]) -> list[str]:
-    """Notes worth reporting (a mount done); raises Unavailable for the first blocking problem."""
+    """Notes worth reporting (a mount done); raises BpfUnavailable for the first blocking problem."""
     notes = []
     for check in (check_privileges, check_bcc, ensure_tracefs, check_headers):
         finding = check()   # in order: a later check may need what an earlier one ensured
         if not finding.ok:
-            raise Unavailable(finding.detail)
+            raise BpfUnavailable(finding.detail)
         if finding.what == "tracefs" and finding.detail.startswith("mounted"):
             notes.append(finding.detail)
     for a in attach:
         if not a.optional and not tracepoint_exists(a.category, a.event):
-            raise Unavailable(f"tracepoint {a.tracepoint} does not exist on kernel {platform.release()}")
+            raise BpfUnavailable(f"tracepoint {a.tracepoint} does not exist on kernel {platform.release()}")
     return notes
 
 
@@ -236,15 +247,48 @@ class BpfProgram:
                 self.attached.append(a.tracepoint)
         except Exception as exc:
             self.close()
-            raise Unavailable(_load_error(self.source, exc)) from exc
+            raise BpfUnavailable(_load_error(self.source, exc)) from exc
         return self
 
     def __getitem__(self, name: str) -> Any:
         return self._bpf[name.encode()]
 
-    @property
-    def bcc(self) -> Any:
-        return self._bpf
+    def clear(self, *tables: str) -> None:
+        """Empty maps (the window starts: drop what start-up counted)."""
+        for t in tables:
+            self[t].clear()
+
+    def counters(self, table: str = "counters") -> dict[str, int]:
+        """An array of event counters by the names the source gives its indices
+        (``#define COUNTER_UNPAIRED 1`` -> "unpaired")."""
+        values = [c.value for c in self[table].values()]
+        return {name: values[i] for name, i in counter_names(self.source).items() if i < len(values)}
+
+    def histograms(self, group: Callable[[Any], K], scale: float = 1e-9) -> dict[K, Histogram]:
+        """The ``hist`` and ``stats`` maps that vcheck_record() fills, as one Histogram per
+        group(key): hist is keyed {k, slot}, stats by k; keys that group alike are merged."""
+        out: dict[K, Histogram] = {}
+        for key, n in self["hist"].items():
+            h = out.setdefault(group(key.k), Histogram(scale=scale))
+            h.buckets[key.slot] = h.buckets.get(key.slot, 0) + n.value
+        for key, s in self["stats"].items():
+            h = out.setdefault(group(key), Histogram(scale=scale))
+            h.total += s.count
+            h.sum += float(s.sum)
+            h.max_exact = float(s.max) if h.max_exact is None else max(h.max_exact, float(s.max))
+        return out
+
+    def open_ring_buffer(self, table: str, callback: Callable[[Any, int, int], None]) -> None:
+        """callback(ctx, data pointer, size) runs for each record, inside poll/consume."""
+        self[table].open_ring_buffer(callback)
+
+    def poll_ring_buffers(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms for records, then deliver what arrived."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def consume_ring_buffers(self) -> None:
+        """Deliver every record already in the ring buffers, without waiting."""
+        self._bpf.ring_buffer_consume()
 
     def close(self) -> None:
         """Detach and free everything; idempotent."""
@@ -255,6 +299,13 @@ class BpfProgram:
             except Exception:  # detaching must go on for the remaining programs
                 pass
         self.attached.clear()
+
+
+@functools.lru_cache(maxsize=None)
+def counter_names(source: str) -> dict[str, int]:
+    """``#define COUNTER_NAME i`` of bpf/SOURCE as {"name": i}: C and Python share one list."""
+    return {m.group(1).lower(): int(m.group(2))
+            for m in _COUNTER_DEFINE.finditer(source_path(source).read_text())}
 
 
 def _load_error(source: str, exc: Exception) -> str:

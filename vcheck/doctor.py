@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import bpf
 from .collectors.containers.discovery import cri_sockets
-from .collectors.containers.engine import docker_sockets
+from .collectors.containers.docker import docker_sockets
 from .collectors.hypervisor import discover_vms
 from .errors import Unavailable
 from .procfs import HostRoots, read_text

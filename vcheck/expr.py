@@ -33,7 +33,6 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "==": operator.eq, "!=": operator.ne,
 }
-NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 
 # The parser and every walk of the tree recurse; these bounds keep them far from Python's limit.
 MAX_DEPTH = 32      # nested parentheses

@@ -1,7 +1,8 @@
 """Where the host's /proc, /sys and cgroup tree are.
 
 A vcheck in a DaemonSet reads the host through bind mounts (``/host/proc``); tests point
-these at recorded trees. Nothing else in vcheck spells ``/proc`` literally.
+these at recorded trees. Collectors read the host only through these roots; the report's own
+node facts (``report/node.py``) describe the machine vcheck itself runs on.
 """
 from __future__ import annotations
 
@@ -30,7 +31,3 @@ class HostRoots:
 def read_text(path: Path) -> str:
     with open(path, "rb") as f:
         return f.read().decode("utf-8", "replace")
-
-
-def read_ints_file(path: Path) -> list[int]:
-    return [int(x) for x in read_text(path).split()]

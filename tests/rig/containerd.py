@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from vcheck.collectors.containers import cri
 
 from .common import remove_cgroup_tree, require_root, rig_fail
+from .cri_writer import RigCriClient
 
 IMAGE = "vcheck.local/busybox:rig"
 PAUSE = "vcheck.local/pause:rig"
@@ -96,7 +96,7 @@ def build_image_archive(path: Path, refs_and_cmds: dict[str, list[str]]) -> None
 class Containerd:
     prefix: Path
     proc: subprocess.Popen
-    client: "cri.CriClient"
+    client: "RigCriClient"
     pods: list[str] = field(default_factory=list)
 
     @property
@@ -158,7 +158,7 @@ def start_containerd(prefix: Path) -> Containerd:
         if proc.poll() is not None or time.monotonic() > deadline:
             rig_fail("containerd did not start", (prefix / "containerd.log").read_text()[-1500:])
         time.sleep(0.1)
-    client = cri.CriClient(str(sock), timeout=60)
+    client = RigCriClient(str(sock), timeout=60)
     rt = Containerd(prefix, proc, client)
     archive = prefix / "images.tar"
     build_image_archive(archive, {IMAGE: ["/bin/sleep", "3600"],

@@ -1,7 +1,8 @@
 """Real block I/O and CPU contention for the guest-layer rig.
 
 Raw reads of /dev/vda are refused on these machines (EPERM), so I/O goes to a file on the root
-filesystem, which lives on /dev/vda, with O_DIRECT so every write reaches the device.
+filesystem, which lives on /dev/vda, with O_DIRECT so every write reaches the device; or to a
+loop device of the rig's own over such a file.
 """
 from __future__ import annotations
 
@@ -39,6 +40,60 @@ def direct_writes(count: int, block: str = "4k") -> subprocess.CompletedProcess:
         return proc
     finally:
         os.unlink(name)
+
+
+FSYNC_WRITER = """
+import mmap, os, sys
+with open("/proc/self/comm", "w") as f:
+    f.write(sys.argv[3])
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)   # page-aligned, as O_DIRECT wants
+for i in range(int(sys.argv[2])):
+    os.pwrite(fd, buf, i * 4096)
+    os.fsync(fd)
+os.close(fd)
+"""
+
+
+def fsync_writes(count: int, comm: str = "vcheck-fsync") -> None:
+    """`count` times: one 4 KiB O_DIRECT write, then fsync (a flush), from a child named `comm`."""
+    fd, name = tempfile.mkstemp(prefix="vcheck-fsync-", dir=IO_DIR)
+    os.close(fd)
+    try:
+        proc = subprocess.run([sys.executable, "-c", FSYNC_WRITER, name, str(count), comm],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            rig_fail("O_DIRECT writes with fsync failed", proc.stderr.strip()[-500:])
+    finally:
+        os.unlink(name)
+
+
+@contextmanager
+def loop_device(mib: int = 64) -> Iterator[str]:
+    """A loop device over a sparse file in IO_DIR; yields its name (loop3). A loop device
+    has a write-back cache without FUA, so an O_DSYNC write to it is data plus a post-flush."""
+    fd, name = tempfile.mkstemp(prefix="vcheck-loop-", dir=IO_DIR)
+    os.close(fd)
+    try:
+        os.truncate(name, mib << 20)
+        proc = subprocess.run(["losetup", "--find", "--show", name], capture_output=True, text=True)
+        if proc.returncode != 0:
+            rig_fail("losetup could not attach a loop device", proc.stderr.strip())
+        dev = proc.stdout.strip()
+        try:
+            yield Path(dev).name
+        finally:
+            subprocess.run(["losetup", "--detach", dev], capture_output=True)
+    finally:
+        os.unlink(name)
+
+
+def dsync_writes(device: str, count: int, seek: int = 0) -> None:
+    """`count` 4 KiB O_DIRECT|O_DSYNC writes to /dev/DEVICE from block `seek` on (FUA writes)."""
+    proc = subprocess.run(["dd", "if=/dev/zero", f"of=/dev/{device}", "bs=4k", f"count={count}",
+                           f"seek={seek}", "oflag=direct,dsync", "status=none"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        rig_fail(f"dd with O_DSYNC to /dev/{device} failed", proc.stderr.strip())
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""Real KVM guests for the hypervisor rig: qemu VMs by name, and tinykvm (tests/rig/tinykvm.c),
-a VMM of our own that performs exactly N port-I/O exits on demand."""
+"""Real KVM guests for the hypervisor rig: qemu VMs by name, a qemu VM that spins in guest mode
+without exits, and tinykvm (tests/rig/tinykvm.c), a VMM of our own that performs exactly N
+port-I/O exits on demand."""
 from __future__ import annotations
 
 import os
@@ -42,39 +43,77 @@ def _vcpu_threads(pid: int) -> list[int]:
     return sorted(out)
 
 
-@pytest.fixture
-def qemu_vm():
-    """Start named qemu guests (`-accel kvm`, no disk): qemu_vm("web1", smp=2)."""
+def _qemu() -> str:
     require_root()
     if not os.path.exists("/dev/kvm"):
         rig_fail("/dev/kvm is missing")
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         rig_fail("qemu-system-x86_64 is not installed (scripts/setup.sh installs qemu-system-x86)")
+    return qemu
+
+
+def _start_qemu(qemu: str, name: str, smp: int, extra: tuple[str, ...] = ()) -> QemuVM:
+    """A named guest (`-accel kvm`, no disk), returned once its vCPU threads exist."""
+    proc = subprocess.Popen([qemu, "-accel", "kvm", *extra, "-name", f"guest={name},debug-threads=on", "-m", "32",
+                             "-smp", str(smp), "-display", "none", "-monitor", "none", "-nodefaults"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    vm = QemuVM(name, proc)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        vm.vcpu_tids = _vcpu_threads(proc.pid)
+        if len(vm.vcpu_tids) == smp:
+            return vm
+        if proc.poll() is not None:
+            rig_fail(f"qemu for {name} exited", proc.stderr.read().decode(errors="replace")[-500:])
+        time.sleep(0.05)
+    _stop(vm)
+    rig_fail(f"qemu for {name} did not start {smp} vCPU threads within 10 s")
+    raise AssertionError  # unreachable
+
+
+def _stop(vm: QemuVM) -> None:
+    if vm.proc.poll() is None:
+        vm.proc.kill()
+    vm.proc.wait()
+
+
+@pytest.fixture
+def qemu_vm():
+    """Start named qemu guests (`-accel kvm`, no disk): qemu_vm("web1", smp=2)."""
+    qemu = _qemu()
     started: list[QemuVM] = []
 
     def start(name: str, smp: int = 2) -> QemuVM:
-        proc = subprocess.Popen([qemu, "-accel", "kvm", "-name", f"guest={name},debug-threads=on", "-m", "32",
-                                 "-smp", str(smp), "-display", "none", "-monitor", "none", "-nodefaults"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        vm = QemuVM(name, proc)
-        started.append(vm)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            vm.vcpu_tids = _vcpu_threads(proc.pid)
-            if len(vm.vcpu_tids) == smp:
-                return vm
-            if proc.poll() is not None:
-                rig_fail(f"qemu for {name} exited", proc.stderr.read().decode(errors="replace")[-500:])
-            time.sleep(0.05)
-        rig_fail(f"qemu for {name} did not start {smp} vCPU threads within 10 s")
-        raise AssertionError  # unreachable
+        started.append(_start_qemu(qemu, name, smp))
+        return started[-1]
 
     yield start
     for vm in started:
-        if vm.proc.poll() is None:
-            vm.proc.kill()
-        vm.proc.wait()
+        _stop(vm)
+
+
+RESET_VECTOR = 0xFFF0   # offset in a 64 KiB BIOS image: where an x86 vCPU starts
+
+
+@pytest.fixture(scope="module")
+def spinning_vm(tmp_path_factory):
+    """A qemu guest busy in guest mode without a single exit: a 64 KiB BIOS of zeros whose
+    reset vector holds `jmp $` (EB FE), so CPU 0/KVM runs at 100% and never leaves the guest
+    (a host that traces exits still sees its timer ticks)."""
+    qemu = _qemu()
+    bios = tmp_path_factory.mktemp("spin") / "spin.bin"
+    image = bytearray(64 * 1024)
+    image[RESET_VECTOR:RESET_VECTOR + 2] = b"\xeb\xfe"
+    bios.write_bytes(bytes(image))
+    try:
+        vm = _start_qemu(qemu, f"vcheck-spin-{os.getpid()}", 1, ("-bios", str(bios)))
+        try:
+            yield vm
+        finally:
+            _stop(vm)
+    finally:
+        bios.unlink()
 
 
 class TinyVM:

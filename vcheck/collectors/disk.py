@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..bpf import Attach, BpfProgram
-from ..catalog import MetricSpec
+from ..bpf import Attach, BpfProgram, BpfUnavailable
+from ..model import MetricSpec
 from ..histogram import Histogram
 from ..procfs import HostRoots, read_text
 from ..units import BYTE_RATE, PERCENT, RATE, TIME
@@ -39,7 +39,10 @@ class DiskCounters:
     major: int
     minor: int
     name: str
-    ios: int          # reads + writes + discards + flushes completed
+    reads: int        # completed, per op
+    writes: int
+    discards: int
+    flushes: int
     sectors: int      # read + written + discarded
     ms: int           # time spent on all of those I/Os (ms), summed per I/O
     io_ticks: int     # ms during which the device had I/O in flight
@@ -47,6 +50,14 @@ class DiskCounters:
     @property
     def dev(self) -> str:
         return f"{self.major}:{self.minor}"
+
+    @property
+    def ios(self) -> int:
+        return self.reads + self.writes + self.discards + self.flushes
+
+    def by_op(self) -> dict[str, int]:
+        """Completed I/Os under block.latency's op names."""
+        return {"read": self.reads, "write": self.writes, "discard": self.discards, "flush": self.flushes}
 
 
 def parse_diskstats(text: str) -> dict[str, DiskCounters]:
@@ -58,10 +69,9 @@ def parse_diskstats(text: str) -> dict[str, DiskCounters]:
         f = [int(x) for x in p[3:]] + [0] * 20
         # fields from 4: reads, merged, sectors, ms, writes, merged, sectors, ms, in flight,
         # io_ticks, weighted; then discards (4) and flushes (2) on newer kernels
-        ios = f[0] + f[4] + f[11] + f[15]
         sectors = f[2] + f[6] + f[13]
         ms = f[3] + f[7] + f[14] + f[16]
-        out[p[2]] = DiskCounters(int(p[0]), int(p[1]), p[2], ios, sectors, ms, f[9])
+        out[p[2]] = DiskCounters(int(p[0]), int(p[1]), p[2], f[0], f[4], f[11], f[15], sectors, ms, f[9])
     return out
 
 
@@ -165,6 +175,7 @@ class _Outlier(ctypes.Structure):
 BLOCK_TRACEPOINTS = (
     Attach("block", "block_io_start", "vchk_blk_start", optional=True),
     Attach("block", "block_rq_issue", "vchk_blk_issue"),
+    Attach("block", "block_rq_requeue", "vchk_blk_requeue", optional=True),
     Attach("block", "block_rq_complete", "vchk_blk_done"),
 )
 
@@ -173,8 +184,13 @@ LATENCY_METRICS = (
                labels=("device", "op"), discoverable=("device",), entity="device", natural_stat="p99",
                source="BPF block:block_rq_issue -> block:block_rq_complete (bpf/block_latency.c)",
                description="time a request spent on the device (biolatency), per device and op "
-                           "(read, write, flush, discard); outliers carry sector, size and task"),
+                           "(read, write, flush, discard): every I/O /proc/diskstats counts; "
+                           "outliers carry sector, size and task"),
 )
+
+
+def op_name(code: int) -> str:
+    return OPS[code] if code < len(OPS) else "other"
 
 
 def kernel_dev(major: int, minor: int) -> int:
@@ -205,12 +221,14 @@ class BlockLatencyCollector(Collector):
         stats = self._diskstats()
         self._names = self._dev_names(stats)
         self._disks = whole_disks(self.roots, stats)   # reported on even when idle
-        prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS)
-        self._prog = prog.load()
+        try:
+            self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()
+        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
+            raise Unavailable(exc.reason, exc.metrics) from exc
         for n in prog.notes:
             self.store.note(self.name, n)
         self._t0 = time.monotonic()
-        prog["outliers"].open_ring_buffer(self._on_event)
+        prog.open_ring_buffer("outliers", self._on_event)
         self._set_floor()
 
     def _diskstats(self) -> dict[str, DiskCounters]:
@@ -245,7 +263,7 @@ class BlockLatencyCollector(Collector):
     def _on_event(self, _ctx, data, _size) -> None:
         e = ctypes.cast(data, ctypes.POINTER(_Outlier)).contents
         ev = {"time": round(e.done_ns / 1e9 - self._t0, 6), "device": self._name(e.dev),
-              "op": OPS[e.op] if e.op < len(OPS) else "other", "sector": e.sector, "bytes": e.bytes,
+              "op": op_name(e.op), "sector": e.sector, "bytes": e.bytes,
               "latency": e.latency_ns / 1e9, "pid": e.pid,
               "comm": e.comm.decode("utf-8", "replace")}
         if e.error:
@@ -262,9 +280,8 @@ class BlockLatencyCollector(Collector):
 
     def begin(self, t0: float) -> None:
         prog = self._prog
-        prog.bcc.ring_buffer_consume()
-        for table in ("hist", "stats", "counters"):
-            prog[table].clear()
+        prog.consume_ring_buffers()
+        prog.clear("hist", "stats", "counters")
         self._slowest, self._over, self._t0 = [], [], t0
         self._set_floor()
         self._consumer = threading.Thread(target=self._consume, args=(prog,), name="block-outliers",
@@ -274,7 +291,7 @@ class BlockLatencyCollector(Collector):
     def _consume(self, prog: BpfProgram) -> None:
         """Drain outliers every 50 ms and raise the floor as the slowest set fills."""
         while not self._consumer_stop.is_set():
-            prog.bcc.ring_buffer_poll(50)
+            prog.poll_ring_buffers(50)
             self._set_floor()
 
     def _stop_consumer(self) -> None:
@@ -291,18 +308,9 @@ class BlockLatencyCollector(Collector):
         if prog is None:
             return
         self._stop_consumer()
-        prog.bcc.ring_buffer_consume()
-        hists: dict[tuple[str, str], Histogram] = {}
-        for k, n in prog["hist"].items():
-            key = (self._name(k.dev), OPS[k.op] if k.op < len(OPS) else "other")
-            h = hists.setdefault(key, Histogram(scale=1e-9))
-            h.buckets[k.slot] = h.buckets.get(k.slot, 0) + n.value
-        for k, s in prog["stats"].items():
-            key = (self._name(k.dev), OPS[k.op] if k.op < len(OPS) else "other")
-            h = hists.setdefault(key, Histogram(scale=1e-9))
-            h.total, h.sum, h.max_exact = s.count, float(s.sum), float(s.max)
-        counters = [c.value for c in prog["counters"].values()]
-        collisions, unpaired, lost = counters[0], counters[1], counters[2]
+        prog.consume_ring_buffers()
+        hists = prog.histograms(lambda k: (self._name(k.dev), op_name(k.op)))
+        counters = prog.counters()
 
         events: dict[tuple[str, str], list[dict]] = {}
         seen = set()
@@ -313,14 +321,18 @@ class BlockLatencyCollector(Collector):
                 events.setdefault((ev["device"], ev["op"]), []).append(ev)
 
         notes = []
-        if unpaired:
-            notes.append(f"{unpaired} completions had no matching issue (in flight when the window "
-                         "began, or partial completions)")
-        if collisions:
-            notes.append(f"{collisions} issues collided with an in-flight request of the same device, "
-                         "sector and op; the earlier one was not timed")
-        if lost:
-            notes.append(f"{lost} outlier events were dropped (ring buffer full)")
+        if counters["unpaired"]:
+            notes.append(f"{counters['unpaired']} completions were not timed, their issue unseen: issued "
+                         "before vcheck attached (a request slower than the start-up), or a later "
+                         "piece of a request the driver completed in parts")
+        if counters["collision"]:
+            notes.append(f"{counters['collision']} issues found a request of the same device, sector "
+                         "and op in flight: that one was timed from the later issue")
+        if counters["flush_overflow"]:
+            notes.append(f"{counters['flush_overflow']} flushes were issued while the device had more "
+                         "flushes in flight than vcheck tells apart: some took another's latency")
+        if counters["events_lost"]:
+            notes.append(f"{counters['events_lost']} outlier events were dropped (ring buffer full)")
         if len(self._over) >= OVER_THRESHOLD_KEPT:
             notes.append(f"evidence keeps the first {OVER_THRESHOLD_KEPT} I/Os over the outlier "
                          "threshold; the histogram counts them all")

@@ -6,22 +6,25 @@ is filed under the VM's name. Exit reasons are named from the kernel's own table
 the ``kvm:kvm_exit`` format file (VMX when the event's ``isa`` is 1, SVM otherwise), so a
 kernel that adds a reason names it without a vcheck release.
 
-A tracepoint can exist and never fire (nested KVM under PVM does not trace kvm_exit). When the
-VMs were busy and no exit was seen, the latency and rate observations are marked *blind*: the
-judge makes such a check inconclusive instead of passing it on zero samples.
+A tracepoint can exist and never fire (nested KVM under PVM does not trace kvm_exit). When a
+VM made userspace, port-I/O or MMIO exits (each a hardware exit) or was busy, yet kvm_exit saw
+none, its kvm.exit.* observations are marked *blind*: the judge makes such a check
+inconclusive instead of passing it on zero samples. Elsewhere zero is a sample: every rate
+series has a value for every interval of the window.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
-from ..bpf import Attach, BpfProgram, tracefs_root
-from ..catalog import MetricSpec
+from ..bpf import Attach, BpfProgram, BpfUnavailable, tracefs_root
+from ..model import MetricSpec
 from ..histogram import Histogram
+from ..observations import Observation, ObservationStore
 from ..procfs import HostRoots, read_text
 from ..units import RATE, TIME
-from .base import Collector
+from .base import Collector, Unavailable
 from .hypervisor import CLK_TCK, discover_vms, parse_stat
 
 TRACEPOINTS = (
@@ -34,10 +37,10 @@ TRACEPOINTS = (
 )
 SOURCE = "kvm_exits.c"
 KIND_EXIT, KIND_USERSPACE = 0, 1
-COUNTER_EXIT, COUNTER_ENTRY, COUNTER_USERSPACE_EXIT, COUNTER_KVM_RUN = range(4)
 MMIO_TYPES = {0: "unsatisfied-read", 1: "read", 2: "write"}
 TOP_ADDRESSES = 16          # per VM; the remaining MMIO addresses are summed as "other"
 BUSY_CPU_PERCENT = 1.0      # a VM using more CPU than this must have exited at least once
+RATE_METRICS = ("kvm.exit.rate", "kvm.userspace_exit.rate", "kvm.pio.rate", "kvm.mmio.rate")
 
 
 def _spec(name: str, kind: str, dimension: str, labels: tuple[str, ...], desc: str, source: str) -> MetricSpec:
@@ -122,11 +125,89 @@ def load_reason_names() -> ReasonNames:
 
 
 # --- the collector -----------------------------------------------------------------------
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]   # (metric, sorted labels)
+
+
 def _process_cpu_ticks(roots: HostRoots, pid: int) -> int | None:
     try:
         return parse_stat(read_text(roots.proc / str(pid) / "stat"))[0]
     except (OSError, IndexError, ValueError):
         return None
+
+
+class IntervalRates:
+    """Per-interval rates from cumulative event counts. Zero is a sample: every series gets one
+    for every interval of the window, those before its first event backfilled as zeros, so a
+    late starter's mean is its true mean and its coverage is the window's."""
+
+    def __init__(self, store: ObservationStore, info: Callable[[Mapping[str, str]], Mapping[str, str]]):
+        self.store = store
+        self.info = info
+        self.intervals: list[tuple[float, float]] = []   # (end time, span) of every sample
+        self.last: dict[SeriesKey, int] = {}
+
+    def sample(self, t: float, counts: Mapping[SeriesKey, int]) -> None:
+        span = t - (self.intervals[-1][0] if self.intervals else 0.0)
+        if span <= 0:
+            return
+        for key in counts:
+            if key not in self.last:
+                self.last[key] = 0
+                for ti, si in self.intervals:
+                    self._add(key, ti, 0.0, si)
+        for key, prev in self.last.items():
+            n = max(counts.get(key, prev), prev)
+            self._add(key, t, (n - prev) / span, span)
+            self.last[key] = n
+        self.intervals.append((t, span))
+
+    def covers(self, metric: str, vm: str) -> bool:
+        return any(m == metric and ("vm", vm) in labels for m, labels in self.last)
+
+    def zeros(self, metric: str, labels: Mapping[str, str]) -> Observation:
+        """A series of zeros, one per interval: an entity known to have had no event."""
+        o = self.store.series(metric, labels, self.info(labels))
+        for t, span in self.intervals:
+            self.store.add_sample(metric, labels, t, 0.0, span)
+        return o
+
+    def _add(self, key: SeriesKey, t: float, value: float, span: float) -> None:
+        labels = dict(key[1])
+        self.store.add_sample(key[0], labels, t, value, span, self.info(labels))
+
+
+@dataclass(frozen=True)
+class ExitsSeen:
+    """A VM's exits in the window as the tracepoints other than kvm_exit saw them."""
+
+    userspace: int = 0
+    pio: int = 0
+    mmio: int = 0
+
+    def __str__(self) -> str:
+        kinds = [f"{n} {k}" for k, n in (("userspace", self.userspace), ("pio", self.pio),
+                                         ("mmio", self.mmio)) if n]
+        return "/".join(kinds)
+
+
+def _cpu_text(cpu_pct: float | None) -> str:
+    return f"{cpu_pct:.0f}%" if cpu_pct is not None else "?"
+
+
+def blind_reason(vm: str, pid: int, vmm: str, cpu_pct: float | None, seen: ExitsSeen,
+                 any_exit_event: bool) -> str | None:
+    """Why kvm:kvm_exit must have missed this VM's exits, or None if it may really have had none.
+
+    Each userspace, pio or mmio exit was a hardware exit, so any of them proves kvm_exit blind;
+    without them, a VM busy in guest mode must still have exited (timer ticks at least)."""
+    who = f"{vm} (pid {pid}, {vmm}, {_cpu_text(cpu_pct)} CPU)"
+    cause = "exits are not traced on this host (nested KVM such as PVM does not emit kvm_exit)"
+    if str(seen):
+        return f"{seen} exits seen but no kvm_exit for {who}: {cause}"
+    if cpu_pct is not None and cpu_pct >= BUSY_CPU_PERCENT:
+        return (f"kvm:kvm_exit saw {'no event for this VM' if any_exit_event else 'no event at all'} "
+                f"while {who} was busy: {cause}")
+    return None
 
 
 class KvmExitCollector(Collector):
@@ -142,9 +223,14 @@ class KvmExitCollector(Collector):
         self._names = load_reason_names()
         self._vms = self._discover()
         self._not_vms: set[int] = set()   # tgids seen in the maps that discovery did not find
-        prog = BpfProgram(SOURCE, TRACEPOINTS)
-        self._prog = prog.load()
-        for n in prog.notes:
+        self._rates = IntervalRates(self.store, self._info)
+        self._mmio_known: dict[str, list[int]] = {}   # per VM: addresses with their own series
+        self._cpu0: dict[int, int | None] = {}
+        try:
+            self._prog = BpfProgram(SOURCE, TRACEPOINTS).load()
+        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
+            raise Unavailable(exc.reason, exc.metrics) from exc
+        for n in self._prog.notes:
             self.store.note(self.name, n)
 
     def _discover(self) -> dict[int, tuple[str, str]]:
@@ -160,17 +246,23 @@ class KvmExitCollector(Collector):
         entry = self._vms.get(pid)
         return entry[0] if entry else f"pid{pid}"
 
+    def _pid_of(self, vm: str) -> str:
+        return next((str(pid) for pid, (name, _) in self._vms.items() if name == vm), "")
+
+    def _info(self, labels: Mapping[str, str]) -> dict[str, str]:
+        pid = self._pid_of(labels.get("vm", ""))
+        return {"pid": pid} if pid else {}
+
     def begin(self, t0: float) -> None:
-        for table in ("hist", "stats", "pio", "mmio", "counters"):
-            self._prog[table].clear()
-        self._prev_counts: dict[tuple, int] = {}
-        self._prev_t = 0.0
+        self._prog.clear("hist", "stats", "exits", "pio", "mmio", "counters")
+        self._rates = IntervalRates(self.store, self._info)
+        self._mmio_known: dict[str, list[int]] = {}   # per VM: addresses with their own series
         self._cpu0 = {pid: _process_cpu_ticks(self.roots, pid) for pid in self._vms}
 
     # per-interval rates ------------------------------------------------------------------
-    def _counts(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
+    def _counts(self) -> dict[SeriesKey, int]:
         """Cumulative event counts per (rate metric, labels) since the window start."""
-        out: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        out: dict[SeriesKey, int] = {}
         want = self.request.metrics
 
         def add(metric: str, labels: dict[str, str], n: int) -> None:
@@ -178,61 +270,49 @@ class KvmExitCollector(Collector):
             out[key] = out.get(key, 0) + n
 
         if want & {"kvm.exit.rate", "kvm.userspace_exit.rate"}:
-            for k, s in self._prog["stats"].items():
+            for k, n in self._prog["exits"].items():
                 if k.kind == KIND_EXIT:
                     add("kvm.exit.rate", {"vm": self._vm(k.tgid),
-                                          "reason": self._names.exit_reason(k.isa, k.reason)}, s.count)
+                                          "reason": self._names.exit_reason(k.isa, k.reason)}, n.value)
                 else:
                     add("kvm.userspace_exit.rate", {"vm": self._vm(k.tgid),
-                                                    "reason": self._names.userspace_reason(k.reason)}, s.count)
+                                                    "reason": self._names.userspace_reason(k.reason)}, n.value)
         if "kvm.pio.rate" in want:
             for k, n in self._prog["pio"].items():
                 add("kvm.pio.rate", {"vm": self._vm(k.tgid), "port": f"{k.port:#x}"}, n.value)
         if "kvm.mmio.rate" in want:
-            per_vm: dict[str, list[tuple[int, int]]] = {}
+            per_vm: dict[str, dict[int, int]] = {}
             for k, n in self._prog["mmio"].items():
-                per_vm.setdefault(self._vm(k.tgid), []).append((n.value, k.gpa))
-            for vm, items in per_vm.items():
-                items.sort(reverse=True)
-                for n, gpa in items[:TOP_ADDRESSES]:
-                    add("kvm.mmio.rate", {"vm": vm, "address": f"{gpa:#x}"}, n)
-                rest = sum(n for n, _ in items[TOP_ADDRESSES:])
-                if rest:
-                    add("kvm.mmio.rate", {"vm": vm, "address": "other"}, rest)
+                by_gpa = per_vm.setdefault(self._vm(k.tgid), {})
+                by_gpa[k.gpa] = by_gpa.get(k.gpa, 0) + n.value
+            for vm, by_gpa in per_vm.items():
+                # an address keeps its own series once it has one: no count moves to "other"
+                known = self._mmio_known.setdefault(vm, [])
+                for gpa, _ in sorted(by_gpa.items(), key=lambda kv: -kv[1]):
+                    if gpa not in known and len(known) < TOP_ADDRESSES:
+                        known.append(gpa)
+                for gpa, n in by_gpa.items():
+                    add("kvm.mmio.rate", {"vm": vm, "address": f"{gpa:#x}" if gpa in known else "other"}, n)
         return out
 
     def sample(self, t: float) -> None:
-        span = t - self._prev_t
-        if span <= 0:
-            return
-        counts = self._counts()
-        for (metric, labels), n in counts.items():
-            delta = n - self._prev_counts.get((metric, labels), 0)
-            self.store.add_sample(metric, dict(labels), t, max(delta, 0) / span, span)
-        self._prev_counts, self._prev_t = counts, t
+        self._rates.sample(t, self._counts())
 
     # end of window -------------------------------------------------------------------------
     def stop(self, t: float) -> None:
         prog = self._prog
         if prog is None:
             return
-        hists: dict[tuple[str, str, str], Histogram] = {}
-        for k, n in prog["hist"].items():
-            key = self._hist_key(k.k)
-            h = hists.setdefault(key, Histogram(scale=1e-9))
-            h.buckets[k.slot] = h.buckets.get(k.slot, 0) + n.value
-        for k, s in prog["stats"].items():
-            h = hists.setdefault(self._hist_key(k), Histogram(scale=1e-9))
-            h.total, h.sum, h.max_exact = s.count, float(s.sum), float(s.max)
-        counters = [c.value for c in prog["counters"].values()]
+        hists = prog.histograms(self._hist_key)
+        any_exit_event = prog.counters()["exit"] > 0
+        exited, seen = self._exits_by_vm()
         self.close()
 
-        source = {"source": "BPF"}
         for (metric, vm, reason), h in hists.items():
             if metric in self.request.metrics:
                 self.store.set_histogram(metric, {"vm": vm, "reason": reason}, h,
-                                         {**source, "pid": self._pid_of(vm)})
-        self._mark_blind(t, counters, hists)
+                                         {"source": "BPF", **self._info({"vm": vm})})
+        self._file_quiet_vms(t, exited, seen, any_exit_event)
 
     def _hist_key(self, k) -> tuple[str, str, str]:
         vm = self._vm(k.tgid)
@@ -240,32 +320,54 @@ class KvmExitCollector(Collector):
             return "kvm.exit.latency", vm, self._names.exit_reason(k.isa, k.reason)
         return "kvm.userspace_exit.latency", vm, self._names.userspace_reason(k.reason)
 
-    def _pid_of(self, vm: str) -> str:
-        return next((str(pid) for pid, (name, _) in self._vms.items() if name == vm), "")
+    def _exits_by_vm(self) -> tuple[set[str], dict[str, ExitsSeen]]:
+        """VMs kvm_exit saw, and every VM's userspace/pio/mmio exit counts, for the window."""
+        exited: set[str] = set()
+        counts: dict[str, list[int]] = {}
+        for k, n in self._prog["exits"].items():
+            vm = self._vm(k.tgid)
+            if k.kind == KIND_EXIT:
+                exited.add(vm)
+            else:
+                counts.setdefault(vm, [0, 0, 0])[0] += n.value
+        for i, table in ((1, "pio"), (2, "mmio")):
+            for k, n in self._prog[table].items():
+                counts.setdefault(self._vm(k.tgid), [0, 0, 0])[i] += n.value
+        return exited, {vm: ExitsSeen(*c) for vm, c in counts.items()}
 
-    def _mark_blind(self, t: float, counters: list[int], hists: Mapping[tuple[str, str, str], Histogram]) -> None:
-        """A busy VM with no exit observed: the tracepoint does not fire for it here."""
-        wanted = [m for m in ("kvm.exit.latency", "kvm.exit.rate") if m in self.request.metrics]
-        traced = {vm for metric, vm, _ in hists if metric == "kvm.exit.latency"}
+    def _file_quiet_vms(self, t: float, exited: set[str], seen: Mapping[str, ExitsSeen],
+                        any_exit_event: bool) -> None:
+        """Observations for every known VM that had no event for a metric: zeros where zero is
+        the truth, blind where kvm_exit must have missed its exits."""
+        want = self.request.metrics
+        gone = []
         for pid, (vm, vmm) in self._vms.items():
             before, after = self._cpu0.get(pid), _process_cpu_ticks(self.roots, pid)
             if after is None:
-                self.store.mark_gone({"vm": vm}, t, f"VMM process {pid} exited")
-                continue
-            if not wanted or vm in traced:
-                continue
-            cpu_pct = (after - before) / CLK_TCK / t * 100 if before is not None and t > 0 else None
-            cpu = f"{cpu_pct:.0f}%" if cpu_pct is not None else "?"
-            why = (f"kvm:kvm_exit saw {'no event for this VM' if counters[COUNTER_EXIT] else 'no event at all'} "
-                   f"in the window while {vm} (pid {pid}, {vmm}) used {cpu} CPU: exits are not "
-                   "traced on this host (nested KVM such as PVM does not emit kvm_exit)")
-            for m in wanted:
-                o = (self.store.set_histogram(m, {"vm": vm}, Histogram(scale=1e-9), {"pid": str(pid)})
-                     if m == "kvm.exit.latency" else self.store.series(m, {"vm": vm}, {"pid": str(pid)}))
-                if cpu_pct is not None and cpu_pct >= BUSY_CPU_PERCENT:
-                    o.blind = why
+                gone.append((vm, pid))
+            cpu_pct = ((after - before) / CLK_TCK / t * 100
+                       if before is not None and after is not None and t > 0 else None)
+            blind = None if vm in exited else blind_reason(vm, pid, vmm, cpu_pct, seen.get(vm, ExitsSeen()),
+                                                           any_exit_event)
+            idle = f"no KVM exit for {vm} in the window; it used {_cpu_text(cpu_pct)} CPU (idle)"
+            if "kvm.exit.latency" in want and vm not in exited:
+                o = self.store.set_histogram("kvm.exit.latency", {"vm": vm}, Histogram(scale=1e-9),
+                                             self._info({"vm": vm}))
+                if blind:
+                    o.blind = blind
                 else:
-                    o.notes.append(f"no KVM exit for {vm} in the window; it used {cpu} CPU (idle)")
+                    o.notes.append(idle)
+            for m in RATE_METRICS:
+                if m not in want or self._rates.covers(m, vm):
+                    continue
+                if m == "kvm.exit.rate" and blind:
+                    self.store.series(m, {"vm": vm}, self._info({"vm": vm})).blind = blind
+                    continue
+                o = self._rates.zeros(m, {"vm": vm})
+                if m == "kvm.exit.rate":
+                    o.notes.append(idle)
+        for vm, pid in gone:
+            self.store.mark_gone({"vm": vm}, t, f"VMM process {pid} exited")
 
     def close(self) -> None:
         prog, self._prog = getattr(self, "_prog", None), None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..bpf import Attach, BpfProgram
-from ..catalog import MetricSpec
+from ..bpf import Attach, BpfProgram, BpfUnavailable
+from ..model import MetricSpec
 from ..histogram import Histogram
 from ..procfs import HostRoots
 from ..units import TIME
-from .base import Collector
+from .base import Collector, Unavailable
 from .guest import CpuStatCollector
 
 RUNQ_TRACEPOINTS = (
@@ -41,14 +41,15 @@ class RunqLatencyCollector(Collector):
 
     def start(self) -> None:
         self._prog: BpfProgram | None = None
-        prog = BpfProgram("runq_latency.c", RUNQ_TRACEPOINTS)
-        self._prog = prog.load()
-        for n in prog.notes:
+        try:
+            self._prog = BpfProgram("runq_latency.c", RUNQ_TRACEPOINTS).load()
+        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
+            raise Unavailable(exc.reason, exc.metrics) from exc
+        for n in self._prog.notes:
             self.store.note(self.name, n)
 
     def begin(self, t0: float) -> None:
-        for table in ("hist", "stats"):
-            self._prog[table].clear()
+        self._prog.clear("hist", "stats")
 
     def sample(self, t: float) -> None:
         """Nothing to poll: the histograms are read once at the end of the window."""
@@ -61,13 +62,7 @@ class RunqLatencyCollector(Collector):
         prog = self._prog
         if prog is None:
             return
-        per_cpu: dict[int, Histogram] = {}
-        for k, n in prog["hist"].items():
-            h = per_cpu.setdefault(k.cpu, Histogram(scale=1e-9))
-            h.buckets[k.slot] = h.buckets.get(k.slot, 0) + n.value
-        for k, s in prog["stats"].items():
-            h = per_cpu.setdefault(k.value, Histogram(scale=1e-9))
-            h.total, h.sum, h.max_exact = s.count, float(s.sum), float(s.max)
+        per_cpu = prog.histograms(lambda k: k.cpu)
         self.close()
         source = {"source": "BPF sched tracepoints"}
         node = Histogram(scale=1e-9)

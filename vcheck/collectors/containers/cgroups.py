@@ -27,7 +27,6 @@ from pathlib import Path
 from ...procfs import HostRoots, read_text
 from ..guest import parse_pressure
 
-UNLIMITED = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from ...procfs import HostRoots, read_text
 from .container import Container
 from .cri import DEFAULT_SOCKETS, CriClient, CriError
-from .engine import EngineError, docker_sockets, from_docker
+from .docker import EngineError, docker_sockets, from_docker
 
 def cri_sockets(roots: HostRoots) -> list[Path]:
     extra = [Path(p) for p in os.environ.get("VCHECK_CRI_SOCKETS", "").split(":") if p]

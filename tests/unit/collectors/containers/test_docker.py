@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vcheck.collectors.containers.engine import EngineError, from_docker
+from vcheck.collectors.containers.docker import EngineError, from_docker
 
 CID = "3f2a" * 16
 LIST = [{"Id": CID, "Names": ["/k8s_nginx_web-7d9_shop_uid_0"], "State": "running",
