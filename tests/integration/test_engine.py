@@ -2,6 +2,8 @@
 signals, real subprocesses of `vcheck` and `pytest`."""
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import signal
@@ -13,21 +15,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.rig.common import REPO, VCHECK
+from tests.rig.io import cpu_hogs
 
 
 @pytest.fixture
 def cpu_burner():
-    """A busy loop pinned to one CPU (a real process; killed afterwards)."""
-    procs = []
-
-    def start(cpu: int) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {%d})\nwhile True: pass" % cpu])
-        procs.append(p)
-        return p
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+    """A busy loop pinned to one CPU (tests/rig/io.py's hog; killed afterwards)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda cpu: stack.enter_context(cpu_hogs(cpu=cpu, n=1))
 
 
 USER_POLICY = """\

@@ -123,3 +123,24 @@ def test_errors_do_not_echo_huge_tokens(text):
     with pytest.raises(E.ExprError) as ei:
         E.parse(text)
     assert len(str(ei.value)) < 300
+
+
+# --- regress: how much worse than a baseline run is allowed ---
+def test_regress_relative_and_absolute():
+    r = E.parse_regress("p99 +20%", TIME)
+    assert r.relative and r.limit(1.0) == pytest.approx(1.2)
+    r = E.parse_regress("mean +2", PERCENT)           # percentage points for a percent metric
+    assert not r.relative and r.limit(5.0) == 7.0
+    r = E.parse_regress("p99 +50us", TIME)
+    assert r.limit(0.001) == pytest.approx(0.00105)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("p99 20%", "expected '<stat>"),
+    ("count +1", "not a statistic"),
+    ("p99 +5MiB", "does not fit a time metric"),
+    ("p99 +5parsec", "unknown unit"),
+])
+def test_regress_errors(text, words):
+    with pytest.raises(E.ExprError, match=words):
+        E.parse_regress(text, TIME)

@@ -240,3 +240,11 @@ def test_invalid_selectors_cannot_be_built(alt):
 @pytest.mark.parametrize("alt", ["0-3", "web-*", "web-1", "nvme0n1", "-1", "+1", "[0-3]", "*[-]3", "0x1F"])
 def test_valid_selectors(alt):
     assert selector_problem(alt) is None
+
+
+def test_regress_in_a_policy_names_file_line_and_column(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("policy: p\nchecks:\n  - id: c\n    metric: cpu.user\n    expect: '< 50%'\n    regress: 'p99 +5ms'\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p, Catalog())
+    assert str(exc.value).startswith(f"{p}:6:") and "does not fit" in str(exc.value)

@@ -1,0 +1,20 @@
+"""Prometheus text format for node_exporter's textfile collector."""
+from __future__ import annotations
+
+from vcheck.report.prometheus import previous_last_success, render
+
+REPORT = {"node": {"hostname": 'we"ird'}, "exit_status": 1, "window": {"interrupted": False},
+          "results": [{"policy": "p", "check": "c", "metric": "cpu.user", "entity": "cpu0", "outcome": "fail",
+                       "entities": [{"entity": "cpu0", "outcome": "fail", "measurements": [
+                           {"statistic": "max", "measured": 97.5, "threshold": 90.0}]}]}]}
+
+
+def test_prometheus_rendering_escapes_and_carries_last_success():
+    previous = 'vcheck_last_success_timestamp_seconds{node="x"} 1700000000\n'
+    text = render(REPORT, 3.5, previous, now=1800000000)
+    assert 'node="we\\"ird"' in text
+    assert 'vcheck_check_value{policy="p",check="c",entity="cpu0",node="we\\"ird",metric="cpu.user",statistic="max"} 97.5' in text
+    assert previous_last_success(text) == 1700000000
+    assert previous_last_success(render({**REPORT, "exit_status": 0}, 1.0, previous, now=1800000000)) == 1800000000
+    for line in text.splitlines():
+        assert line.startswith("#") or line.split()[-1].replace(".", "", 1).replace("e+", "").isdigit()
