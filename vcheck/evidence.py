@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .histogram import RELATIVE_ERROR, Histogram
+from .model import EntityOutcome, Outcome
 from .units import format_duration, format_value
 
 REDACTED = "<redacted>"
@@ -134,7 +135,7 @@ class EntityEvidence:
     entity: str
     labels: dict[str, str]
     info: dict[str, str]
-    outcome: str                       # pass | fail | inconclusive | missing
+    outcome: str                       # an EntityOutcome
     measurements: list[Measurement] = field(default_factory=list)
     samples: int = 0
     expected_samples: int = 0
@@ -158,7 +159,7 @@ class EntityEvidence:
 
 @dataclass
 class Verdict:
-    outcome: str              # pass | fail | skip | error (inconclusive)
+    outcome: str              # an Outcome (error: inconclusive)
     reason: str
     entities: list[EntityEvidence]
     window: float
@@ -199,7 +200,7 @@ def render(v: Verdict, description: str = "", remediation: str = "", max_entitie
              + f" over {format_duration(v.window)}: {v.outcome.upper()}" + (f" ({v.reason})" if v.reason else "")]
     if description:
         lines.append(f"  why it matters: {description}")
-    order = {"fail": 0, "inconclusive": 1, "missing": 2, "pass": 3}
+    order = {EntityOutcome.FAIL: 0, EntityOutcome.INCONCLUSIVE: 1, EntityOutcome.MISSING: 2, EntityOutcome.PASS: 3}
     shown = sorted(v.entities, key=lambda e: order.get(e.outcome, 9))
     for e in shown[:max_entities]:
         lines.extend(_render_entity(e, v))
@@ -207,7 +208,7 @@ def render(v: Verdict, description: str = "", remediation: str = "", max_entitie
         lines.append(f"  ... {len(shown) - max_entities} more entities in the JSON report")
     for n in v.notes:
         lines.append(f"  note: {n}")
-    if remediation and v.outcome == "fail":
+    if remediation and v.outcome == Outcome.FAIL:
         lines.append(f"  remediation: {remediation}")
     return "\n".join(printable(line) for line in lines)
 

@@ -15,6 +15,7 @@ from . import expr as E
 from .evidence import EntityEvidence, Measurement, Verdict
 from .histogram import RELATIVE_ERROR, Histogram
 from .observations import Observation, ObservationStore
+from .model import EntityOutcome, Kind, OnMissing, Outcome
 from .policy import Check
 from .selection import entity_name, observations_for
 from .units import COUNT, format_value
@@ -184,7 +185,7 @@ def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] 
     window = min(check.window, observed) if observed else check.window
     obs = observations_for(check, store.all(), item_labels)
     entities: list[EntityEvidence] = []
-    if spec.kind == "distribution":
+    if spec.kind == Kind.DISTRIBUTION:
         groups: dict[tuple, list[Observation]] = {}
         for o in obs:
             key = tuple((k, o.label_dict.get(k, "")) for k in (check.per or ()))
@@ -195,7 +196,7 @@ def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] 
         for o in obs:
             entities.append(_judge_series(check, o, window))
 
-    v = Verdict(outcome="pass", reason="", entities=entities, window=check.window, dimension=spec.dimension,
+    v = Verdict(outcome=Outcome.PASS, reason="", entities=entities, window=check.window, dimension=spec.dimension,
                 expect=check.expect_text, metric=spec.name, for_=check.for_)
     missing_reason = store.unavailable.get(spec.name, "")
     if not entities:
@@ -203,21 +204,21 @@ def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] 
         why = missing_reason or f"no {spec.entity} data for {where}"
         return _apply_missing(v, check, why)
     outcomes = {e.outcome for e in entities}
-    if "fail" in outcomes:
-        bad = [e.entity for e in entities if e.outcome == "fail"]
-        v.outcome, v.reason = "fail", f"violated by {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
-    elif "inconclusive" in outcomes:
-        why = next(e.reason for e in entities if e.outcome == "inconclusive")
-        v.outcome, v.reason = "error", f"inconclusive: {why}"
-    elif outcomes == {"missing"}:
+    if EntityOutcome.FAIL in outcomes:
+        bad = [e.entity for e in entities if e.outcome == EntityOutcome.FAIL]
+        v.outcome, v.reason = Outcome.FAIL, f"violated by {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+    elif EntityOutcome.INCONCLUSIVE in outcomes:
+        why = next(e.reason for e in entities if e.outcome == EntityOutcome.INCONCLUSIVE)
+        v.outcome, v.reason = Outcome.ERROR, f"inconclusive: {why}"
+    elif outcomes == {EntityOutcome.MISSING}:
         return _apply_missing(v, check, entities[0].reason)
     return v
 
 
 def _apply_missing(v: Verdict, check: Check, why: str) -> Verdict:
     v.reason = f"no data: {why}"
-    v.outcome = {"fail": "fail", "skip": "skip", "pass": "pass"}[check.on_missing]
-    if check.on_missing == "pass":
+    v.outcome = Outcome(OnMissing(check.on_missing).value)
+    if check.on_missing == OnMissing.PASS:
         v.reason += " (on_missing: pass)"
     return v
 
@@ -231,7 +232,7 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
     view = SeriesView(o, window, slack=check.interval / 2)
     ordered = [k for k in spec.labels if k in o.label_dict] + sorted(set(o.label_dict) - set(spec.labels))
     ev = EntityEvidence(entity=entity_name(o.label_dict, ordered), labels=o.label_dict, info=dict(o.info),
-                        outcome="pass", samples=len(view.values), expected_samples=_expected(check, window),
+                        outcome=EntityOutcome.PASS, samples=len(view.values), expected_samples=_expected(check, window),
                         observed_seconds=sum(view.spans), notes=list(o.notes))
     if view.values:
         ev.series = {"min": min(view.values), "max": max(view.values),
@@ -246,26 +247,26 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
             lv["duration"] if lv else 0.0, f"{lv['duration']:.1f}s" if lv else "0s",
             f"< {check.for_:g}s", not sustained))
         if sustained:
-            ev.outcome = "fail"
+            ev.outcome = EntityOutcome.FAIL
         elif o.gone_at is not None:
-            ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
+            ev.outcome, ev.reason = EntityOutcome.MISSING, f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
         elif ev.observed_seconds < check.for_ - FOR_TOLERANCE * check.interval:
-            ev.outcome = "inconclusive"
+            ev.outcome = EntityOutcome.INCONCLUSIVE
             ev.reason = (f"for: {check.for_:g}s needs {check.for_:g}s of samples, "
                          f"{ev.entity} has {ev.observed_seconds:.1f}s")
         return ev
     ok = evaluate(check.expect, view, spec.natural_stat, spec.dimension, window, ev.measurements)
     if ok is False:
-        ev.outcome = "fail"
+        ev.outcome = EntityOutcome.FAIL
     elif o.blind:
-        ev.outcome, ev.reason = "inconclusive", o.blind
+        ev.outcome, ev.reason = EntityOutcome.INCONCLUSIVE, o.blind
     elif o.gone_at is not None:
-        ev.outcome, ev.reason = "missing", f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
+        ev.outcome, ev.reason = EntityOutcome.MISSING, f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
     elif not spec.sparse and ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
-        ev.outcome = "inconclusive"
+        ev.outcome = EntityOutcome.INCONCLUSIVE
         ev.reason = f"{ev.entity}: {ev.samples} of {ev.expected_samples} expected samples"
     elif ok is None:
-        ev.outcome, ev.reason = "missing", next(iter(o.notes), "no values")
+        ev.outcome, ev.reason = EntityOutcome.MISSING, next(iter(o.notes), "no values")
     return ev
 
 
@@ -285,24 +286,24 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
         notes.extend(n for n in o.notes if n not in notes)
     labels = key or (members[0].label_dict if len(members) == 1 else {})
     name = entity_name(labels) if labels else "node"
-    ev = EntityEvidence(entity=name, labels=labels, info=info, outcome="pass", histogram=hist,
+    ev = EntityEvidence(entity=name, labels=labels, info=info, outcome=EntityOutcome.PASS, histogram=hist,
                         samples=hist.count if hist else 0, observed_seconds=window, notes=notes)
     events.sort(key=lambda x: -float(x.get("latency", 0) or 0))
     ev.events = events
     if hist is None:
-        ev.outcome, ev.reason = "missing", "no distribution recorded"
+        ev.outcome, ev.reason = EntityOutcome.MISSING, "no distribution recorded"
         return ev
     ok = evaluate(check.expect, DistributionView(hist), spec.natural_stat, spec.dimension, window,
                   ev.measurements)
     blind = next((o.blind for o in members if o.blind), "")
     if ok is False:
-        ev.outcome = "fail"
+        ev.outcome = EntityOutcome.FAIL
     elif blind:
-        ev.outcome, ev.reason = "inconclusive", blind
+        ev.outcome, ev.reason = EntityOutcome.INCONCLUSIVE, blind
     elif gone and len(gone) == len(members):
-        ev.outcome, ev.reason = "missing", f"gone at +{gone[0].gone_at:.1f}s ({gone[0].gone_reason})"
+        ev.outcome, ev.reason = EntityOutcome.MISSING, f"gone at +{gone[0].gone_at:.1f}s ({gone[0].gone_reason})"
     elif ok is None:
-        ev.outcome = "missing"
+        ev.outcome = EntityOutcome.MISSING
         ev.reason = next((n for n in notes), "no events observed in the window")
     return ev
 
@@ -310,7 +311,7 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
 # --- against a baseline run ---------------------------------------------------------------
 
 def _stat_of(spec, members: list[Observation], stat: str, window: float) -> float | None:
-    if spec.kind == "distribution":
+    if spec.kind == Kind.DISTRIBUTION:
         hist = None
         for o in members:
             if o.histogram is not None:
@@ -354,7 +355,7 @@ def judge_regression(check: Check, verdict: Verdict, store: ObservationStore, ba
             ok, f"baseline {format_value(base_val, spec.dimension)}, now {format_value(now_val, spec.dimension)}",
             limit))
         if not ok:
-            e.outcome = "fail"
+            e.outcome = EntityOutcome.FAIL
             regressed.append(e.entity)
     seen = {tuple(sorted(e.labels.items())) for e in verdict.entities}
     vanished = sorted({entity_name(o.label_dict) for o in base_obs
@@ -362,7 +363,7 @@ def judge_regression(check: Check, verdict: Verdict, store: ObservationStore, ba
     if vanished:
         verdict.notes.append(f"in the baseline but not in this run: {', '.join(vanished[:10])}")
     if regressed:
-        prior = verdict.reason if verdict.outcome == "fail" else ""
-        verdict.outcome = "fail"
+        prior = verdict.reason if verdict.outcome == Outcome.FAIL else ""
+        verdict.outcome = Outcome.FAIL
         verdict.reason = (prior + "; " if prior else "") + \
             f"regressed against the baseline: {', '.join(regressed[:5])}"

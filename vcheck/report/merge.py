@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportFormatError
+from ..model import Outcome
 from .json_report import MAX_REPORT_BYTES, parse_report
 from .output import read_bounded
 
 FLEET_FORMAT = "vcheck.fleet"
+_FAILING = (Outcome.FAIL, Outcome.ERROR)   # a failed or inconclusive check fails its node
 FLEET_VERSION = 1
 
 
@@ -48,7 +50,7 @@ def _from_json(raw: bytes, path: Path) -> NodeResult:
     res = NodeResult(name=node.get("hostname") or path.stem, source=str(path), labels=dict(node.get("labels") or {}))
     for x in r.get("results", []):
         res.counts[x["outcome"]] = res.counts.get(x["outcome"], 0) + 1
-        if x["outcome"] in ("fail", "error"):
+        if x["outcome"] in _FAILING:
             res.failed.append(x["nodeid"])
     status = r.get("exit_status")
     if (r.get("window") or {}).get("interrupted") or status == 2:
@@ -74,15 +76,15 @@ def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
     for s in suites:
         res = NodeResult(name=s.get("name") or s.get("hostname") or path.stem, source=str(path), junit=s)
         for case in s.iter("testcase"):
-            outcome = "pass"
+            outcome = Outcome.PASS
             if case.find("failure") is not None:
-                outcome = "fail"
+                outcome = Outcome.FAIL
             elif case.find("error") is not None:
-                outcome = "error"
+                outcome = Outcome.ERROR
             elif case.find("skipped") is not None:
-                outcome = "skip"
+                outcome = Outcome.SKIP
             res.counts[outcome] = res.counts.get(outcome, 0) + 1
-            if outcome in ("fail", "error"):
+            if outcome in _FAILING:
                 res.failed.append(f"{case.get('classname', '')}::{case.get('name', '')}")
         out.append(res)
     return out

@@ -12,7 +12,12 @@ import re
 import time
 from typing import Any, Iterable
 
-OUTCOMES = ("pass", "fail", "skip", "error", "waived", "not-run")
+from ..model import EntityOutcome, Outcome
+
+OUTCOMES = tuple(o.value for o in Outcome)
+# an item's outcome that holds for each of its entities; else an entity's own, in item terms
+_WHOLE_ITEM = (Outcome.SKIP, Outcome.WAIVED, Outcome.ERROR, Outcome.NOT_RUN)
+_FROM_ENTITY = {EntityOutcome.MISSING: Outcome.SKIP, EntityOutcome.INCONCLUSIVE: Outcome.ERROR}
 _LAST_SUCCESS = re.compile(r"^vcheck_last_success_timestamp_seconds(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -65,9 +70,10 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
                                           "measurements": []}]
         for e in entities:
             ent = e["entity"]
-            outcome = r["outcome"] if r["outcome"] in ("skip", "waived", "error", "not-run") else \
-                {"missing": "skip", "inconclusive": "error"}.get(e["outcome"], e["outcome"])
-            status.append((_labels(**base, entity=ent, node=host, outcome=outcome), 1.0 if outcome == "pass" else 0.0))
+            outcome = r["outcome"] if r["outcome"] in _WHOLE_ITEM else \
+                _FROM_ENTITY.get(e["outcome"], e["outcome"])
+            status.append((_labels(**base, entity=ent, node=host, outcome=outcome),
+                           1.0 if outcome == Outcome.PASS else 0.0))
             for m in e.get("measurements") or []:
                 lab = _labels(**base, entity=ent, node=host, metric=r["metric"], statistic=m["statistic"])
                 if m.get("measured") is not None:
@@ -81,7 +87,7 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
 
     counts = {o: 0 for o in OUTCOMES}
     for r in report.get("results", []):
-        counts[r["outcome"] if r["outcome"] in counts else "error"] += 1
+        counts[r["outcome"] if r["outcome"] in counts else Outcome.ERROR] += 1
     node = _labels(node=host)
     passed = report.get("exit_status") == 0
     last_success = now if passed else previous_last_success(previous_text)
