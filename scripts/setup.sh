@@ -67,6 +67,6 @@ fi
 stamp="$VENV/.vcheck-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing vcheck into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e .
   touch "$stamp"
 fi
