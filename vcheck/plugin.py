@@ -13,12 +13,16 @@ import pytest
 
 from .catalog import Catalog
 from .errors import ReportFormatError, UsageError
+from .evidence import printable
+from . import pycheck
 from .items import CheckItem, PolicyFile
 from .model import LAYERS
 from .procfs import HostRoots
 from .report.json_report import RunFacts, read_report, store_from_report
 from .report.recorder import RECORDER_KEY, ReportRecorder, json_output, prometheus_output
+from .pycheck import containers, observed, vcheck_entity, vcheck_node, vms  # noqa: F401 (fixtures)
 from .runstate import STATE_KEY, RunState
+from .selection import entity_name
 from .session import SamplingSession, plan
 from .units import UnitError, format_duration, parse_duration
 from .waivers import load_waivers, unmatched
@@ -55,6 +59,8 @@ MAX_TIMEOUT = 7 * 86400.0   # a bound beyond a week is a typo, not a bound
 def pytest_configure(config: pytest.Config) -> None:
     for name, desc in LAYER_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {desc}")
+    config.addinivalue_line("markers", "vcheck_observe(metric, per, select, window, interval): what a Python "
+                                       "check observes (vcheck.observe)")
     window = _duration_option(config.option.vcheck_window, "--window")
     _duration_option(config.option.vcheck_timeout, "--timeout")
     state = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
@@ -100,6 +106,32 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return None
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    pycheck.generate_tests(metafunc)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE_KEY]
+    for item in items:
+        pycheck.attach(item, state)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A Python check file that does not import is a usage error (FILE:LINE: message), as a
+    broken policy is, not pytest's 'interrupted'."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and isinstance(collector, pytest.Module):
+        text = str(report.longrepr or "")
+        why = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")), text.strip()[-200:])
+        line = next((ln.split("line ", 1)[1].split()[0].rstrip(",:") for ln in text.splitlines()
+                     if ln.strip().startswith("File ") and "line " in ln), "1")
+        collector.config.stash[STATE_KEY].policy_errors.append(
+            f"{report.nodeid}:{line}: cannot import the check file: {printable(why)}")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash[STATE_KEY]
@@ -111,7 +143,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                   "no check of the policies in this run", file=sys.stderr)
     recorder = config.stash.get(RECORDER_KEY, None)
     if recorder is not None:
-        recorder.collected([i.result_record() for i in session.items if isinstance(i, CheckItem)])
+        recorder.collected([i.result_record() if isinstance(i, CheckItem) else pycheck.result_record(i, None)
+                            for i in session.items if isinstance(i, CheckItem) or pycheck.IS_CHECK_KEY in i.stash])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -120,14 +153,15 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
-    items = [i for i in session.items if isinstance(i, CheckItem)]
-    if not items:
+    checks = [i.check if isinstance(i, CheckItem) else i.stash[pycheck.CHECK_KEY]
+              for i in session.items if isinstance(i, CheckItem) or pycheck.CHECK_KEY in i.stash]
+    if not checks:
         return
     state = config.stash[STATE_KEY]
     if state.replay is not None:
         state.store = state.replay
         return
-    the_plan = plan([i.check for i in items], state.catalog)
+    the_plan = plan(checks, state.catalog)
     show = _progress_printer(config, the_plan.window)
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
     try:
@@ -152,8 +186,31 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
+    rep = outcome.get_result()
     if isinstance(item, CheckItem):
-        outcome.get_result().vcheck_result = item.result_record()
+        rep.vcheck_result = item.result_record()
+    elif pycheck.IS_CHECK_KEY in item.stash and (rep.when == "call" or not rep.passed):
+        if rep.failed:
+            evidence = pycheck.evidence_section(item)
+            if evidence:
+                rep.sections.append(("vcheck evidence", evidence))
+            _waive(item, rep)
+        rep.vcheck_result = pycheck.result_record(item, rep)
+
+
+def _waive(item: pytest.Item, rep: pytest.TestReport) -> None:
+    """A Python check's failure covered by an unexpired waiver is reported as waived (xfail)."""
+    import datetime
+
+    state = item.config.stash[STATE_KEY]
+    labels = item.stash.get(pycheck.LABELS_KEY, None)
+    entity = entity_name(labels, list(labels)) if labels else "node"
+    for w in state.waivers:
+        if w.matches(Path(str(item.path)).stem, getattr(item, "originalname", item.name), entity) \
+                and not w.expired(datetime.date.today()):
+            rep.outcome = "skipped"
+            rep.wasxfail = f"waived until {w.expires}: {w.justification}"
+            return
 
 
 def _on_sigterm(config: pytest.Config):

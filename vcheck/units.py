@@ -162,3 +162,16 @@ def format_value(value: float | None, dimension: str) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.4g}"
+
+
+_QUANTITY_RE = re.compile(r"\s*([-+]?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ%/]*)\s*\Z")
+
+
+def parse_quantity(text: str) -> float:
+    """'10ms' -> 0.01, '50%' -> 50.0, '2GiB' -> 2147483648.0: a written quantity in its
+    dimension's base unit (Python checks compare with the same units as the YAML grammar)."""
+    m = _QUANTITY_RE.match(text)
+    if not m:
+        raise UnitError(f"{text!r} is not a quantity like 10ms, 50% or 2GiB")
+    number = finite_number(m.group(1))
+    return number * unit_factor(m.group(2)) if m.group(2) else number

@@ -31,7 +31,7 @@ from .cri_writer import RigCriClient
 IMAGE = "vcheck.local/busybox:rig"
 PAUSE = "vcheck.local/pause:rig"
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "cat", "head", "yes", "dd", "true", "ls", "echo", "tail")
+APPLETS = ("sh", "sleep", "cat", "head", "yes", "dd", "true", "ls", "echo", "tail", "nproc", "hostname", "touch")
 
 
 # --- image -------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ LAYERS = {
         "vcheck.identity"),
     2: ("vcheck.collectors",),
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",
-        "vcheck.runstate"),
-    4: ("vcheck.items",),
+        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel"),
+    4: ("vcheck.items", "vcheck.pycheck"),
     5: ("vcheck.plugin",),
     6: ("vcheck.cli", "vcheck.__main__"),
 }

@@ -1,0 +1,144 @@
+"""Python checks, for real: an observing test function under a CPU hog, the built-in checks
+against real qemu guests and real containers (nsenter), replays, and broken check files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import REPO, VCHECK
+from tests.rig.containerd import container_spec
+from tests.rig.io import cpu_hogs
+
+pytestmark = pytest.mark.rig
+
+CHECKS = REPO / "checks"
+
+OBSERVING = '''\
+from vcheck import observe, quantity
+
+
+@observe("cpu.user", per="cpu", window="3s")
+def test_user_time(observed):
+    assert observed.max < quantity("50%")
+'''
+
+YAML = "policy: y\nchecks:\n  - {id: idle, metric: cpu.idle, expect: '>= 0%', window: 3s}\n"
+
+
+def vcheck(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
+    r = subprocess.run(VCHECK + ["run", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def by_id(report: Path) -> dict[str, dict]:
+    return {r["nodeid"].split("::", 1)[1]: r for r in json.loads(report.read_text())["results"]}
+
+
+def test_an_observing_function_fails_its_hogged_cpu_with_evidence(tmp_path):
+    (tmp_path / "test_user.py").write_text(OBSERVING)
+    (tmp_path / "y.yaml").write_text(YAML)
+    report = tmp_path / "r.json"
+    with cpu_hogs(cpu=1, n=1):
+        r = vcheck("test_user.py", "y.yaml", "--json", str(report), cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    results = by_id(report)
+    cpu1, cpu0 = results["test_user_time[cpu1]"], results["test_user_time[cpu0]"]
+    assert cpu1["outcome"] == "fail" and cpu1["layer"] == "guest" and cpu1["metric"] == "cpu.user"
+    assert cpu1["entities"][0]["series"]["max"] > 50 and cpu1["entities"][0]["samples"] == 3
+    # cpu0 carries whatever else the shared machine runs: its verdict follows its own figure
+    assert cpu0["outcome"] == ("pass" if cpu0["entities"][0]["series"]["max"] < 50 else "fail")
+    assert "assert 100.0 < 50.0" in r.stdout or "< 50.0" in r.stdout           # pytest's rewritten assert
+    assert "vcheck evidence" in r.stdout and "cpu.user [cpu1] over 3s: 3 samples" in r.stdout
+    data = json.loads(report.read_text())
+    assert data["window"]["observed"] == pytest.approx(3, abs=0.3)   # YAML and Python: one window
+    assert results["idle"]["outcome"] == "pass"
+    # the saved run re-judges the Python check without sampling
+    again = tmp_path / "again.json"
+    r2 = vcheck("test_user.py", "--replay", str(report), "--json", str(again), cwd=tmp_path)
+    assert r2.returncode == 1 and by_id(again)["test_user_time[cpu1]"]["outcome"] == "fail"
+
+
+@pytest.mark.parametrize("body, words", [
+    ("import no_such_module_anywhere\n", "test_bad.py:1: cannot import the check file"),
+    ("from vcheck import observe\n\n@observe('cpu.usr')\ndef test_x(observed):\n    pass\n",
+     "unknown metric 'cpu.usr'"),
+    ("from vcheck import observe\n\n@observe('cpu.user', window='forever')\ndef test_x(observed):\n    pass\n",
+     "window"),
+])
+def test_broken_check_files_are_usage_errors(tmp_path, body, words):
+    (tmp_path / "test_bad.py").write_text(body)
+    r = vcheck("test_bad.py", cwd=tmp_path)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert words in r.stdout + r.stderr
+
+
+def test_pinned_vms_sharing_a_host_cpu_fail_the_overlap_check(qemu_vm, tmp_path):
+    a, b = qemu_vm("pin-a", smp=1), qemu_vm("pin-b", smp=1)
+    report = tmp_path / "r.json"
+
+    def pin(cpu_a: int, cpu_b: int) -> dict:
+        for vm, cpu in ((a, cpu_a), (b, cpu_b)):
+            for tid in vm.vcpu_tids:
+                os.sched_setaffinity(tid, {cpu})
+        vcheck(str(CHECKS / "test_vms.py"), "--json", str(report), cwd=tmp_path)
+        return by_id(report)
+
+    together = pin(1, 1)
+    assert together["test_pinned_vcpus_do_not_share_host_cpus[pin-a]"]["outcome"] == "fail"
+    assert "share host CPU 1" in together["test_pinned_vcpus_do_not_share_host_cpus[pin-a]"]["reason"]
+    assert together["test_vcpu_threads_are_named[pin-b]"]["outcome"] == "pass"
+    apart = pin(0, 1)
+    assert apart["test_pinned_vcpus_do_not_share_host_cpus[pin-a]"]["outcome"] == "pass"
+    assert apart["test_pinned_vcpus_do_not_share_host_cpus[pin-b]"]["outcome"] == "pass"
+
+
+def test_container_checks_look_from_inside(containerd, tmp_path):
+    env = {"VCHECK_CRI_SOCKETS": str(containerd.socket), "VCHECK_RUNC_ROOT": "/nonexistent"}
+    containerd.run_pod("quota", "shop", [container_spec("half", ["sleep", "3600"], cpu_quota=50000)])
+    containerd.run_pod("peek", "shop", [container_spec("hostpid", ["sleep", "3600"], host_pid=True)])
+    try:
+        report = tmp_path / "r.json"
+        r = vcheck(str(CHECKS / "test_containers.py"), "--json", str(report), env=env, cwd=tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        res = by_id(report)
+        half = res["test_workload_sees_its_cpu_limit[shop-quota-half]"]
+        assert half["outcome"] == "fail" and "sees" in half["reason"] and "allows 0.5 CPU" in half["reason"]
+        assert res["test_init_pid_maps_to_the_runtimes_host_pid[shop-quota-half]"]["outcome"] == "pass"
+        peek = res["test_init_pid_maps_to_the_runtimes_host_pid[shop-peek-hostpid]"]
+        assert peek["outcome"] == "fail" and "host's PID namespace" in peek["reason"]
+        assert res["test_workload_sees_its_cpu_limit[shop-peek-hostpid]"]["outcome"] == "skip"
+    finally:
+        for pod in list(containerd.pods):
+            containerd.remove_pod(pod)
+
+
+def test_nsenter_fixture_reads_from_inside_and_cannot_write(containerd, tmp_path):
+    from vcheck.nodemodel import NodeModel
+    from vcheck.procfs import HostRoots
+
+    containerd.run_pod("inside", "shop", [container_spec("look", ["sleep", "3600"])])
+    try:
+        os.environ["VCHECK_CRI_SOCKETS"] = str(containerd.socket)
+        look = next(c for c in NodeModel(HostRoots()).containers if c.name == "look")
+        status = look.run(["cat", "/proc/self/status"])
+        nspid = next(ln for ln in status.stdout.splitlines() if ln.startswith("NSpid:")).split()[1:]
+        assert status.returncode == 0 and len(nspid) == 1 and int(nspid[0]) > 1   # its own PID namespace
+        hostname = look.run(["hostname"])
+        assert hostname.returncode == 0 and hostname.stdout.strip()
+        denied = look.run(["touch", "/etc/vcheck-was-here"])
+        assert denied.returncode != 0                                  # read-only by default (nobody)
+        assert not Path(f"/proc/{look.pid}/root/etc/vcheck-was-here").exists()
+        with pytest.raises(TypeError):
+            look.run("cat /etc/hostname")                               # never a shell string
+        slow = look.run(["sleep", "5"], timeout=0.5)
+        assert slow.returncode == -1 and "timed out" in slow.stderr
+    finally:
+        os.environ.pop("VCHECK_CRI_SOCKETS", None)
+        for pod in list(containerd.pods):
+            containerd.remove_pod(pod)

@@ -1,0 +1,136 @@
+"""Python checks: the pytest-style half of vcheck.
+
+A test function declares what it observes; the run's one sampling session covers it together
+with the YAML checks; the function receives the observations and asserts with plain ``assert``::
+
+    from vcheck import observe, quantity
+
+    @observe("cpu.user", per="cpu", window="5s")
+    def test_user_time(observed):
+        assert observed.max < quantity("50%")      # one item per CPU: cpu0, cpu1, ...
+
+    @observe("block.latency", per="device")
+    def test_slow_ios(observed):
+        assert observed.count_over(quantity("10ms")) <= 5
+
+``observed`` is the entity's :class:`Observed`: ``min max mean last sum count p50 p90 p95 p99
+p999``, ``percentile(q)`` and ``count_over(x)``, in the metric's base unit (seconds, bytes,
+percent), as the YAML grammar computes them. The node model is there too, as fixtures
+discovered once per run by the same code the collectors use: ``vcheck_node``, ``vms``,
+``containers`` (with ``run()`` inside a container's namespaces) and ``cgroups``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import pytest
+
+from .histogram import Histogram
+from .units import format_value, parse_quantity
+
+MARKER = "vcheck_observe"
+
+
+def observe(metric: str, *, per: str | Sequence[str] | None = None, select: dict[str, Any] | None = None,
+            window: str = "60s", interval: str = "1s") -> pytest.MarkDecorator:
+    """Declare what a test function observes (validated at collection time, like a policy)."""
+    return getattr(pytest.mark, MARKER)(metric=metric, per=per, select=select, window=window, interval=interval)
+
+
+def quantity(text: str) -> float:
+    """A written quantity ('10ms', '50%', '2GiB') in its dimension's base unit."""
+    return parse_quantity(text)
+
+
+@dataclass
+class Observed:
+    """What the session observed of one entity (or, for a node-wide item, of every entity it
+    judged), with the YAML grammar's statistics."""
+
+    metric: str
+    dimension: str
+    window: float
+    entities: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    histogram: Histogram | None = None
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        what = f"{self.histogram.count} events" if self.histogram is not None else f"{len(self.values)} samples"
+        return f"<{self.metric} [{', '.join(self.entities) or 'node'}]: {what} over {self.window:g}s>"
+
+    # --- statistics ----------------------------------------------------------------------
+    def _need(self) -> None:
+        if not self.values and not (self.histogram and self.histogram.count):
+            why = "; ".join(self.notes) or "no data in the window"
+            pytest.fail(f"vcheck: {self.metric} for {', '.join(self.entities) or 'this node'}: {why}",
+                        pytrace=False)
+
+    def _stat(self, name: str) -> float:
+        from .judge import DistributionView, SeriesView   # judging code is the one source of figures
+        from .observations import Observation
+
+        self._need()
+        if self.histogram is not None:
+            view: Any = DistributionView(self.histogram)
+        else:
+            o = Observation(self.metric, (), times=self.times, values=self.values, spans=[1.0] * len(self.values))
+            view = SeriesView(o, float("inf"))
+        value = view.stat(name, self.window).value
+        if value is None:
+            pytest.fail(f"vcheck: {self.metric}: no {name} in the window", pytrace=False)
+        return value
+
+    min = property(lambda self: self._stat("min"))
+    max = property(lambda self: self._stat("max"))
+    mean = property(lambda self: self._stat("mean"))
+    last = property(lambda self: self._stat("last"))
+    sum = property(lambda self: self._stat("sum"))
+    count = property(lambda self: self._stat("count"))
+    p50 = property(lambda self: self._stat("p50"))
+    p90 = property(lambda self: self._stat("p90"))
+    p95 = property(lambda self: self._stat("p95"))
+    p99 = property(lambda self: self._stat("p99"))
+    p999 = property(lambda self: self._stat("p999"))
+
+    def count_over(self, threshold: float) -> float:
+        """Samples (or events) above threshold: the grammar's count(> X)."""
+        from .judge import DistributionView
+
+        self._need()
+        if self.histogram is not None:
+            return float(DistributionView(self.histogram).count(">", threshold).value or 0)
+        return float(sum(1 for v in self.values if v > threshold))
+
+    def summary(self) -> str:
+        """One line of evidence for a failing assert."""
+        if self.histogram is not None and self.histogram.count:
+            h = self.histogram
+            return (f"{self.metric} [{', '.join(self.entities)}] over {self.window:g}s: {h.count} events, "
+                    f"mean {format_value(h.mean(), self.dimension)}, max {format_value(h.max().value, self.dimension)}")
+        if not self.values:
+            return f"{self.metric} [{', '.join(self.entities) or 'node'}]: no samples ({'; '.join(self.notes)})"
+        return (f"{self.metric} [{', '.join(self.entities)}] over {self.window:g}s: {len(self.values)} samples, "
+                f"min {format_value(min(self.values), self.dimension)}, "
+                f"mean {format_value(sum(self.values) / len(self.values), self.dimension)}, "
+                f"max {format_value(max(self.values), self.dimension)}")
+
+
+def merge_observations(metric: str, dimension: str, window: float, parts: Iterable[tuple[str, Any]]) -> Observed:
+    """One Observed from the item's observations (entity name, Observation) in the window."""
+    out = Observed(metric, dimension, window)
+    for name, o in parts:
+        out.entities.append(name)
+        out.info.update(o.info)
+        out.notes.extend(n for n in o.notes if n not in out.notes)
+        if o.blind:
+            out.notes.append(o.blind)
+        if o.histogram is not None:
+            out.histogram = o.histogram if out.histogram is None else out.histogram.merge(o.histogram)
+        keep = [i for i, t in enumerate(o.times) if t <= window + 0.5]
+        out.values.extend(o.values[i] for i in keep)
+        out.times.extend(o.times[i] for i in keep)
+    return out
