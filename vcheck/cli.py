@@ -37,8 +37,18 @@ def bundled_policy(name: str = DEFAULT_PACK) -> Path:
     return Path(str(resources.files("vcheck.policies").joinpath(name)))
 
 
+def _bundled(arg: str) -> str:
+    """`policies/NAME.yaml` and `checks/NAME.py` name the shipped files wherever vcheck is
+    installed, unless such a path exists where vcheck runs."""
+    folder, _, name = arg.partition("/")
+    if os.path.exists(arg) or folder not in ("policies", "checks") or not name or "/" in name:
+        return arg
+    shipped = Path(str(resources.files(f"vcheck.{folder}").joinpath(name)))
+    return str(shipped) if shipped.is_file() else arg
+
+
 def _policies(args: argparse.Namespace) -> list[str]:
-    return list(args.policies) or [str(bundled_policy())]
+    return [_bundled(p) for p in args.policies] or [str(bundled_policy())]
 
 
 def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) -> int:
