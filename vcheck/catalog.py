@@ -21,6 +21,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "sched": ("RunqLatencyCollector",),
     "hypervisor": ("HypervisorCollector",),
     "kvm": ("KvmExitCollector",),
+    "cgroups": ("CgroupCollector",),
     "containers.collector": ("ContainerCollector",),
 }
 

@@ -79,6 +79,9 @@ class MetricSpec:
     # a sample exists only for intervals with activity (no I/O: no await); few samples then
     # mean an idle entity, not a thin window, and are never judged inconclusive
     sparse: bool = False
+    # a label whose values are paths in a tree (a cgroup): per: makes items down to a depth,
+    # the default or as deep as a select: glob on it reaches
+    hierarchy: str | None = None
 
     @property
     def item_labels(self) -> tuple[str, ...]:

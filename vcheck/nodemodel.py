@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from .collectors.containers.cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
+from .collectors.cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
 from .collectors.containers.container import Container
 from .collectors.containers.discovery import discover_containers, host_namespaces, namespace_ids, nspid
 from .collectors.hypervisor import VM, discover_vms

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .model import MetricSpec
 from .observations import Observation
-from .policy import Check
+from .policy import Check, Selector
 
 Labels = Mapping[str, str]
 
@@ -36,8 +36,27 @@ def entity_name(labels: Labels, keys: Iterable[str] | None = None) -> str:
     return "-".join(parts) or "node"
 
 
+DEFAULT_TREE_DEPTH = 2     # /system.slice/nginx.service
+MAX_TREE_DEPTH = 8
+
+
+def tree_depth(label: str, selections: Iterable[Sequence[Selector]]) -> int:
+    """How deep items of a hierarchical label go: the default, or as deep as a select: glob on
+    it reaches ('/machine.slice/*/*' is 2 levels below the root: depth 3)."""
+    depth = DEFAULT_TREE_DEPTH
+    for select in selections:
+        for s in select:
+            if s.label == label and not s.negate:
+                depth = max(depth, *(len([p for p in alt.split("/") if p]) for alt in s.alternatives))
+    return min(depth, MAX_TREE_DEPTH)
+
+
 def selected(check: Check, entity: Labels) -> bool:
     """Whether `entity` (identity labels and descriptive attributes) passes the check's select:."""
+    tree = check.metric.hierarchy
+    if tree and entity.get(tree) is not None:
+        if len([p for p in entity[tree].split("/") if p]) > tree_depth(tree, [check.select]):
+            return False
     data_only = check.metric.data_only_labels
     for s in check.select:
         value = entity.get(s.label)

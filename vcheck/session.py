@@ -39,6 +39,7 @@ def plan(checks: Iterable[Check], catalog: Catalog) -> Plan:
         if req is None:
             req = p.requests[spec.collector] = CollectRequest(frozenset(), c.window, c.interval)
         req.metrics = req.metrics | {spec.name}
+        req.selections.append(c.select)
         req.window = max(req.window, c.window)
         req.interval = min(req.interval, c.interval)
         for leaf in leaves(c.expect):

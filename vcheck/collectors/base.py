@@ -20,6 +20,7 @@ from typing import ClassVar, Mapping
 
 from ..errors import Unavailable
 from ..model import MetricSpec
+from ..policy import Selector
 from ..observations import ObservationStore
 from ..procfs import HostRoots
 
@@ -35,6 +36,8 @@ class CollectRequest:
     # smallest outlier threshold (base unit) per metric from count(> X) assertions, so a
     # collector that captures events knows which ones to keep as evidence
     outlier_thresholds: dict[str, float] = field(default_factory=dict)
+    # every asking check's select: (a collector of a tree, like cgroups, walks as deep as needed)
+    selections: list[tuple[Selector, ...]] = field(default_factory=list)
 
 
 @dataclass

@@ -37,3 +37,10 @@ def test_whole_disks_skips_partitions_idle_and_ram(tmp_path: Path):
 
 def test_kernel_dev_matches_the_tracepoint_encoding():
     assert kernel_dev(254, 0) == 266338304   # seen in block:block_rq_issue on /dev/vda
+
+
+def test_completed_ios_per_op_under_block_latency_op_names():
+    s = parse_diskstats(RECORDED)["vda"]
+    assert s.by_op() == {"read": 28710, "write": 18121, "discard": 4869, "flush": 1341}
+    old = parse_diskstats("   8       0 sda 10 0 80 5 20 0 160 7 0 9 12\n")["sda"]
+    assert old.by_op() == {"read": 10, "write": 20, "discard": 0, "flush": 0}

@@ -15,7 +15,7 @@ from ...model import MetricSpec
 from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
-from .cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
+from ..cgroups import CgroupSample, cgroup_mode, figures, limits, proc_cgroups, read_container
 from .container import Container
 from .discovery import discover_containers, host_namespaces, namespace_ids, nspid
 
@@ -139,36 +139,12 @@ class ContainerCollector(Collector):
             a = self._prev.get(cid)
             if a is None:
                 continue
-            periods = b.periods - a.periods
-            values: dict[str, float] = {
-                "container.cpu": 100.0 * max(b.cpu_ns - a.cpu_ns, 0) / (wall * 1e9),
-                "container.cpu.throttled": 100.0 * max(b.throttled_periods - a.throttled_periods, 0) / periods
-                if periods > 0 else 0.0,
-                "container.cpu.throttled_time": min(100.0, 100.0 * max(b.throttled_ns - a.throttled_ns, 0) / (wall * 1e9)),
-                "container.memory": float(b.memory_bytes),
-                "container.oom_kills": float(max(b.oom_kills - a.oom_kills, 0)),
-                "container.pids": float(b.pids),
-                "container.io.bytes": max(b.io_bytes - a.io_bytes, 0) / wall,
-                "container.io.ops": max(b.io_ops - a.io_ops, 0) / wall,
-            }
-            if a.psi is not None and b.psi is not None:
-                for key in ("cpu.some", "memory.full", "io.full"):
-                    if key in a.psi and key in b.psi:
-                        values[f"container.psi.{key}"] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
-            if b.memory_limit:
-                values["container.memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
-            if b.pids_limit:
-                values["container.pids.limit_pct"] = 100.0 * b.pids / b.pids_limit
+            values = {f"container.{k}": v for k, v in figures(a, b, wall).items()}
             for fact in ("container.host_pid_ns", "container.host_net_ns", "container.host_ipc_ns",
                          "container.privileged"):
                 if fact in info:
                     values[fact] = float(info[fact])
-            limits = {}
-            if b.cpu_limit is not None:
-                limits["cpu_limit"] = f"{b.cpu_limit:g} CPU"
-            if b.memory_limit is not None:
-                limits["memory_limit"] = str(b.memory_limit)
-            public = {**self._public[cid], **limits}
+            public = {**self._public[cid], **limits(b)}
             for m in want:
                 if m in values:
                     self.store.add_sample(m, c.identity, t, values[m], span, public)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vcheck.collectors.containers.cgroups import (cgroup_mode, proc_cgroups, read_container, read_v1,
+from vcheck.collectors.cgroups import (cgroup_mode, proc_cgroups, read_container, read_v1,
                                                   read_v2)
 from vcheck.procfs import HostRoots
 
-V2 = Path(__file__).resolve().parents[3] / "data" / "cgroup-v2"
+V2 = Path(__file__).resolve().parents[2] / "data" / "cgroup-v2"
 SCOPE = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abc.scope"
 
 

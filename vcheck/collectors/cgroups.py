@@ -21,11 +21,18 @@ same way for every runtime and cgroup driver.
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from ...procfs import HostRoots, read_text
-from ..guest import parse_pressure
+from ..model import MetricSpec
+from ..selection import MAX_TREE_DEPTH, tree_depth
+from ..procfs import HostRoots, read_text
+from ..units import BYTE_RATE, BYTES, COUNT, PERCENT
+from .base import Collector, Unavailable
+from .guest import parse_pressure
 
 
 
@@ -171,3 +178,159 @@ def read_container(roots: HostRoots, mode: str, paths: dict[str, str]) -> Cgroup
     if mode == "v2":
         return read_v2(roots.cgroup / paths.get("", "/").lstrip("/"))
     return read_v1(roots.cgroup, paths)
+
+
+def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
+    """The per-interval figures of one cgroup between two readings `wall` seconds apart; the
+    container and the host cgroup layers both report these (prefixed container. / cgroup.)."""
+    periods = b.periods - a.periods
+    out: dict[str, float] = {
+        "cpu": 100.0 * max(b.cpu_ns - a.cpu_ns, 0) / (wall * 1e9),
+        "cpu.throttled": 100.0 * max(b.throttled_periods - a.throttled_periods, 0) / periods if periods > 0 else 0.0,
+        "cpu.throttled_time": min(100.0, 100.0 * max(b.throttled_ns - a.throttled_ns, 0) / (wall * 1e9)),
+        "memory": float(b.memory_bytes),
+        "oom_kills": float(max(b.oom_kills - a.oom_kills, 0)),
+        "pids": float(b.pids),
+        "io.bytes": max(b.io_bytes - a.io_bytes, 0) / wall,
+        "io.ops": max(b.io_ops - a.io_ops, 0) / wall,
+    }
+    if a.psi is not None and b.psi is not None:
+        for key in ("cpu.some", "memory.some", "memory.full", "io.some", "io.full"):
+            if key in a.psi and key in b.psi:
+                out[f"psi.{key}"] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
+    if b.memory_limit:
+        out["memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
+    if b.pids_limit:
+        out["pids.limit_pct"] = 100.0 * b.pids / b.pids_limit
+    return out
+
+
+def limits(b: CgroupSample) -> dict[str, str]:
+    """A cgroup's limits as evidence attributes."""
+    out = {}
+    if b.cpu_limit is not None:
+        out["cpu_limit"] = f"{b.cpu_limit:g} CPU"
+    if b.memory_limit is not None:
+        out["memory_limit"] = str(b.memory_limit)
+    return out
+
+
+# --- the host's cgroup layer (systemd-cgtop) ------------------------------------------------
+
+
+
+def unit_of(path: str) -> str:
+    """The systemd unit a cgroup path belongs to: its deepest .service/.scope, else its slice."""
+    parts = [p for p in path.split("/") if p]
+    for suffixes in ((".service", ".scope", ".socket", ".mount", ".swap"), (".slice",)):
+        for p in reversed(parts):
+            if p.endswith(suffixes):
+                return p
+    return ""
+
+
+def walk(roots: HostRoots, depth: int) -> list[str]:
+    """Cgroup paths from the hierarchy root down to `depth` levels ('/' included): the v2 tree,
+    or on v1 the cpu controller's (every v1 controller is read at the same path)."""
+    base = roots.cgroup if cgroup_mode(roots.cgroup) == "v2" else roots.cgroup / "cpu"
+    out, frontier = ["/"], [("", base)]
+    for _ in range(max(0, min(depth, MAX_TREE_DEPTH))):
+        nxt = []
+        for rel, d in frontier:
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            nxt.append((f"{rel}/{e.name}", Path(e.path)))
+            except OSError:
+                continue
+        out.extend(rel for rel, _ in nxt)
+        frontier = nxt
+    return out
+
+
+def read_cgroup(roots: HostRoots, mode: str, path: str) -> CgroupSample:
+    if mode == "v2":
+        return read_v2(roots.cgroup / path.lstrip("/"))
+    return read_v1(roots.cgroup, {c: path for c in ("cpu", "cpuacct", "memory", "pids", "blkio")})
+
+
+def _cg_spec(name: str, dim: str, desc: str, natural: str = "max") -> MetricSpec:
+    return MetricSpec(name=f"cgroup.{name}", layer="guest", dimension=dim, kind="series", labels=("cgroup",),
+                      entity="cgroup", natural_stat=natural, source="the cgroup's own files (v1 or v2), "
+                      "as systemd-cgtop", description=desc, attributes=("unit",), hierarchy="cgroup")
+
+
+CGROUP_METRICS = (
+    _cg_spec("cpu", PERCENT, "CPU used by the cgroup and its children, percent of one CPU (systemd-cgtop %CPU)"),
+    _cg_spec("cpu.throttled", PERCENT, "share of CFS periods in which the cgroup was throttled"),
+    _cg_spec("memory", BYTES, "working set (usage minus inactive file cache)"),
+    _cg_spec("memory.limit_pct", PERCENT, "working set as a percent of the memory limit (no value without one)"),
+    _cg_spec("io.bytes", BYTE_RATE, "block I/O bytes per second"),
+    _cg_spec("pids", COUNT, "tasks in the cgroup and its children"),
+    _cg_spec("oom_kills", COUNT, "OOM kills in each interval (sum: in the window)", natural="sum"),
+    _cg_spec("psi.cpu.some", PERCENT, "share of time some task of the cgroup waited for CPU (cgroup v2 only)"),
+    _cg_spec("psi.memory.full", PERCENT, "share of time all tasks of the cgroup stalled on memory (v2 only)"),
+    _cg_spec("psi.io.full", PERCENT, "share of time all tasks of the cgroup stalled on I/O (v2 only)"),
+)
+
+
+class CgroupCollector(Collector):
+    """The host's cgroups down to a depth: which service or slice takes the CPU, the memory,
+    the I/O (what systemd-cgtop shows), with the unit each belongs to."""
+
+    name = "host.cgroup"
+    METRICS = CGROUP_METRICS
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        # every depth a select: may ask for; selection keeps the depth each check wants
+        return [{"cgroup": p, "unit": unit_of(p)} for p in walk(roots, MAX_TREE_DEPTH)]
+
+    def start(self) -> None:
+        self._mode = cgroup_mode(self.roots.cgroup)
+        depth = tree_depth("cgroup", self.request.selections)
+        self._paths = walk(self.roots, depth)
+        if len(self._paths) <= 1 and not (self.roots.cgroup / "cpu").exists() and self._mode == "v1":
+            raise Unavailable(f"no cgroup hierarchy under {self.roots.cgroup}")
+        psi = {m for m in self.request.metrics if m.startswith("cgroup.psi.")}
+        if psi and self._mode != "v2":
+            self.store.mark_unavailable(psi, "per-cgroup PSI needs cgroup v2; this node runs cgroup v1")
+
+    def begin(self, t0: float) -> None:
+        self._prev = {p: self._read(p) for p in self._paths}
+        self._prev_mono = time.monotonic()
+        self._prev_t = 0.0
+        self._gone: set[str] = set()
+
+    def _read(self, path: str) -> CgroupSample | None:
+        try:
+            return read_cgroup(self.roots, self._mode, path)
+        except (OSError, ValueError):
+            return None
+
+    def sample(self, t: float) -> None:
+        mono = time.monotonic()
+        wall, span = mono - self._prev_mono, t - self._prev_t
+        if wall <= 0:
+            return
+        cur = {}
+        for path in self._paths:
+            if path in self._gone:
+                continue
+            b = cur[path] = self._read(path)
+            a = self._prev.get(path)
+            if b is None:
+                if a is not None:
+                    self._gone.add(path)
+                    self.store.mark_gone({"cgroup": path}, t, f"cgroup {path} was removed")
+                continue
+            if a is None:
+                continue
+            info = {"unit": unit_of(path), **limits(b)}
+            for key, value in figures(a, b, wall).items():
+                metric = f"cgroup.{key}"
+                if metric in self.request.metrics:
+                    self.store.add_sample(metric, {"cgroup": path}, t, value, span, info)
+        self._prev.update(cur)
+        self._prev_mono, self._prev_t = mono, t
