@@ -13,11 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vcheck"
 LAYERS = {
     0: ("vcheck", "vcheck.errors", "vcheck.model", "vcheck.units", "vcheck.histogram", "vcheck.procfs",
         "vcheck.observations", "vcheck.expr"),
-    1: ("vcheck.bpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers",
-        "vcheck.identity"),
+    1: ("vcheck.bpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
     2: ("vcheck.collectors",),
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",
-        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel"),
+        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel", "vcheck.identity"),
     4: ("vcheck.items", "vcheck.pycheck"),
     5: ("vcheck.plugin",),
     6: ("vcheck.cli", "vcheck.__main__"),
