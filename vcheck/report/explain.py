@@ -1,0 +1,71 @@
+"""`vcheck explain REPORT.json [ITEM]`: the walk for a failing item, top-down, as a human reads
+it (symptom -> entity -> culprit -> its owner -> its cgroup and namespaces), from the saved report
+alone: no sampling, no access to the node.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..evidence import printable
+from ..units import format_duration
+
+NOT_HEALTHY = ("fail", "error")
+OWNER_KEYS = ("owner", "unit", "cgroup", "nspid", "container", "vm")
+
+
+def _select(report: dict[str, Any], item: str | None) -> list[dict[str, Any]]:
+    results = report.get("results") or []
+    if item is None:
+        return [r for r in results if r.get("outcome") in NOT_HEALTHY]
+    return [r for r in results if item in (r.get("nodeid"), r.get("check")) or r.get("nodeid", "").endswith(item)]
+
+
+def _fmt_info(info: dict[str, Any], keys: Iterable[str]) -> str:
+    return ", ".join(f"{k} {info[k]}" for k in keys if info.get(k) not in (None, ""))
+
+
+def explain(report: dict[str, Any], item: str | None = None) -> str:
+    chosen = _select(report, item)
+    node = (report.get("node") or {}).get("hostname", "?")
+    if not chosen:
+        what = f"no item matches {item!r}" if item else "every item passed or was skipped"
+        return f"{node}: {what}."
+    out: list[str] = []
+    for r in chosen:
+        out.append(f"{r.get('nodeid')} on {node}: {str(r.get('outcome', '?')).upper()}")
+        window = r.get("window")
+        out.append(f"  symptom: {r.get('metric')} expect {r.get('expect')!r}"
+                   + (f" for {format_duration(r['for'])}" if r.get("for") else "")
+                   + (f" over {format_duration(window)}" if isinstance(window, (int, float)) else "")
+                   + (f": {r['reason']}" if r.get("reason") else ""))
+        for e in r.get("entities") or []:
+            if e.get("outcome") == "pass":
+                continue
+            info = e.get("info") or {}
+            out.append(f"  entity: {e.get('entity')} ({e.get('outcome')})"
+                       + (f": {_fmt_info(info, ('pid', 'vmm', 'cgroup', 'image', 'pid_map'))}" if info else ""))
+            for m in e.get("measurements") or []:
+                if m.get("passed") is False:
+                    out.append(f"    measured {m.get('statistic')} = {m.get('measured_text')} "
+                               f"(threshold {m.get('threshold_text')})")
+            lv = (e.get("series") or {}).get("longest_violation")
+            if lv:
+                out.append(f"    violated for {format_duration(lv['duration'])} "
+                           f"(+{lv['start']:.1f}s to +{lv['end']:.1f}s)")
+            culprits = e.get("culprits") or []
+            for c in culprits[:5]:
+                share = c.get("share")
+                out.append(f"    culprit: {c.get('describe') or c.get('comm')}"
+                           + (f" took {share:.0%} of the wait" if isinstance(share, (int, float)) else ""))
+                owner = _fmt_info(c, OWNER_KEYS)
+                if owner:
+                    out.append(f"      owner: {owner}")
+            for ev in (e.get("events") or [])[:3]:
+                who = ev.get("owner") or (f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else "")
+                detail = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("owner", "pid", "comm"))
+                out.append(f"    event: {detail}" + (f"; issued by {who}" if who else ""))
+            if not culprits and not e.get("events"):
+                out.append("    culprit: none recorded (this metric carries no culprit or event evidence)")
+            for n in (e.get("notes") or [])[:3]:
+                out.append(f"    note: {n}")
+    return "\n".join(printable(line) for line in out)
