@@ -109,3 +109,45 @@ def test_bpf_header_index_matches_python(tmp_path):
                          text=True, check=True).stdout.split()
     mismatches = [(v, int(c), bucket_index(v)) for v, c in zip(values, out) if int(c) != bucket_index(v)]
     assert len(out) == len(values) and not mismatches[:5]
+
+
+RECORD_HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+typedef uint32_t u32; typedef uint64_t u64;
+#define __always_inline inline __attribute__((always_inline))
+#include "vcheck_hist.h"
+static u64 buckets[VCHECK_MAX_INDEX];
+int main(void) {
+    struct vcheck_stats st = {0};
+    u64 v;
+    while (scanf("%lu", &v) == 1)
+        vcheck_record(&buckets[vcheck_bucket(v)], &st, v);
+    vcheck_record(NULL, NULL, 1);   /* a full map: nothing to update, nothing to crash */
+    printf("%lu %lu %lu\n", st.count, st.sum, st.max);
+    for (u32 i = 0; i < VCHECK_MAX_INDEX; i++)
+        if (buckets[i])
+            printf("%u %lu\n", i, buckets[i]);
+    return 0;
+}
+"""
+
+
+def test_bpf_record_helper_keeps_what_the_python_histogram_keeps(tmp_path):
+    """vcheck_record(), which every program calls, gives the buckets and exact count/sum/max
+    that Histogram.from_values gives for the same values."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.fail("no C compiler: scripts/setup.sh installs gcc with the kernel headers")
+    src, exe = tmp_path / "record.c", tmp_path / "record"
+    src.write_text(RECORD_HARNESS)
+    subprocess.run([gcc, "-O2", f"-I{source_path('vcheck_hist.h').parent}", "-o", str(exe), str(src)], check=True)
+    rng = random.Random(11)
+    values = [int(rng.lognormvariate(11, 1.5)) for _ in range(5000)] + [0, 1, 7, 8]
+    lines = subprocess.run([str(exe)], input="\n".join(map(str, values)), capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    count, total, top = map(int, lines[0].split())
+    buckets = {int(i): int(n) for i, n in (line.split() for line in lines[1:])}
+    h = Histogram.from_values(values)
+    assert (count, total, top) == (h.total, h.sum, h.max_exact)
+    assert buckets == h.buckets

@@ -45,6 +45,7 @@ class VM:
     vcpus: tuple[VCpu, ...]
     vcpu_fds: int = 0  # anon_inode:kvm-vcpu fds: how many vCPUs the VM has
     uuid: str = ""
+    serial: str = ""   # qemu -smbios type=1,serial=S: what the guest reads as its DMI serial
 
 
 # --- naming -------------------------------------------------------------------------------
@@ -60,26 +61,29 @@ def _qemu_option_value(value: str, key: str | None) -> str | None:
     return None
 
 
-def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str]:
-    """(name, vmm, uuid) from a VMM's argv; generic `comm-pid` when the VMM names nothing."""
+def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str, str]:
+    """(name, vmm, uuid, serial) from a VMM's argv; generic `comm-pid` when the VMM names nothing."""
     exe = os.path.basename(argv[0]) if argv else comm
     vmm = ("qemu" if "qemu" in exe else "firecracker" if "firecracker" in exe else
            "cloud-hypervisor" if "cloud-hypervisor" in exe else "crosvm" if "crosvm" in exe else
            "kvmtool" if exe in ("lkvm", "kvmtool") else comm)
     name = uuid = None
+    serial = ""
     for i, arg in enumerate(argv):
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         if arg in ("-name", "--name") and nxt is not None and vmm == "qemu":
             name = _qemu_option_value(nxt, "guest") or _qemu_option_value(nxt, None)
         elif arg == "-uuid" and nxt is not None:
             uuid = nxt
+        elif arg == "-smbios" and nxt is not None and _qemu_option_value(nxt, "type") == "1":
+            serial = _qemu_option_value(nxt, "serial") or serial
         elif arg == "--id" and nxt is not None:
             name = nxt
         elif arg.startswith("--id="):
             name = arg[5:]
         elif arg == "--name" and nxt is not None:
             name = nxt
-    return name or f"{vmm}-{pid}", vmm, uuid or ""
+    return name or f"{vmm}-{pid}", vmm, uuid or "", serial
 
 
 # --- discovery ----------------------------------------------------------------------------
@@ -182,9 +186,9 @@ def discover_vms(roots: HostRoots) -> list[VM]:
             comm = read_text(proc / str(pid) / "comm").strip()
         except OSError:
             continue
-        name, vmm, uuid = vm_identity(argv, comm, pid)
+        name, vmm, uuid, serial = vm_identity(argv, comm, pid)
         vcpus, nfds = find_vcpu_threads(proc, pid, fds)
-        vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid))
+        vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid, serial))
     if denied:
         # a VM among them would be invisible: say so rather than report "no VMs"
         raise Unavailable(f"cannot see VMs: the open files of {len(denied)} processes (e.g. pid {denied[0]}) "
@@ -316,7 +320,8 @@ class HypervisorCollector(Collector):
         for pid, vm in self._vms.items():
             if pid in self._gone:
                 continue
-            info = {"pid": str(pid), "vmm": vm.vmm, "cmdline": vm.cmdline}
+            info = {"pid": str(pid), "vmm": vm.vmm, "cmdline": vm.cmdline,
+                    **{k: v for k, v in (("uuid", vm.uuid), ("serial", vm.serial)) if v}}
             a, b = self._prev.get((pid, 0)), cur.get((pid, 0))
             if b is None:
                 self._gone.add(pid)

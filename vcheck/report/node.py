@@ -69,7 +69,18 @@ def node_labels() -> dict[str, str]:
     return out
 
 
-def node_facts() -> dict[str, object]:
+def vm_identity(sys_root: Path) -> dict[str, str]:
+    """Who this node is to its hypervisor, as the guest sees it: the DMI product UUID and serial
+    a VMM passes (qemu -uuid / -smbios type=1,serial=, libvirt's domain UUID). Empty on a guest
+    without DMI (Firecracker): the host report cannot be joined by it then."""
+    dmi = sys_root / "class/dmi/id"
+    out = {"product_uuid": _read(dmi / "product_uuid").lower(), "product_serial": _read(dmi / "product_serial")}
+    return {k: v for k, v in out.items() if v}
+
+
+def node_facts(sys_root: Path | None = None) -> dict[str, object]:
+    sys_root = sys_root or Path(os.environ.get("VCHECK_SYS") or "/sys")
     return {"hostname": os.environ.get("VCHECK_NODE_NAME") or socket.gethostname(),
             "kernel": platform.release(), "boot_id": _read("/proc/sys/kernel/random/boot_id"),
-            "virtualization": detect_vm(), "container": detect_container(), "labels": node_labels()}
+            "virtualization": detect_vm(), "container": detect_container(), "labels": node_labels(),
+            "vm_identity": vm_identity(sys_root)}

@@ -21,7 +21,12 @@ from vcheck.evidence import redact
     (["./tinykvm"], "tinykvm-77", "tinykvm", ""),
 ])
 def test_vm_identity(argv, name, vmm, uuid):
-    assert vm_identity(argv, argv[0].rsplit("/", 1)[-1][:15], 77) == (name, vmm, uuid)
+    assert vm_identity(argv, argv[0].rsplit("/", 1)[-1][:15], 77)[:3] == (name, vmm, uuid)
+
+
+def test_smbios_serial_is_what_the_guest_will_read():
+    argv = ["qemu-system-x86_64", "-name", "guest=g1", "-uuid", "U-1", "-smbios", "type=1,serial=S-9,product=x"]
+    assert vm_identity(argv, "qemu-system-x86", 5) == ("g1", "qemu", "U-1", "S-9")
 
 
 def test_stat_schedstat_status_parsing():

@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "golden"
-MACHINE_FACTS = ("kernel", "boot_id", "virtualization", "container")
+MACHINE_FACTS = ("kernel", "boot_id", "virtualization", "container", "vm_identity")   # vm_identity: added since
 
 
 def _normal_json(text: str) -> dict:
     d = json.loads(text)
     d.pop("created")
     for k in MACHINE_FACTS:
-        d["node"].pop(k)
+        d["node"].pop(k, None)
     d["policies"] = [{**p, "path": Path(p["path"]).name} for p in d["policies"]]
     return d
 
