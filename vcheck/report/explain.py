@@ -10,7 +10,6 @@ from ..evidence import printable
 from ..units import format_duration
 
 NOT_HEALTHY = ("fail", "error")
-OWNER_KEYS = ("owner", "unit", "cgroup", "nspid", "container", "vm")
 
 
 def _select(report: dict[str, Any], item: str | None) -> list[dict[str, Any]]:
@@ -57,9 +56,9 @@ def explain(report: dict[str, Any], item: str | None = None) -> str:
                 share = c.get("share")
                 out.append(f"    culprit: {c.get('describe') or c.get('comm')}"
                            + (f" took {share:.0%} of the wait" if isinstance(share, (int, float)) else ""))
-                owner = _fmt_info(c, OWNER_KEYS)
-                if owner:
-                    out.append(f"      owner: {owner}")
+                if c.get("owner"):
+                    out.append(f"      owner: {c['owner']}" + (f"; {_fmt_info(c, ('cgroup', 'nspid'))}"
+                                                               if c.get("cgroup") or c.get("nspid") else ""))
             for ev in (e.get("events") or [])[:3]:
                 who = ev.get("owner") or (f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else "")
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("owner", "pid", "comm"))
