@@ -68,6 +68,7 @@ class ObservationStore:
         self.unavailable: dict[str, str] = {}   # metric -> why it cannot be observed here
         self.window = Window()
         self.collector_notes: dict[str, list[str]] = {}
+        self.bpf_costs: list[dict] = []          # per BPF program: path taken, load seconds, ...
 
     # --- writing (collectors) ---------------------------------------------------------
     def series(self, metric: str, labels: Mapping[str, object], info: Mapping[str, str] | None = None
@@ -115,6 +116,10 @@ class ObservationStore:
         with self._lock:
             for m in metrics:
                 self.unavailable.setdefault(m, reason)
+
+    def bpf_cost(self, figures: dict) -> None:
+        with self._lock:
+            self.bpf_costs.append(dict(figures))
 
     def note(self, collector: str, text: str) -> None:
         with self._lock:

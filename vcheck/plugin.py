@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .catalog import Catalog
+from .cost import run_cost, summary_line
 from .errors import ReportFormatError, UsageError
 from .evidence import printable
 from . import pycheck
@@ -267,8 +268,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     layer_of = {m.name: m.layer for m in state.catalog.metrics.values()}
     recorder.observed(RunFacts(
-        store=state.store, layer_of=layer_of, interrupted_by=state.interrupted_by,
+        store=state.store, layer_of=layer_of, interrupted_by=state.interrupted_by, cost=_cost(state),
         policies=[{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()]))
+
+
+def _cost(state: RunState) -> dict | None:
+    if state.store is None or state.replay is not None:
+        return None        # a replay's cost is not the node's run
+    return run_cost(state.store.window.start_wall, state.store.bpf_costs)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    cost = _cost(state) if state is not None else None
+    if cost is not None:
+        terminalreporter.write_line(summary_line(cost))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

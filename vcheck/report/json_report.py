@@ -59,6 +59,7 @@ class RunFacts:
     policies: list[dict[str, str]] = field(default_factory=list)
     layer_of: Mapping[str, str] = field(default_factory=dict)   # metric -> layer
     interrupted_by: str | None = None
+    cost: dict[str, Any] | None = None                          # vcheck's own (cost.run_cost)
 
 
 def observation_json(o: Observation) -> dict[str, Any]:
@@ -87,6 +88,8 @@ def build_report(results: list[dict[str, Any]], facts: RunFacts, exit_status: in
         "observations": [observation_json(o) for o in store.all()] if store else [],
         "collector_notes": dict(store.collector_notes) if store else {},
     }
+    if facts.cost is not None:
+        report["cost"] = facts.cost
     if facts.interrupted_by:
         if report["window"] is not None:
             report["window"]["interrupted"] = True

@@ -99,6 +99,13 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
            [(_labels(node=host, outcome=o), float(n)) for o, n in counts.items()])
     family("vcheck_run_interrupted", "gauge", "1 if the window was cut short (SIGTERM, --timeout)",
            [(node, 1.0 if (report.get("window") or {}).get("interrupted") else 0.0)])
+    cost = report.get("cost") or {}
+    for key, name, help_text in (("cpu_seconds", "vcheck_run_cpu_seconds", "CPU vcheck used (user+system)"),
+                                 ("max_rss_bytes", "vcheck_run_max_rss_bytes", "vcheck's peak resident memory"),
+                                 ("startup_seconds", "vcheck_run_startup_seconds",
+                                  "from vcheck's start to the window's first sample")):
+        if isinstance(cost.get(key), (int, float)):
+            family(name, "gauge", help_text, [(node, float(cost[key]))])
     if last_success is not None:
         family("vcheck_last_success_timestamp_seconds", "gauge", "when the last run that passed ended",
                [(node, last_success)])

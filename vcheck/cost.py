@@ -1,0 +1,40 @@
+"""vcheck's own cost, stated in every report: a tool that runs on every node of a fleet every
+few minutes, as root, has to say what it takes (CPU, memory, time to its first sample, BPF)."""
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+from .procfs import HostRoots, read_text
+
+
+def process_start() -> float | None:
+    """When this process started (epoch seconds), from /proc/self/stat and the boot time."""
+    try:
+        fields = read_text(HostRoots().proc / "self" / "stat").rsplit(")", 1)[1].split()
+        ticks = int(fields[19])                                   # field 22: starttime
+        btime = next(int(line.split()[1]) for line in read_text(HostRoots().proc / "stat").splitlines()
+                     if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_cost(window_start_wall: float | None, bpf: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """cpu_seconds (user+system, all threads), max_rss_bytes, startup_seconds (process start to
+    the window's first sample) and the BPF programs' load figures."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    start = process_start()
+    startup = (window_start_wall - start) if (start is not None and window_start_wall) else None
+    return {"cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3), "max_rss_bytes": ru.ru_maxrss * 1024,
+            "startup_seconds": round(startup, 3) if startup is not None else None, "bpf": list(bpf or [])}
+
+
+def summary_line(cost: dict[str, Any]) -> str:
+    parts = [f"{cost['cpu_seconds']:.2f} s CPU", f"{cost['max_rss_bytes'] / 1e6:.0f} MB max RSS"]
+    if cost.get("startup_seconds") is not None:
+        parts.append(f"first sample {cost['startup_seconds']:.2f} s after start")
+    for b in cost.get("bpf") or []:
+        parts.append(f"{b.get('program')} via {b.get('path')} in {b.get('load_seconds', 0):.2f} s")
+    return "vcheck's own cost: " + ", ".join(parts)
