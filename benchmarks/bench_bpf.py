@@ -10,7 +10,9 @@ Prints:
      and with a per-event tracer attached: biosnoop's method on the same tracepoints (bpftrace
      printing every completed I/O; libbpf-tools' biosnoop needs kprobes, absent on this
      kernel). Modes are interleaved round by round so drift hits all alike; medians and ratios
-     are printed (target: vcheck costs <= 2 % of IOPS and less than the per-event tracer);
+     are printed (target: vcheck costs <= 2 % of IOPS and less than the per-event tracer).
+     The same for random writes each followed by fsync: the flush path (a flush and an empty
+     preflush write per fsync);
   3. the run-queue program's cost per context switch: a pipe ping-pong between two processes,
      with and without runq_latency.c attached.
 Run as root, on an otherwise quiet machine.
@@ -66,14 +68,21 @@ def prepare_file() -> None:
                     "oflag=direct", "status=none"], check=True)
 
 
-def fio_iops(seconds: float) -> float:
-    out = subprocess.run(["fio", "--name=randread", f"--filename={DATA_FILE}", "--rw=randread", "--bs=4k",
+WORKLOADS = {   # title -> fio options
+    "4 KiB O_DIRECT random reads": ("--rw=randread",),
+    "4 KiB O_DIRECT random writes, each followed by fsync (flush path)": ("--rw=randwrite", "--fsync=1"),
+}
+
+
+def fio_iops(seconds: float, workload: tuple[str, ...]) -> float:
+    out = subprocess.run(["fio", "--name=bench", f"--filename={DATA_FILE}", *workload, "--bs=4k",
                           "--direct=1", "--ioengine=psync", "--time_based", f"--runtime={seconds}s",
                           "--output-format=json"], capture_output=True, text=True, check=True).stdout
-    return float(json.loads(out)["jobs"][0]["read"]["iops"])
+    job = json.loads(out)["jobs"][0]
+    return float(job["read"]["iops"] + job["write"]["iops"])
 
 
-def with_vcheck(seconds: float) -> float:
+def with_vcheck(seconds: float, workload: tuple[str, ...]) -> float:
     store = ObservationStore()
     c = BlockLatencyCollector(CollectContext(HostRoots(), store),
                               CollectRequest(frozenset({"block.latency"}), seconds, 1.0, {"block.latency": 0.01}))
@@ -90,7 +99,7 @@ def with_vcheck(seconds: float) -> float:
         c.begin(time.monotonic())
         t = threading.Thread(target=poll, daemon=True)
         t.start()
-        iops = fio_iops(seconds)
+        iops = fio_iops(seconds, workload)
         stop.set()
         t.join()
         c.stop(seconds)
@@ -99,14 +108,14 @@ def with_vcheck(seconds: float) -> float:
     return iops
 
 
-def with_per_event_tracer(seconds: float) -> float:
+def with_per_event_tracer(seconds: float, workload: tuple[str, ...]) -> float:
     tracer = subprocess.Popen(["bpftrace", "-e", PER_EVENT_TRACER], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3.0)          # bpftrace compiles and attaches before it traces
         if tracer.poll() is not None:
             raise RuntimeError(f"bpftrace failed: {tracer.stderr.read().strip()}")
-        return fio_iops(seconds)
+        return fio_iops(seconds, workload)
     finally:
         tracer.terminate()
         tracer.wait()
@@ -149,16 +158,17 @@ def main() -> int:
     prepare_file()
     modes = {"no tracing": fio_iops, "vcheck block collector": with_vcheck,
              "per-event tracer (biosnoop method)": with_per_event_tracer}
-    results: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(args.rounds):
-        for name, run in modes.items():
-            results[name].append(run(args.seconds))
-    base = statistics.median(results["no tracing"])
-    print(f"\n4 KiB O_DIRECT random reads, {args.rounds} interleaved rounds of {args.seconds:g} s (median IOPS)")
-    for name, vals in results.items():
-        med = statistics.median(vals)
-        print(f"  {name:36s} {med:9.0f} IOPS  ratio {med / base:.3f}  "
-              f"(rounds: {', '.join(f'{v:.0f}' for v in vals)})")
+    for title, workload in WORKLOADS.items():
+        results: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(args.rounds):
+            for name, run in modes.items():
+                results[name].append(run(args.seconds, workload))
+        base = statistics.median(results["no tracing"])
+        print(f"\n{title}, {args.rounds} interleaved rounds of {args.seconds:g} s (median IOPS)")
+        for name, vals in results.items():
+            med = statistics.median(vals)
+            print(f"  {name:36s} {med:9.0f} IOPS  ratio {med / base:.3f}  "
+                  f"(rounds: {', '.join(f'{v:.0f}' for v in vals)})")
 
     print("\nrun-queue program, pipe round trip (2 context switches), median of 5")
     plain, traced = [], []

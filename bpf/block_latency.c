@@ -2,17 +2,29 @@
  *
  * Measures what biolatency/biosnoop measure (device time, not queue time): from
  * block:block_rq_issue to block:block_rq_complete. Per (device, op) it keeps a log-linear
- * histogram (vcheck_hist.h) and exact count/sum/max/bytes; I/Os at or above a floor that user
- * space sets go to a ring buffer as outlier evidence (time, device, sector, bytes, op, latency,
+ * histogram and exact count/sum/max (vcheck_hist.h); I/Os at or above a floor that user space
+ * sets go to a ring buffer as outlier evidence (time, device, sector, bytes, op, latency,
  * pid/comm of the task that queued the request).
  *
- * Pairing: a request in flight is keyed by (dev, sector, op). Tracepoints do not expose the
- * request pointer, and (dev, sector, op) is unique for in-flight requests on a real device
- * except for concurrent zero-length flushes; a collision or a completion with no issue is
- * counted (counters[COLLISION], counters[UNPAIRED]) and shown in the evidence, never guessed.
+ * Every completion /proc/diskstats counts is timed here, under the op its rwbs names:
+ * - A request in flight is keyed by (dev, sector, op): tracepoints do not expose the request
+ *   pointer, and the key is unique for in-flight data requests.
+ * - Flushes (rwbs "FF") carry no sector (issue says 0, completion -1), so a device's flushes
+ *   are paired in issue order: count and sum stay exact when a multi-queue device completes
+ *   concurrent flushes out of order, only which flush got which latency may swap.
+ * - An empty preflush request (fsync) is never issued itself: the flush it waited for
+ *   completes it right after, on the same CPU. It is timed from that flush's issue, as the
+ *   write its rwbs says ("WS", sector 0). Without a flush (no write-back cache) it took 0 ns.
+ * - A write finished by a post-flush (FUA on a device without FUA) completes twice: its data
+ *   (timed) and, after the flush, an empty completion at its sector, which is not a new I/O.
+ *   block_io_start tells the two empty completions apart (it counts preflushes submitted);
+ *   without it (kernels before 6.5) only sector 0 does, so a FUA write to sector 0 of such a
+ *   device counts twice.
+ * What cannot be timed is counted by reason in counters[], never guessed.
  *
- * Attach points: block:block_rq_issue, block:block_rq_complete, and block:block_io_start
- * (only where present; it names the submitting task, as blk_account_io_start did for biosnoop).
+ * Attach points: block:block_rq_issue, block:block_rq_complete, and where present
+ * block:block_io_start (names the submitting task) and block:block_rq_requeue (a requeued
+ * request is timed from its last issue).
  */
 #include <uapi/linux/ptrace.h>
 #include "vcheck_hist.h"
@@ -23,9 +35,13 @@
 #define OP_DISCARD 3
 #define OP_OTHER 4
 
+/* vcheck/bpf.py reads counters[] by these names */
 #define COUNTER_COLLISION 0
 #define COUNTER_UNPAIRED 1
 #define COUNTER_EVENTS_LOST 2
+#define COUNTER_FLUSH_OVERFLOW 3
+
+#define FLUSH_RING 64   /* flushes of one device in flight at once that can be told apart */
 
 struct rq_key {
     u64 sector;
@@ -45,23 +61,39 @@ struct who {
     char comm[16];
 };
 
-struct hist_key {
-    u32 dev;
-    u32 op;
-    u32 slot;
-    u32 pad;
-};
-
 struct dev_op {
     u32 dev;
     u32 op;
 };
 
-struct dev_stats {
-    u64 count;
-    u64 sum;
-    u64 max;
-    u64 bytes;
+struct hist_key {
+    struct dev_op k;
+    u32 slot;
+    u32 pad;
+};
+
+/* a device's flushes: [done, issued) are in flight; requeued ones are issued again */
+struct flush_fifo {
+    u64 issued;
+    u64 done;
+    u64 requeued;
+};
+
+struct flush_slot {
+    u32 dev;
+    u32 seq;
+};
+
+struct dev_cpu {
+    u32 dev;
+    u32 cpu;
+};
+
+/* empty preflush requests of a device waiting for a flush, and the last task to submit one */
+struct preflush {
+    u64 pending;
+    u32 pid;
+    char comm[16];
 };
 
 struct outlier {
@@ -79,8 +111,12 @@ struct outlier {
 
 BPF_HASH(inflight, struct rq_key, struct rq_start, 65536);
 BPF_HASH(submitter, struct rq_key, struct who, 65536);
+BPF_HASH(flushes, u32, struct flush_fifo, 1024);
+BPF_HASH(flush_start, struct flush_slot, struct rq_start, 16384);
+BPF_HASH(last_flush, struct dev_cpu, struct rq_start, 4096);  /* the flush just completed here */
+BPF_HASH(preflushes, u32, struct preflush, 1024);
 BPF_HASH(hist, struct hist_key, u64, 32768);
-BPF_HASH(stats, struct dev_op, struct dev_stats, 1024);
+BPF_HASH(stats, struct dev_op, struct vcheck_stats, 1024);
 BPF_ARRAY(floor_ns, u64, 1);          /* [0]: send I/Os at least this slow as events; 0 = none */
 BPF_ARRAY(counters, u64, 4);
 BPF_RINGBUF_OUTPUT(outliers, 256);    /* pages */
@@ -101,36 +137,109 @@ static __always_inline u32 op_of(const char *rwbs)
     return OP_OTHER;
 }
 
+/* Issue and requeue report an unset sector (-1) as 0, completion as -1: one key for both. */
+static __always_inline struct rq_key key_of(u32 dev, u64 sector, const char *rwbs)
+{
+    struct rq_key key = {.sector = sector == (u64)-1 ? 0 : sector, .dev = dev, .op = op_of(rwbs)};
+    return key;
+}
+
 static __always_inline void count(u32 which)
 {
-    u64 *c = counters.lookup(&which);
-    if (c)
-        __sync_fetch_and_add(c, 1);
+    vcheck_inc(counters.lookup(&which));
+}
+
+static __always_inline void record(struct rq_key *key, struct rq_start *s, u64 now, s32 error)
+{
+    u64 lat = now - s->ts;
+    struct hist_key hk = {.k = {.dev = key->dev, .op = key->op}, .slot = vcheck_bucket(lat)};
+    u64 zero = 0;
+    struct vcheck_stats empty = {};
+    vcheck_record(hist.lookup_or_try_init(&hk, &zero), stats.lookup_or_try_init(&hk.k, &empty), lat);
+
+    u32 zero_idx = 0;
+    u64 *floor = floor_ns.lookup(&zero_idx);
+    if (!floor || !*floor || lat < *floor)
+        return;
+    struct outlier *ev = outliers.ringbuf_reserve(sizeof(struct outlier));
+    if (!ev) {
+        count(COUNTER_EVENTS_LOST);
+        return;
+    }
+    ev->done_ns = now;
+    ev->latency_ns = lat;
+    ev->sector = key->sector;
+    ev->dev = key->dev;
+    ev->bytes = s->bytes;
+    ev->op = key->op;
+    ev->pid = s->pid;
+    ev->error = error;
+    ev->pad = 0;
+    __builtin_memcpy(&ev->comm, s->comm, sizeof(ev->comm));
+    outliers.ringbuf_submit(ev, 0);
 }
 
 #ifdef HAVE_BLOCK_IO_START
 int vchk_blk_start(struct tracepoint__block__block_io_start *args)
 {
-    struct rq_key key = {.sector = args->sector, .dev = args->dev, .op = op_of(args->rwbs)};
-    struct who w = {.pid = bpf_get_current_pid_tgid() >> 32};
+    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (args->rwbs[0] == 'F' && key.op == OP_WRITE && args->bytes == 0) {
+        struct preflush empty = {};
+        struct preflush *p = preflushes.lookup_or_try_init(&key.dev, &empty);
+        if (p) {
+            __sync_fetch_and_add(&p->pending, 1);
+            p->pid = pid;
+            bpf_get_current_comm(&p->comm, sizeof(p->comm));
+        }
+        return 0;
+    }
+    struct who w = {.pid = pid};
     bpf_get_current_comm(&w.comm, sizeof(w.comm));
     submitter.update(&key, &w);
     return 0;
 }
 #endif
 
+static __always_inline void flush_issue(u32 dev, struct rq_start *s)
+{
+    struct flush_fifo empty = {};
+    struct flush_fifo *f = flushes.lookup_or_try_init(&dev, &empty);
+    if (!f)
+        return;
+    if (f->requeued) {       /* a requeued flush again: it keeps its place, timed from now */
+        __sync_fetch_and_add(&f->requeued, -1);
+        struct flush_slot k = {.dev = dev, .seq = (u32)((f->issued - 1) % FLUSH_RING)};
+        flush_start.update(&k, s);
+        return;
+    }
+    u64 seq = __sync_fetch_and_add(&f->issued, 1);
+    if (seq - f->done >= FLUSH_RING)
+        count(COUNTER_FLUSH_OVERFLOW);
+    struct flush_slot k = {.dev = dev, .seq = (u32)(seq % FLUSH_RING)};
+    flush_start.update(&k, s);
+}
+
 int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
 {
-    struct rq_key key = {.sector = args->sector, .dev = args->dev, .op = op_of(args->rwbs)};
+    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
     struct rq_start s = {.ts = bpf_ktime_get_ns(), .bytes = args->bytes};
+    s.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&s.comm, sizeof(s.comm));
+    if (key.op == OP_FLUSH) {   /* issued by a kworker: name the task whose preflush asked for it */
+        struct preflush *p = preflushes.lookup(&key.dev);
+        if (p && p->pid) {
+            s.pid = p->pid;
+            __builtin_memcpy(&s.comm, p->comm, sizeof(s.comm));
+        }
+        flush_issue(key.dev, &s);
+        return 0;
+    }
     struct who *w = submitter.lookup(&key);
     if (w) {
         s.pid = w->pid;
         __builtin_memcpy(&s.comm, w->comm, sizeof(s.comm));
         submitter.delete(&key);
-    } else {
-        s.pid = bpf_get_current_pid_tgid() >> 32;
-        bpf_get_current_comm(&s.comm, sizeof(s.comm));
     }
     if (inflight.lookup(&key))
         count(COUNTER_COLLISION);
@@ -138,53 +247,95 @@ int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
     return 0;
 }
 
-int vchk_blk_done(struct tracepoint__block__block_rq_complete *args)
+#ifdef HAVE_BLOCK_RQ_REQUEUE
+int vchk_blk_requeue(struct tracepoint__block__block_rq_requeue *args)
 {
-    struct rq_key key = {.sector = args->sector, .dev = args->dev, .op = op_of(args->rwbs)};
+    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    if (key.op == OP_FLUSH) {
+        struct flush_fifo *f = flushes.lookup(&key.dev);
+        if (f && f->issued > f->done)
+            __sync_fetch_and_add(&f->requeued, 1);
+        return 0;
+    }
     struct rq_start *s = inflight.lookup(&key);
+    if (!s)
+        return 0;
+    struct who w = {.pid = s->pid};
+    __builtin_memcpy(&w.comm, s->comm, sizeof(w.comm));
+    submitter.update(&key, &w);
+    inflight.delete(&key);
+    return 0;
+}
+#endif
+
+static __always_inline int flush_done(struct rq_key *key, u64 now, s32 error)
+{
+    struct dev_cpu here = {.dev = key->dev, .cpu = bpf_get_smp_processor_id()};
+    struct flush_fifo *f = flushes.lookup(&key->dev);
+    if (!f || f->done >= f->issued) {   /* issued before the program attached */
+        struct rq_start unknown = {};
+        last_flush.update(&here, &unknown);
+        count(COUNTER_UNPAIRED);
+        return 0;
+    }
+    u64 seq = __sync_fetch_and_add(&f->done, 1);
+    struct flush_slot k = {.dev = key->dev, .seq = (u32)(seq % FLUSH_RING)};
+    struct rq_start *s = flush_start.lookup(&k);
     if (!s) {
         count(COUNTER_UNPAIRED);
         return 0;
     }
-    u64 now = bpf_ktime_get_ns();
-    u64 lat = now - s->ts;
+    record(key, s, now, error);
+    last_flush.update(&here, s);
+    flush_start.delete(&k);
+    return 0;
+}
 
-    struct hist_key hk = {.dev = key.dev, .op = key.op, .slot = vcheck_bucket(lat)};
-    u64 zero = 0, *n = hist.lookup_or_try_init(&hk, &zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
-
-    struct dev_op dk = {.dev = key.dev, .op = key.op};
-    struct dev_stats empty = {};
-    struct dev_stats *st = stats.lookup_or_try_init(&dk, &empty);
-    if (st) {
-        __sync_fetch_and_add(&st->count, 1);
-        __sync_fetch_and_add(&st->sum, lat);
-        __sync_fetch_and_add(&st->bytes, s->bytes);
-        if (lat > st->max)
-            st->max = lat;
+/* An empty completion with no issue of its own: a preflush request the flush served, or the
+ * end of a write timed already (its post-flush is done). */
+static __always_inline int empty_done(struct rq_key *key, u64 now, s32 error)
+{
+#ifdef HAVE_BLOCK_IO_START
+    struct preflush *p = preflushes.lookup(&key->dev);
+    if (!p || !p->pending)
+        return 0;
+    if (__sync_fetch_and_add(&p->pending, -1) == 0) {   /* lost a race for the last one */
+        __sync_fetch_and_add(&p->pending, 1);
+        return 0;
     }
-
-    u32 zero_idx = 0;
-    u64 *floor = floor_ns.lookup(&zero_idx);
-    if (floor && *floor && lat >= *floor) {
-        struct outlier *ev = outliers.ringbuf_reserve(sizeof(struct outlier));
-        if (ev) {
-            ev->done_ns = now;
-            ev->latency_ns = lat;
-            ev->sector = key.sector;
-            ev->dev = key.dev;
-            ev->bytes = s->bytes;
-            ev->op = key.op;
-            ev->pid = s->pid;
-            ev->error = args->error;
-            ev->pad = 0;
-            __builtin_memcpy(&ev->comm, s->comm, sizeof(ev->comm));
-            outliers.ringbuf_submit(ev, 0);
-        } else {
-            count(COUNTER_EVENTS_LOST);
+#else
+    if (key->sector != 0)
+        return 0;
+#endif
+    struct dev_cpu here = {.dev = key->dev, .cpu = bpf_get_smp_processor_id()};
+    struct rq_start *f = last_flush.lookup(&here);
+    struct rq_start s = {.ts = now};
+    if (f) {
+        if (!f->ts) {                 /* served by a flush issued before the program attached */
+            count(COUNTER_UNPAIRED);
+            return 0;
         }
+        s = *f;
     }
-    inflight.delete(&key);
+    s.bytes = 0;
+    record(key, &s, now, error);
+    return 0;
+}
+
+int vchk_blk_done(struct tracepoint__block__block_rq_complete *args)
+{
+    u64 now = bpf_ktime_get_ns();
+    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    if (key.op == OP_FLUSH)
+        return flush_done(&key, now, args->error);
+    struct rq_start *s = inflight.lookup(&key);
+    if (s) {
+        record(&key, s, now, args->error);
+        inflight.delete(&key);
+        return 0;
+    }
+    if (args->nr_sector == 0)
+        return empty_done(&key, now, args->error);
+    count(COUNTER_UNPAIRED);
     return 0;
 }

@@ -9,9 +9,11 @@
  *           (syscalls:sys_enter_ioctl): how long the VMM's device emulation held the vCPU.
  *           Reason is the KVM_EXIT_* code, or 1000 + errno when KVM_RUN returned an error
  *           (1004: interrupted by a signal).
- * Counts per (VMM process, port, direction) from kvm:kvm_pio and per (VMM process, guest
- * physical address, type) from kvm:kvm_mmio. counters[] counts raw events per tracepoint so
- * user space can tell "no exits happened" from "the tracepoint never fires here".
+ * Counts, taken when the event fires (rates do not depend on the pairing above): exits per
+ * (VMM process, kind, isa, reason), port I/O per (VMM process, port, direction) from
+ * kvm:kvm_pio, MMIO per (VMM process, guest physical address, type) from kvm:kvm_mmio.
+ * counters[] counts raw events per tracepoint so user space can tell "no exits happened"
+ * from "the tracepoint never fires here".
  */
 #include <uapi/linux/ptrace.h>
 #include "vcheck_hist.h"
@@ -20,6 +22,7 @@
 #define KIND_EXIT 0
 #define KIND_USERSPACE 1
 
+/* vcheck/bpf.py reads counters[] by these names */
 #define COUNTER_EXIT 0
 #define COUNTER_ENTRY 1
 #define COUNTER_USERSPACE_EXIT 2
@@ -61,15 +64,22 @@ BPF_HASH(in_exit, u32, struct exit_start, 65536);
 BPF_HASH(in_userspace, u32, struct exit_start, 65536);
 BPF_HASH(hist, struct reason_slot, u64, 65536);
 BPF_HASH(stats, struct reason_key, struct vcheck_stats, 16384);
+BPF_HASH(exits, struct reason_key, u64, 16384);
 BPF_HASH(pio, struct pio_key, u64, 16384);
 BPF_HASH(mmio, struct mmio_key, u64, 16384);
 BPF_ARRAY(counters, u64, 4);
 
 static __always_inline void count(u32 which)
 {
-    u64 *c = counters.lookup(&which);
-    if (c)
-        __sync_fetch_and_add(c, 1);
+    vcheck_inc(counters.lookup(&which));
+}
+
+static __always_inline void count_exit(u32 kind, struct exit_start *s)
+{
+    struct reason_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .kind = kind, .isa = s->isa,
+                           .reason = s->reason};
+    u64 zero = 0;
+    vcheck_inc(exits.lookup_or_try_init(&k, &zero));
 }
 
 static __always_inline void record(u32 tgid, u32 kind, struct exit_start *s, u64 now)
@@ -81,13 +91,9 @@ static __always_inline void record(u32 tgid, u32 kind, struct exit_start *s, u64
     hk.k.isa = s->isa;
     hk.k.reason = s->reason;
     hk.slot = vcheck_bucket(delta);
-    u64 zero = 0, *n = hist.lookup_or_try_init(&hk, &zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
+    u64 zero = 0;
     struct vcheck_stats empty = {};
-    struct vcheck_stats *st = stats.lookup_or_try_init(&hk.k, &empty);
-    if (st)
-        vcheck_stats_add(st, delta);
+    vcheck_record(hist.lookup_or_try_init(&hk, &zero), stats.lookup_or_try_init(&hk.k, &empty), delta);
 }
 
 int vchk_kvm_exit(struct tracepoint__kvm__kvm_exit *args)
@@ -97,6 +103,7 @@ int vchk_kvm_exit(struct tracepoint__kvm__kvm_exit *args)
     s.reason = args->isa == 1 ? (args->exit_reason & 0xffff) : args->exit_reason;
     in_exit.update(&tid, &s);
     count(COUNTER_EXIT);
+    count_exit(KIND_EXIT, &s);
     return 0;
 }
 
@@ -120,6 +127,7 @@ int vchk_kvm_uexit(struct tracepoint__kvm__kvm_userspace_exit *args)
     s.reason = args->errno < 0 ? 1000 + (u32)(-args->errno) : args->reason;
     in_userspace.update(&tid, &s);
     count(COUNTER_USERSPACE_EXIT);
+    count_exit(KIND_USERSPACE, &s);
     return 0;
 }
 
@@ -143,17 +151,15 @@ int vchk_kvm_run(struct tracepoint__syscalls__sys_enter_ioctl *args)
 int vchk_kvm_pio(struct tracepoint__kvm__kvm_pio *args)
 {
     struct pio_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .port = args->port, .rw = args->rw};
-    u64 zero = 0, *n = pio.lookup_or_try_init(&k, &zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
+    u64 zero = 0;
+    vcheck_inc(pio.lookup_or_try_init(&k, &zero));
     return 0;
 }
 
 int vchk_kvm_mmio(struct tracepoint__kvm__kvm_mmio *args)
 {
     struct mmio_key k = {.gpa = args->gpa, .tgid = bpf_get_current_pid_tgid() >> 32, .type = args->type};
-    u64 zero = 0, *n = mmio.lookup_or_try_init(&k, &zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
+    u64 zero = 0;
+    vcheck_inc(mmio.lookup_or_try_init(&k, &zero));
     return 0;
 }

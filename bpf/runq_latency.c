@@ -9,14 +9,18 @@
 #include <uapi/linux/ptrace.h>
 #include "vcheck_hist.h"
 
-struct cpu_slot {
+struct cpu_key {
     u32 cpu;
+};
+
+struct cpu_slot {
+    struct cpu_key k;
     u32 slot;
 };
 
 BPF_HASH(runnable_since, u32, u64, 65536);
 BPF_HASH(hist, struct cpu_slot, u64, 16384);
-BPF_HASH(stats, u32, struct vcheck_stats, 1024);
+BPF_HASH(stats, struct cpu_key, struct vcheck_stats, 1024);
 
 static __always_inline void mark_runnable(u32 pid)
 {
@@ -53,14 +57,9 @@ int vchk_rq_switch(struct tracepoint__sched__sched_switch *args)
     u64 delta = bpf_ktime_get_ns() - *since;
     runnable_since.delete(&pid);
 
-    u32 cpu = bpf_get_smp_processor_id();
-    struct cpu_slot key = {.cpu = cpu, .slot = vcheck_bucket(delta)};
-    u64 zero = 0, *n = hist.lookup_or_try_init(&key, &zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
+    struct cpu_slot key = {.k = {.cpu = bpf_get_smp_processor_id()}, .slot = vcheck_bucket(delta)};
+    u64 zero = 0;
     struct vcheck_stats empty = {};
-    struct vcheck_stats *st = stats.lookup_or_try_init(&cpu, &empty);
-    if (st)
-        vcheck_stats_add(st, delta);
+    vcheck_record(hist.lookup_or_try_init(&key, &zero), stats.lookup_or_try_init(&key.k, &empty), delta);
     return 0;
 }

@@ -53,4 +53,21 @@ static __always_inline void vcheck_stats_add(struct vcheck_stats *s, u64 v)
         s->max = v;   /* racy by design: a lost update only under a tie of concurrent maxima */
 }
 
+static __always_inline void vcheck_inc(u64 *n)
+{
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+/* Record v in a program's two maps, which vcheck/bpf.py reads back alike for every program:
+ *   hist:  struct { K k; u32 slot; ... } -> u64, slot = vcheck_bucket(v)
+ *   stats: K -> struct vcheck_stats
+ * bcc allows no map call inside a macro, so the caller passes both entries (NULL: map full). */
+static __always_inline void vcheck_record(u64 *bucket, struct vcheck_stats *stats, u64 v)
+{
+    vcheck_inc(bucket);
+    if (stats)
+        vcheck_stats_add(stats, v);
+}
+
 #endif

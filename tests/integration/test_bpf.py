@@ -1,7 +1,8 @@
 """The BPF engine and the guest latency collectors against real block I/O and real scheduling.
 
-Cross-checks: vcheck's I/O count against /proc/diskstats for the same window, its percentiles
-against an exact per-event capture of the same I/Os, and `bpftool prog show` for leaks.
+Cross-checks: vcheck's I/O count per op against /proc/diskstats for the same window (plain
+writes, fsync flushes, FUA writes on a device without FUA), its percentiles against an exact
+per-event capture of the same I/Os, and `bpftool prog show` for leaks.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.rig.common import VCHECK, require_root, vcheck_programs
-from tests.rig.io import background_writes, cpu_hogs, direct_writes, root_device
+from tests.rig.io import (background_writes, cpu_hogs, direct_writes, dsync_writes, fsync_writes,
+                          loop_device, root_device)
+from vcheck.collectors import disk
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
 from vcheck.histogram import RELATIVE_ERROR
@@ -40,31 +43,91 @@ def block_collector(threshold: float | None = None) -> tuple[BlockLatencyCollect
     return BlockLatencyCollector(CollectContext(HostRoots(), store), req), store
 
 
-def completed_ios(device: str) -> int:
-    return parse_diskstats(Path("/proc/diskstats").read_text())[device].ios
+def completed_by_op(device: str) -> dict[str, int]:
+    return parse_diskstats(Path("/proc/diskstats").read_text())[device].by_op()
+
+
+def measure(device: str, work, threshold: float | None = None) -> tuple[dict[str, int], ObservationStore]:
+    """/proc/diskstats' completed I/Os per op of `device` while `work()` runs, and what the
+    block collector filed for the same window."""
+    c, store = block_collector(threshold)
+    c.start()
+    try:
+        before = completed_by_op(device)
+        c.begin(time.monotonic())
+        work()
+        after = completed_by_op(device)
+        c.stop(1.0)
+    finally:
+        c.close()
+    return {op: after[op] - before[op] for op in after}, store
+
+
+def timed_by_op(store: ObservationStore, device: str) -> dict[str, int]:
+    return {o.label_dict["op"]: o.histogram.count for o in store.for_metric("block.latency")
+            if o.label_dict.get("device") == device and "op" in o.label_dict}
+
+
+def assert_counts_match(delta: dict[str, int], timed: dict[str, int]) -> None:
+    # the two reads of /proc/diskstats and the two BPF map operations are microseconds apart:
+    # only I/O that other processes complete inside those gaps can differ
+    for op, n in delta.items():
+        assert abs(timed.get(op, 0) - n) <= max(2, n // 200), (op, timed, delta)
 
 
 def test_io_count_equals_diskstats_delta(no_programs_before):
     dev = root_device()
-    c, store = block_collector()
-    c.start()
-    try:
-        before = completed_ios(dev)
-        c.begin(time.monotonic())
+
+    def work() -> None:
         direct_writes(1500)
         os.sync()
         time.sleep(0.2)
-        after = completed_ios(dev)
-        c.stop(1.0)
-    finally:
-        c.close()
-    counted = sum(o.histogram.count for o in store.for_metric("block.latency")
-                  if o.label_dict["device"] == dev)
-    delta = after - before
-    assert delta >= 1500
-    # the two reads of /proc/diskstats and the two BPF map operations are microseconds apart:
-    # only I/O that other processes complete inside those gaps can differ
-    assert abs(counted - delta) <= max(2, delta // 200), (counted, delta)
+
+    delta, store = measure(dev, work)
+    assert delta["write"] >= 1500
+    assert_counts_match(delta, timed_by_op(store, dev))
+
+
+FSYNCS = 100
+
+
+@pytest.mark.parametrize("io_start", [True, False], ids=["block_io_start", "no_block_io_start"])
+def test_flushes_are_timed_and_counts_hold_under_fsync(no_programs_before, monkeypatch, io_start):
+    """An fsync is a flush request ("FF": issued at sector 0, completed at sector -1) and an
+    empty preflush write the flush completes without issuing it: diskstats counts one flush
+    and one write, and so must vcheck, also on kernels without block:block_io_start."""
+    if not io_start:
+        monkeypatch.setattr(disk, "BLOCK_TRACEPOINTS",
+                            tuple(a for a in disk.BLOCK_TRACEPOINTS if a.event != "block_io_start"))
+    dev = root_device()
+    delta, store = measure(dev, lambda: fsync_writes(FSYNCS), threshold=1e-9)
+    assert delta["flush"] >= FSYNCS and delta["write"] >= 2 * FSYNCS, delta
+    assert_counts_match(delta, timed_by_op(store, dev))
+
+    obs = {o.label_dict["op"]: o for o in store.for_metric("block.latency")
+           if o.label_dict.get("device") == dev and "op" in o.label_dict}
+    flush = obs["flush"]
+    assert flush.histogram.count >= FSYNCS
+    assert 0 < flush.histogram.percentile(0.5).value <= flush.histogram.max().value
+    assert all(e["op"] == "flush" and e["latency"] > 0 for e in flush.events)
+    assert len(flush.events) >= FSYNCS     # every I/O is over a 1 ns threshold: all are evidence
+    served = [e for e in obs["write"].events if e["bytes"] == 0]
+    assert len(served) >= FSYNCS and all(e["latency"] >= 0 for e in served)
+    if io_start:   # the task that asked for the flush, not the kworker that issued it
+        mine = [e for e in flush.events + served if e["comm"] == "vcheck-fsync"]
+        assert len(mine) >= 0.9 * 2 * FSYNCS, [e["comm"] for e in flush.events[:10]]
+    for o in obs.values():
+        assert not any("in flight when the window" in n for n in o.notes), o.notes
+
+
+def test_fua_writes_without_device_fua_count_once(no_programs_before):
+    """A loop device has a write cache but no FUA: an O_DSYNC write is data, a post-flush, and
+    then a second, empty completion of the same request, which is not a new I/O. The writes
+    start at block 0, where that empty completion looks most like an fsync's."""
+    with loop_device() as dev:
+        delta, store = measure(dev, lambda: dsync_writes(dev, 50))
+    assert delta["write"] >= 50 and delta["flush"] >= 50, delta
+    assert_counts_match(delta, timed_by_op(store, dev))
 
 
 def test_percentiles_agree_with_exact_capture(no_programs_before):

@@ -1,5 +1,6 @@
-"""The hypervisor layer against real KVM guests: two named qemu VMs and tinykvm, the project's
-own VMM that performs exactly N port-I/O exits on demand."""
+"""The hypervisor layer against real KVM guests: two named qemu VMs, a qemu VM spinning in
+guest mode without exits, and tinykvm, the project's own VMM that performs exactly N port-I/O
+exits on demand."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ import pytest
 
 from tests.rig.common import VCHECK, vcheck_programs
 from tests.rig.io import cpu_hogs
+from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.hypervisor import discover_vms
+from vcheck.collectors.kvm import KVM_METRICS, KvmExitCollector
+from vcheck.observations import Observation, ObservationStore
 from vcheck.procfs import HostRoots
 
 pytestmark = pytest.mark.rig
@@ -97,12 +101,12 @@ def test_tiny_vm_port_io_exits_are_counted_exactly(tiny_vm, policy_file, tmp_pat
     assert uexit["histogram"]["count"] == n + 1
     results = {r["nodeid"].split("::")[1]: r for r in data["results"]}
     assert results[f"uexit[{tiny.name}]"]["outcome"] == "pass"
-    # kvm_exit/kvm_entry: traced on ordinary hosts; under nested PVM they never fire, and a busy
-    # VM with no exit seen must be inconclusive, never a pass of "count(> 1ms) <= 0"
+    # kvm_exit/kvm_entry: traced on ordinary hosts; under nested PVM they never fire, and a VM
+    # whose exits other tracepoints saw must be inconclusive, never a pass of "count(> 1ms) <= 0"
     exits = results[f"exits[{tiny.name}]"]
     if data["observations"] and not any(o["metric"] == "kvm.exit.latency" and o["histogram"] and
                                         o["histogram"]["count"] for o in data["observations"]):
-        assert exits["outcome"] == "error" and "saw no event" in exits["reason"], exits
+        assert exits["outcome"] == "error" and f"/{n + 1} pio exits seen but no kvm_exit" in exits["reason"], exits
     assert vcheck_programs() == []
 
 
@@ -156,3 +160,84 @@ def test_vm_killed_mid_window_is_reported_gone(qemu_vm, policy_file, tmp_path):
     assert cpu["outcome"] == "skip" and "gone at" in cpu["reason"], cpu
     assert cpu["entities"][0]["samples"] >= 1      # what was observed until then is kept
     assert vcheck_programs() == []
+
+
+# --- the KVM exit collector driven as a session drives it ---------------------------------
+def run_kvm_collector(intervals: int, interval: float, before_sample=None) -> ObservationStore:
+    """start, begin, `intervals` samples, stop; before_sample(k) runs ahead of the k-th sample."""
+    store = ObservationStore()
+    metrics = frozenset(m.name for m in KVM_METRICS)
+    c = KvmExitCollector(CollectContext(HostRoots(), store),
+                         CollectRequest(metrics, intervals * interval, interval))
+    c.start()
+    try:
+        t0 = time.monotonic()
+        c.begin(t0)
+        for k in range(1, intervals + 1):
+            if before_sample:
+                before_sample(k)
+            time.sleep(max(0.0, t0 + k * interval - time.monotonic()))
+            c.sample(time.monotonic() - t0)
+        c.stop(time.monotonic() - t0)
+    finally:
+        c.close()
+    return store
+
+
+def the(store: ObservationStore, metric: str, **labels: str) -> Observation:
+    found = [o for o in store.for_metric(metric) if o.label_dict == labels]
+    assert len(found) == 1, (metric, labels, [o.label_dict for o in store.for_metric(metric)])
+    return found[0]
+
+
+def kvm_exit_traced(store: ObservationStore, vm: str) -> bool:
+    """Whether kvm:kvm_exit fired for the VM (ordinary hosts; never under nested PVM)."""
+    return any(o.histogram is not None and o.histogram.count for o in store.for_metric("kvm.exit.latency")
+               if o.label_dict.get("vm") == vm)
+
+
+def test_late_exits_are_backfilled_and_prove_kvm_exit_blind(tiny_vm):
+    """The guest exits only in the third of four intervals: every rate series still has a
+    sample per interval (zeros before its first event, so the mean is the true mean), a kind
+    of exit the VM never made is a series of zeros, and the port-I/O exits prove kvm_exit blind
+    however little CPU the VM used."""
+    tiny = tiny_vm()
+    name = by_name_of_pid(tiny.pid)
+    n, intervals, interval = 1000, 4, 0.5
+    store = run_kvm_collector(intervals, interval, lambda k: tiny.exits(n) if k == 3 else None)
+
+    pio = the(store, "kvm.pio.rate", vm=name, port="0x10")
+    assert len(pio.values) == intervals and pio.values[:2] == [0.0, 0.0] and pio.values[2] > 0, pio.values
+    assert round(sum(v * s for v, s in zip(pio.values, pio.spans))) == n
+    assert sum(pio.spans) == pytest.approx(intervals * interval, abs=0.2)
+    uexit = the(store, "kvm.userspace_exit.rate", vm=name, reason="KVM_EXIT_IO")
+    assert len(uexit.values) == intervals and round(sum(v * s for v, s in zip(uexit.values, uexit.spans))) == n + 1
+    mmio = the(store, "kvm.mmio.rate", vm=name)
+    assert mmio.values == [0.0] * intervals and mmio.info.get("pid") == str(tiny.pid)
+
+    if kvm_exit_traced(store, name):
+        assert not any(o.blind for o in store.all() if o.label_dict.get("vm") == name)
+        return
+    for metric in ("kvm.exit.latency", "kvm.exit.rate"):
+        o = the(store, metric, vm=name)
+        assert f"/{n + 1} pio exits seen but no kvm_exit for {name}" in o.blind, o.blind
+        assert not o.values   # a blind tracepoint's zero is no sample
+
+
+def by_name_of_pid(pid: int) -> str:
+    return next(vm.name for vm in discover_vms(HostRoots()) if vm.pid == pid)
+
+
+def test_spinning_vm_without_exits_is_blind(spinning_vm):
+    """Kept last: the module-scoped spinning guest burns a CPU until the module ends."""
+    name = by_name_of_pid(spinning_vm.pid)
+    store = run_kvm_collector(3, 0.5)
+    if kvm_exit_traced(store, name):   # an ordinary host traces the guest's timer exits
+        assert not any(o.blind for o in store.all() if o.label_dict.get("vm") == name)
+        return
+    for metric in ("kvm.exit.latency", "kvm.exit.rate"):
+        o = the(store, metric, vm=name)
+        assert o.blind and f"{name} (pid {spinning_vm.pid}, qemu," in o.blind, o.blind
+        assert "was busy" in o.blind or "exits seen but no kvm_exit" in o.blind, o.blind
+        assert not o.values
+    assert the(store, "kvm.pio.rate", vm=name).values == [0.0] * 3

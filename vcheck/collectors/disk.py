@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..bpf import Attach, BpfProgram, BpfUnavailable
+from ..bpf import Attach, BpfProgram
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..procfs import HostRoots, read_text
@@ -221,10 +221,7 @@ class BlockLatencyCollector(Collector):
         stats = self._diskstats()
         self._names = self._dev_names(stats)
         self._disks = whole_disks(self.roots, stats)   # reported on even when idle
-        try:
-            self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()
-        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
-            raise Unavailable(exc.reason, exc.metrics) from exc
+        self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()
         for n in prog.notes:
             self.store.note(self.name, n)
         self._t0 = time.monotonic()

@@ -18,13 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..bpf import Attach, BpfProgram, BpfUnavailable, tracefs_root
+from ..bpf import Attach, BpfProgram, tracefs_root
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..observations import Observation, ObservationStore
 from ..procfs import HostRoots, read_text
 from ..units import RATE, TIME
-from .base import Collector, Unavailable
+from .base import Collector
 from .hypervisor import CLK_TCK, discover_vms, parse_stat
 
 TRACEPOINTS = (
@@ -38,7 +38,7 @@ TRACEPOINTS = (
 SOURCE = "kvm_exits.c"
 KIND_EXIT, KIND_USERSPACE = 0, 1
 MMIO_TYPES = {0: "unsatisfied-read", 1: "read", 2: "write"}
-TOP_ADDRESSES = 16          # per VM; the remaining MMIO addresses are summed as "other"
+TOP_ADDRESSES = 16          # per VM: MMIO addresses with a series of their own; later ones sum as "other"
 BUSY_CPU_PERCENT = 1.0      # a VM using more CPU than this must have exited at least once
 RATE_METRICS = ("kvm.exit.rate", "kvm.userspace_exit.rate", "kvm.pio.rate", "kvm.mmio.rate")
 
@@ -54,7 +54,7 @@ KVM_METRICS = (
           "kvm_exit -> kvm_entry per VM and exit reason (VMX or SVM name): in-kernel handling "
           "plus any trip to the VMM", "BPF kvm:kvm_exit -> kvm:kvm_entry"),
     _spec("kvm.exit.rate", "series", RATE, ("vm", "reason"), "exits per second per VM and reason",
-          "BPF kvm:kvm_exit / kvm:kvm_entry"),
+          "BPF kvm:kvm_exit"),
     _spec("kvm.userspace_exit.latency", "distribution", TIME, ("vm", "reason"),
           "time the VMM held a vCPU for device emulation: kvm_userspace_exit -> next ioctl(KVM_RUN) "
           "of the same thread, per KVM_EXIT_* reason",
@@ -184,6 +184,9 @@ class ExitsSeen:
     pio: int = 0
     mmio: int = 0
 
+    def __bool__(self) -> bool:
+        return bool(self.userspace or self.pio or self.mmio)
+
     def __str__(self) -> str:
         kinds = [f"{n} {k}" for k, n in (("userspace", self.userspace), ("pio", self.pio),
                                          ("mmio", self.mmio)) if n]
@@ -202,7 +205,7 @@ def blind_reason(vm: str, pid: int, vmm: str, cpu_pct: float | None, seen: Exits
     without them, a VM busy in guest mode must still have exited (timer ticks at least)."""
     who = f"{vm} (pid {pid}, {vmm}, {_cpu_text(cpu_pct)} CPU)"
     cause = "exits are not traced on this host (nested KVM such as PVM does not emit kvm_exit)"
-    if str(seen):
+    if seen:
         return f"{seen} exits seen but no kvm_exit for {who}: {cause}"
     if cpu_pct is not None and cpu_pct >= BUSY_CPU_PERCENT:
         return (f"kvm:kvm_exit saw {'no event for this VM' if any_exit_event else 'no event at all'} "
@@ -223,13 +226,8 @@ class KvmExitCollector(Collector):
         self._names = load_reason_names()
         self._vms = self._discover()
         self._not_vms: set[int] = set()   # tgids seen in the maps that discovery did not find
-        self._rates = IntervalRates(self.store, self._info)
-        self._mmio_known: dict[str, list[int]] = {}   # per VM: addresses with their own series
-        self._cpu0: dict[int, int | None] = {}
-        try:
-            self._prog = BpfProgram(SOURCE, TRACEPOINTS).load()
-        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
-            raise Unavailable(exc.reason, exc.metrics) from exc
+        self._new_window()
+        self._prog = BpfProgram(SOURCE, TRACEPOINTS).load()
         for n in self._prog.notes:
             self.store.note(self.name, n)
 
@@ -253,11 +251,14 @@ class KvmExitCollector(Collector):
         pid = self._pid_of(labels.get("vm", ""))
         return {"pid": pid} if pid else {}
 
-    def begin(self, t0: float) -> None:
-        self._prog.clear("hist", "stats", "exits", "pio", "mmio", "counters")
+    def _new_window(self) -> None:
         self._rates = IntervalRates(self.store, self._info)
         self._mmio_known: dict[str, list[int]] = {}   # per VM: addresses with their own series
         self._cpu0 = {pid: _process_cpu_ticks(self.roots, pid) for pid in self._vms}
+
+    def begin(self, t0: float) -> None:
+        self._prog.clear("hist", "stats", "exits", "pio", "mmio", "counters")
+        self._new_window()
 
     # per-interval rates ------------------------------------------------------------------
     def _counts(self) -> dict[SeriesKey, int]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..bpf import Attach, BpfProgram, BpfUnavailable
+from ..bpf import Attach, BpfProgram
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..procfs import HostRoots
 from ..units import TIME
-from .base import Collector, Unavailable
+from .base import Collector
 from .guest import CpuStatCollector
 
 RUNQ_TRACEPOINTS = (
@@ -41,10 +41,7 @@ class RunqLatencyCollector(Collector):
 
     def start(self) -> None:
         self._prog: BpfProgram | None = None
-        try:
-            self._prog = BpfProgram("runq_latency.c", RUNQ_TRACEPOINTS).load()
-        except BpfUnavailable as exc:   # the session catches collectors.base.Unavailable
-            raise Unavailable(exc.reason, exc.metrics) from exc
+        self._prog = BpfProgram("runq_latency.c", RUNQ_TRACEPOINTS).load()
         for n in self._prog.notes:
             self.store.note(self.name, n)
 
