@@ -4,7 +4,8 @@ import pytest
 
 from vcheck.catalog import Catalog
 from vcheck.histogram import Histogram
-from vcheck.judge import entity_name, judge, longest_violation
+from vcheck.judge import judge, longest_violation
+from vcheck.selection import entity_name
 from vcheck.observations import ObservationStore
 from vcheck.policy import load_policy_bytes
 from vcheck import expr as E
@@ -146,3 +147,19 @@ def test_entity_names():
     assert entity_name({"cpu": "3"}) == "cpu3"
     assert entity_name({"vm": "web1", "reason": "HLT"}, ["vm", "reason"]) == "web1-HLT"
     assert entity_name({}) == "node"
+
+
+# a mean over a series whose samples stand for different counts (per-interval mean latency) is
+# weighted by those counts, as iostat's await over the window
+
+
+def test_mean_of_block_latency_mean_is_io_weighted():
+    policy = load_policy_bytes(b"policy: p\nchecks:\n  - {id: m, metric: block.latency.mean, per: device, "
+                               b"expect: 'mean < 1ms', window: 2s}\n", "p.yaml", Catalog())
+    store = ObservationStore()
+    store.add_sample("block.latency.mean", {"device": "vda"}, 1.0, 0.050, 1.0, weight=4)       # 4 slow I/Os
+    store.add_sample("block.latency.mean", {"device": "vda"}, 2.0, 0.0001, 1.0, weight=15000)  # a busy second
+    v = judge(policy.checks[0], store, {"device": "vda"}, 2.0)
+    mean = v.entities[0].measurements[0].measured
+    assert abs(mean - (4 * 0.050 + 15000 * 0.0001) / 15004) < 1e-12
+    assert v.outcome == "pass"          # unweighted it would be 25 ms and fail

@@ -158,7 +158,10 @@ class DiskStatsCollector(Collector):
                 self._busy.add(d)
             for m in self.request.metrics:
                 if m in values:
-                    self.store.add_sample(m, {"device": d}, t, values[m], span)
+                    # an interval's mean stands for its I/Os: the window's mean is I/O-weighted,
+                    # as iostat's await over the same window
+                    self.store.add_sample(m, {"device": d}, t, values[m], span,
+                                          weight=float(ios) if m == "block.latency.mean" else None)
         self._prev_mono, self._prev, self._prev_t = mono, cur, t
 
 
