@@ -22,7 +22,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from .catalog import Catalog
 from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
@@ -85,11 +85,13 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     ini.write_text("[pytest]\n")
     policies = _policies(args)
     rootdir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in policies])
-    out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin",
+    out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin", "--vcheck-cli",
                             "-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
                             "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
     if getattr(args, "junitxml", None):
         out.append(f"--junitxml={private / 'junit.xml'}")
+    if getattr(args, "html", None):
+        out += _html_args(private)
     if getattr(args, "json", None):
         out.append(f"--json={args.json}")
     for opt, flag in (("replay", "--replay"), ("baseline", "--baseline"), ("waivers", "--waivers"),
@@ -107,9 +109,21 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     return out + list(getattr(args, "pytest_args", []) or [])
 
 
-def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = ()) -> int:
-    """Run pytest on the policies without anything the operator did not name; JUnit goes to a
-    private directory first and is then written to its place like every other output."""
+HTML_REPORT = "report.html"
+
+
+def _html_args(private: Path) -> list[str]:
+    """pytest-html and vcheck's evidence for it, named: autoloading is off in a hermetic run
+    (pytest-html needs pytest-metadata's environment table; `-p pytest_html` alone loads
+    neither). The page is one self-contained file, written privately and then moved."""
+    return ["-p", "pytest_metadata.plugin", "-p", "pytest_html.plugin", "-p", "vcheck.report.html",
+            f"--html={private / HTML_REPORT}", "--self-contained-html"]
+
+
+def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
+                     argv: Callable[[Path], list[str]] | None = None) -> int:
+    """Run pytest on the policies without anything the operator did not name; JUnit and HTML go
+    to a private directory first and are then written to their place like every other output."""
     import pytest
 
     private = Path(tempfile.mkdtemp(prefix="vcheck-"))
@@ -117,13 +131,15 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = ()) -> int
     autoload = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     try:
-        rc = int(pytest.main(_pytest_args(args, private) + list(extra)))
-        junit = private / "junit.xml"
-        if getattr(args, "junitxml", None) and junit.exists():
-            from .report.output import write_output
+        rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra)))
+        from .report.output import write_output
 
+        for name, target in (("junit.xml", getattr(args, "junitxml", None)), (HTML_REPORT, getattr(args, "html", None))):
+            made = private / name
+            if not target or not made.exists():
+                continue
             try:
-                write_output(args.junitxml, junit.read_bytes())
+                write_output(target, made.read_bytes())
             except OutputError as exc:
                 print(f"vcheck: {exc}", file=sys.stderr)
                 rc = EXIT_OUTPUT if rc == EXIT_OK else rc
@@ -223,6 +239,30 @@ def _failing_nodes_spec(text: str) -> str:
     raise ValueError(f"--max-failing-nodes {text!r}: expected a count like 3 or a share like 2% (0-100%)")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """An HTML report from a saved JSON report: a hermetic pytest session whose items replay the
+    saved results (nothing is sampled or judged again), drawn as `vcheck run --html` draws them."""
+    from .report.json_report import dumps, read_report
+
+    try:
+        report = read_report(args.report)
+    except ReportFormatError as exc:
+        print(f"vcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def argv(private: Path) -> list[str]:
+        saved = private / "saved-report.json"      # read once: the report may come from a pipe
+        saved.write_bytes(dumps(report))
+        ini = private / "vcheck-pytest.ini"
+        ini.write_text("[pytest]\n")
+        return [str(saved), "-c", str(ini), "--rootdir", str(private), "--noconftest", "-p", "no:cacheprovider",
+                "-qq", "--tb=no", "-p", "no:warnings", *_html_args(private), f"--vcheck-render={saved}"]
+
+    rc = _hermetic_pytest(args, argv=argv)
+    # the saved verdicts are drawn, not judged: failures in them are no failure of this command
+    return EXIT_OK if rc in (EXIT_OK, EXIT_FAILED) else rc
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
@@ -250,6 +290,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         outputs.append((args.json, (json.dumps(fleet_json(nodes, g, spec, args.domain_label), indent=1) + "\n").encode()))
     if args.junitxml:
         outputs.append((args.junitxml, fleet_junit(nodes)))
+    if args.html:
+        from .report.html import fleet_html
+
+        outputs.append((args.html, fleet_html(nodes, g.lines, g.passed, args.domain_label)))
     for path, data in outputs:
         try:
             write_output(path, data)
@@ -257,6 +301,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
             print(f"vcheck: {exc}", file=sys.stderr)
             rc = EXIT_OUTPUT if rc == EXIT_OK else rc
     return rc
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Symptom -> entity -> culprit -> owner, from the saved report alone (no sampling)."""
+    from .report.explain import explain
+    from .report.json_report import read_report
+
+    try:
+        report = read_report(args.report)
+    except ReportFormatError as exc:
+        print(f"vcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(explain(report, args.item))
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -315,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("policies", nargs="*", help=f"policy files (default: the bundled {DEFAULT_PACK})")
     run.add_argument("--junitxml", metavar="FILE", help="write JUnit XML here")
     run.add_argument("--json", metavar="FILE", help="write the JSON report (observations included) here")
+    run.add_argument("--html", metavar="FILE", help="write an HTML report (pytest-html, evidence drawn as plots) here")
     run.add_argument("-k", metavar="EXPR", help="only checks whose id matches (pytest -k)")
     run.add_argument("-m", metavar="LAYER", help="only checks of this layer: guest, hypervisor, container")
     run.add_argument("--window", metavar="DURATION", help="observe for this long instead of each policy's window")
@@ -350,9 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("reports", nargs="+")
     mrg.add_argument("--json", metavar="FILE", help="write the fleet JSON report here")
     mrg.add_argument("--junitxml", metavar="FILE", help="write one JUnit file with a suite per node")
+    mrg.add_argument("--html", metavar="FILE", help="write the fleet page: nodes x checks, failing cells link to evidence")
     mrg.add_argument("--max-failing-nodes", metavar="N|P%", help="fail when more nodes than this fail (e.g. 2%%)")
     mrg.add_argument("--domain-label", metavar="KEY", help="apply the gate within each value of this node label")
     mrg.set_defaults(func=cmd_merge)
+
+    rep = sub.add_parser("report", help="render a saved JSON report as HTML (no sampling, no judging)")
+    rep.add_argument("report", help="a JSON report written by vcheck run --json")
+    rep.add_argument("--html", metavar="FILE", required=True, help="write the HTML report here")
+    rep.set_defaults(func=cmd_report)
+
+    exp = sub.add_parser("explain", help="the walk for a failing item of a saved report, top-down")
+    exp.add_argument("report", help="a JSON report written by vcheck run --json")
+    exp.add_argument("item", nargs="?", help="a nodeid or check id (default: every failing item)")
+    exp.set_defaults(func=cmd_explain)
 
     doc = sub.add_parser("doctor", help="what this node can observe, and why not where it cannot")
     doc.add_argument("--json", action="store_true", help="machine-readable rows")

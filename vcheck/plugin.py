@@ -36,6 +36,12 @@ LAYER_MARKERS = {
 assert set(LAYER_MARKERS) == set(LAYERS)
 
 
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS      # set by the vcheck command line only
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("vcheck", "vcheck node checks")
     g.addoption("--json", dest="vcheck_json", metavar="PATH", help="write the versioned JSON report here")
@@ -50,6 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--waivers", dest="vcheck_waivers", metavar="FILE", help="waiver file (known failures)")
     g.addoption("--prom-textfile", dest="vcheck_prom", metavar="PATH",
                 help="write Prometheus text format here (node_exporter textfile collector)")
+    g.addoption("--vcheck-cli", dest="vcheck_cli", action="store_true", default=False,
+                help=argparse_suppress())
     g.addoption("--vcheck-timeout", dest="vcheck_timeout", metavar="DURATION",
                 help="bound the whole run; past it, stop, detach, report as interrupted, exit 2")
 
@@ -124,7 +132,8 @@ def pytest_make_collect_report(collector: pytest.Collector):
     broken policy is, not pytest's 'interrupted'."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and isinstance(collector, pytest.Module):
+    # only in `vcheck run`: plain pytest keeps its own rules for a test module that fails
+    if report.failed and isinstance(collector, pytest.Module) and collector.config.option.vcheck_cli:
         text = str(report.longrepr or "")
         why = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")), text.strip()[-200:])
         line = next((ln.split("line ", 1)[1].split()[0].rstrip(",:") for ln in text.splitlines()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,3 +155,47 @@ def test_two_sigterms_in_a_row_end_cleanly(tmp_path):
     assert json.loads(report.read_text())["interrupted_by"] == "SIGTERM"
     assert vcheck_programs() == []
     assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+@pytest.mark.rig
+def test_non_root_doctor_and_hypervisor_checks_say_what_they_cannot_see(qemu_vm, tmp_path):
+    """A real user without privileges: doctor lists what it cannot observe and why; a hypervisor
+    check with a VM running says vcheck cannot see VMs, not that there are none."""
+    qemu_vm("hidden", smp=1)
+    # pytest's tmp_path sits under a root-only directory: nobody needs a place of its own
+    tmp_path = Path(tempfile.mkdtemp(prefix="vcheck-nobody-", dir="/tmp"))
+    tmp_path.chmod(0o777)
+    try:
+        _as_nobody(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _as_nobody(tmp_path: Path) -> None:
+    doctor = subprocess.run(NOBODY + VCHECK + ["doctor"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    assert "Traceback" not in doctor.stderr + doctor.stdout, doctor.stderr
+    assert doctor.returncode == 1 and "cannot see VMs" in doctor.stdout, doctor.stdout
+    policy = tmp_path / "hv.yaml"
+    policy.write_text("policy: hv\nchecks:\n  - {id: cpu, metric: vm.cpu, per: vm, expect: '<= 100%', window: 1s}\n")
+    policy.chmod(0o644)
+    report = tmp_path / "r.json"
+    r = subprocess.run(NOBODY + VCHECK + ["run", str(policy), "--json", str(report)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    assert "Traceback" not in r.stderr, r.stderr
+    result = json.loads(report.read_text())["results"][0]
+    assert result["outcome"] == "skip" and "cannot see VMs" in result["reason"], result
+
+
+def test_garbage_in_vcheck_proc_is_reported_not_a_traceback(tmp_path):
+    fake = tmp_path / "proc"
+    (fake / "pressure").mkdir(parents=True)
+    for name in ("stat", "diskstats", "pressure/cpu", "pressure/memory", "pressure/io"):
+        (fake / name).write_bytes(os.urandom(300))
+    r = vcheck("run", "--window", "1s", "-m", "guest", "-k", "not disk", env={"VCHECK_PROC": str(fake)})
+    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr       # the guest layer cannot be judged: it fails
+    assert "no data" in r.stdout

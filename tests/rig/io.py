@@ -28,9 +28,9 @@ def root_device() -> str:
     return sys_path.name
 
 
-def direct_writes(count: int, block: str = "4k") -> subprocess.CompletedProcess:
+def direct_writes(count: int, block: str = "4k", directory: Path = IO_DIR) -> subprocess.CompletedProcess:
     """`count` O_DIRECT writes of `block` bytes each, to a scratch file that is removed after."""
-    fd, name = tempfile.mkstemp(prefix="vcheck-io-", dir=IO_DIR)
+    fd, name = tempfile.mkstemp(prefix="vcheck-io-", dir=directory)
     os.close(fd)
     try:
         proc = subprocess.run(["dd", "if=/dev/zero", f"of={name}", f"bs={block}", f"count={count}",
@@ -55,9 +55,9 @@ os.close(fd)
 """
 
 
-def fsync_writes(count: int, comm: str = "vcheck-fsync") -> None:
+def fsync_writes(count: int, comm: str = "vcheck-fsync", directory: Path = IO_DIR) -> None:
     """`count` times: one 4 KiB O_DIRECT write, then fsync (a flush), from a child named `comm`."""
-    fd, name = tempfile.mkstemp(prefix="vcheck-fsync-", dir=IO_DIR)
+    fd, name = tempfile.mkstemp(prefix="vcheck-fsync-", dir=directory)
     os.close(fd)
     try:
         proc = subprocess.run([sys.executable, "-c", FSYNC_WRITER, name, str(count), comm],
@@ -86,6 +86,27 @@ def loop_device(mib: int = 64) -> Iterator[str]:
             subprocess.run(["losetup", "--detach", dev], capture_output=True)
     finally:
         os.unlink(name)
+
+
+@contextmanager
+def loop_filesystem(mib: int = 64) -> Iterator[tuple[str, Path]]:
+    """An ext4 file system on a loop device of its own, mounted: (device name, mount point).
+    I/O counted on it is the test's alone, whatever else the shared machine does to its disk."""
+    with loop_device(mib) as dev:
+        mkfs = subprocess.run(["mkfs.ext4", "-q", "-F", f"/dev/{dev}"], capture_output=True, text=True)
+        if mkfs.returncode != 0:
+            rig_fail("mkfs.ext4 on a loop device failed", mkfs.stderr.strip())
+        mnt = Path(tempfile.mkdtemp(prefix="vcheck-mnt-", dir=IO_DIR))
+        try:
+            mount = subprocess.run(["mount", f"/dev/{dev}", str(mnt)], capture_output=True, text=True)
+            if mount.returncode != 0:
+                rig_fail("mounting the loop file system failed", mount.stderr.strip())
+            try:
+                yield dev, mnt
+            finally:
+                subprocess.run(["umount", str(mnt)], capture_output=True)
+        finally:
+            mnt.rmdir()
 
 
 def dsync_writes(device: str, count: int, seek: int = 0) -> None:
