@@ -149,9 +149,6 @@ class Check:
     col: int
     regress: expr_mod.Regress | None = None   # how much worse than a baseline run is allowed
 
-    def selects(self, labels: dict[str, str]) -> bool:
-        return all(s.matches(labels.get(s.label)) for s in self.select)
-
 
 @dataclass(frozen=True)
 class Policy:
