@@ -27,6 +27,7 @@ from typing import Callable, NoReturn, Sequence
 from .catalog import Catalog
 from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
     PolicyError, ReportFormatError
+from .evidence import printable
 from .policy import load_policy
 from .units import UNIT_LABEL
 
@@ -56,7 +57,7 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
     status = 0
     for p in paths:
         if not Path(p).is_file():
-            print(f"{p}: no such policy file", file=sys.stderr)
+            print(printable(f"{p}: no such policy file"), file=sys.stderr)
             status = EXIT_USAGE
             continue
         if p.endswith(".py"):
@@ -64,7 +65,7 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
         try:
             pol = load_policy(p, catalog)
         except PolicyError as exc:
-            print(str(exc), file=sys.stderr)
+            print(printable(str(exc)), file=sys.stderr)
             status = EXIT_USAGE
             continue
         if not quiet:
@@ -141,7 +142,7 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
             try:
                 write_output(target, made.read_bytes())
             except OutputError as exc:
-                print(f"vcheck: {exc}", file=sys.stderr)
+                print(printable(f"vcheck: {exc}"), file=sys.stderr)
                 rc = EXIT_OUTPUT if rc == EXIT_OK else rc
         return rc
     finally:
@@ -190,14 +191,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             lock_fd = _take_lock(args.lock)
         except OSError as exc:
             reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-            print(f"vcheck: cannot use lock file {args.lock}: {reason}", file=sys.stderr)
+            print(printable(f"vcheck: cannot use lock file {args.lock}: {reason}"), file=sys.stderr)
             return EXIT_USAGE
         except ValueError as exc:
-            print(f"vcheck: cannot use lock file {args.lock}: {exc}", file=sys.stderr)
+            print(printable(f"vcheck: cannot use lock file {args.lock}: {exc}"), file=sys.stderr)
             return EXIT_USAGE
         if lock_fd is None:
-            print(f"vcheck: another run holds the lock {args.lock} (pid {_lock_holder(args.lock)}); not starting",
-                  file=sys.stderr)
+            print(printable(f"vcheck: another run holds the lock {args.lock} (pid {_lock_holder(args.lock)}); "
+                            "not starting"), file=sys.stderr)
             return EXIT_LOCKED
     status = _validate_all(_policies(args), Catalog())
     if status:
@@ -213,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             read_report(path)
         except ReportFormatError as exc:
-            print(f"vcheck: {exc}", file=sys.stderr)
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
     status = _validate_all(_policies(args), Catalog())
     if status:
@@ -247,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         report = read_report(args.report)
     except ReportFormatError as exc:
-        print(f"vcheck: {exc}", file=sys.stderr)
+        print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
 
     def argv(private: Path) -> list[str]:
@@ -274,12 +275,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
         try:
             spec = _failing_nodes_spec(args.max_failing_nodes)
         except ValueError as exc:
-            print(f"vcheck: {exc}", file=sys.stderr)
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
     try:
         nodes = load_node_reports(args.reports)
     except ReportFormatError as exc:
-        print(f"vcheck: {exc}", file=sys.stderr)
+        print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     g = gate(nodes, spec, args.domain_label)
     for line in g.lines:
@@ -298,7 +299,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         try:
             write_output(path, data)
         except OutputError as exc:
-            print(f"vcheck: {exc}", file=sys.stderr)
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
             rc = EXIT_OUTPUT if rc == EXIT_OK else rc
     return rc
 
@@ -311,7 +312,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         report = read_report(args.report)
     except ReportFormatError as exc:
-        print(f"vcheck: {exc}", file=sys.stderr)
+        print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     print(explain(report, args.item))
     return EXIT_OK
@@ -361,7 +362,7 @@ class _Parser(argparse.ArgumentParser):
     'interrupted' in vcheck's table)."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(printable(f"{self.prog}: error: {message} (see {self.prog} --help)"), file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -453,8 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:   # a bug: one line (VCHECK_DEBUG=1 shows the traceback), exit 3
         if os.environ.get("VCHECK_DEBUG"):
             raise
-        print(f"vcheck: internal error: {type(exc).__name__}: {str(exc)[:300]} (VCHECK_DEBUG=1 for the "
-              "traceback)", file=sys.stderr)
+        print(printable(f"vcheck: internal error: {type(exc).__name__}: {str(exc)[:300]} (VCHECK_DEBUG=1 for "
+                        "the traceback)"), file=sys.stderr)
         return EXIT_INTERNAL
 
 

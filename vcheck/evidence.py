@@ -108,6 +108,12 @@ def _redact_userinfo(m: re.Match) -> str:
     return scheme + REDACTED + rest[at:]
 
 
+def public_info(info: dict[str, str]) -> dict[str, str]:
+    """Descriptive attributes as evidence shows them anywhere (terminal, JUnit, JSON): a value
+    whose key names a secret (a container label `api_token`) is withheld, others redacted."""
+    return {k: REDACTED if names_secret(k.rsplit(".", 1)[-1]) else redact(str(v)) for k, v in info.items()}
+
+
 def redact(text: str) -> str:
     """Remove secrets from a command line or environment string before it becomes evidence."""
     text = _URL_RE.sub(_redact_userinfo, text)
@@ -145,16 +151,43 @@ class EntityEvidence:
     events: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reason: str = ""
+    culprits: list[dict] = field(default_factory=list)   # who took the CPU while it waited
 
     def to_json(self) -> dict[str, Any]:
         """The report's form: descriptive info is redacted, since evidence leaves the node."""
-        return {
-            "entity": self.entity, "labels": self.labels, "info": {k: redact(v) for k, v in self.info.items()},
+        d = {
+            "entity": self.entity, "labels": self.labels, "info": public_info(self.info),
             "outcome": self.outcome, "reason": self.reason, "samples": self.samples,
             "expected_samples": self.expected_samples, "observed_seconds": self.observed_seconds,
             "measurements": [m.__dict__ for m in self.measurements], "series": self.series,
             "events": self.events, "notes": self.notes,
         }
+        if self.culprits:
+            d["culprits"] = self.culprits
+        return d
+
+
+def merge_culprits(lists: list[list[dict]], keep: int = 5) -> list[dict]:
+    """Several entities' culprits as one entity's (a judged merge of CPUs): waits of one pid add
+    up and shares are recomputed over the merged wait (a list's whole wait is wait / share of
+    any of its entries)."""
+    lists = [c for c in lists if c]
+    if len(lists) <= 1:
+        return list(lists[0]) if lists else []
+    total = 0.0
+    by_pid: dict[Any, dict] = {}
+    for cs in lists:
+        whole = next((c["wait"] / c["share"] for c in cs if isinstance(c.get("wait"), (int, float))
+                      and isinstance(c.get("share"), (int, float)) and c["share"] > 0), None)
+        if whole is None:
+            continue
+        total += whole
+        for c in cs:
+            key = (c.get("pid"), c.get("comm") if c.get("pid") == 0 else "")   # each CPU has its idle task
+            got = by_pid.get(key)
+            by_pid[key] = {**c, "wait": (got["wait"] if got else 0.0) + float(c.get("wait") or 0.0)}
+    merged = sorted(by_pid.values(), key=lambda c: -c["wait"])[:keep]
+    return [{**c, "share": round(c["wait"] / total, 4) if total else 0.0} for c in merged]
 
 
 @dataclass
@@ -214,7 +247,7 @@ def render(v: Verdict, description: str = "", remediation: str = "", max_entitie
 
 
 def _render_entity(e: EntityEvidence, v: Verdict) -> list[str]:
-    info = ", ".join(f"{k}={val}" for k, val in e.info.items())
+    info = ", ".join(f"{k}={val}" for k, val in public_info(e.info).items())
     head = f"  [{e.entity}] {e.outcome}" + (f" ({info})" if info else "")
     if e.reason:
         head += f": {e.reason}"
@@ -236,6 +269,11 @@ def _render_entity(e: EntityEvidence, v: Verdict) -> list[str]:
                        f"(+{lv['start']:.1f}s to +{lv['end']:.1f}s, {lv['samples']} samples)")
     if e.histogram is not None and e.histogram.count:
         out.extend("      " + line for line in render_histogram(e.histogram, v.dimension))
+    if e.outcome != EntityOutcome.PASS:
+        for c in e.culprits:
+            share = c.get("share")
+            out.append("      culprit: " + (f"{share:.0%} of the wait went to " if isinstance(share, (int, float)) else "")
+                       + f"{c.get('describe') or c.get('comm')}" + (f", cgroup {c['cgroup']}" if c.get("cgroup") else ""))
     for ev in e.events[:10]:
         out.append("      event: " + ", ".join(f"{k}={_fmt_event(k, val, v.dimension)}" for k, val in ev.items()))
     if len(e.events) > 10:

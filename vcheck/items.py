@@ -37,7 +37,8 @@ class PolicyFile(pytest.File):
             return
         for check in policy.checks:
             for labels in state.entities_for(check):
-                name = check.id if labels is None else f"{check.id}[{entity_name(labels, list(labels))}]"
+                # a name from the node (or a replayed report) reaches the terminal: escape it
+                name = check.id if labels is None else f"{check.id}[{printable(entity_name(labels, list(labels)))}]"
                 item = CheckItem.from_parent(self, name=name, check=check, labels=labels, policy=policy)
                 item.add_marker(check.layer)
                 yield item

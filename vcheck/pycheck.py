@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from .errors import PolicyError
-from .evidence import printable, redact
+from .evidence import printable, public_info
 from .model import LAYERS, Outcome
 from .nodemodel import ContainerView, NodeModel, VmView
 from .observe import MARKER, Observed, merge_observations
@@ -163,7 +163,7 @@ def result_record(item: pytest.Item, report: pytest.TestReport | None) -> dict[s
     if observed is not None:
         record["entities"] = [{
             "entity": entity or NO_ENTITY, "labels": labels or {},
-            "info": {k: redact(v) for k, v in observed.info.items()},
+            "info": public_info(observed.info),
             "outcome": {Outcome.PASS: "pass", Outcome.FAIL: "fail"}.get(outcome, "inconclusive"),
             "reason": reason, "samples": len(observed.values) or (observed.histogram.count if observed.histogram else 0),
             "expected_samples": 0, "observed_seconds": observed.window, "measurements": [],

@@ -14,9 +14,9 @@ LAYERS = {
     0: ("vcheck", "vcheck.errors", "vcheck.model", "vcheck.units", "vcheck.histogram", "vcheck.procfs",
         "vcheck.observations", "vcheck.expr", "vcheck.cost"),
     1: ("vcheck.bpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
-    2: ("vcheck.collectors",),
+    2: ("vcheck.collectors", "vcheck.identity"),   # identity: the collectors' discovery, for evidence
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",
-        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel", "vcheck.identity"),
+        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel"),
     4: ("vcheck.items", "vcheck.pycheck"),
     5: ("vcheck.plugin",),
     6: ("vcheck.cli", "vcheck.__main__"),

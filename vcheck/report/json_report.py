@@ -15,10 +15,13 @@ Format ``vcheck.report`` version 1 (documented in docs/report-format.md)::
                                 "expected_samples", "observed_seconds",
                                 "measurements": [{"expression", "statistic", "measured",
                                                   "measured_text", "threshold", "passed", "note"}],
-                                "series": {"min", "mean", "max", "longest_violation"}, "events"}]}],
+                                "series": {"min", "mean", "max", "longest_violation"}, "events",
+                                "culprits"}]}],
      "observations": [{"metric", "labels", "info", "times", "values", "spans",
                        "histogram": {"scheme", "scale", "count", "sum", "max", "buckets"},
-                       "events", "notes", "gone_at", "gone_reason"}],
+                       "events", "notes", "gone_at", "gone_reason",
+                       "culprits": [{"pid", "comm", "share", "wait", "owner", "describe", "cgroup",
+                                     "nspid"}]}],
      "collector_notes": {collector: [text]}}
 
 All values are in the metric's base unit: seconds, bytes, percent (0-100), counts.
@@ -33,7 +36,7 @@ from typing import Any, Mapping
 
 from .. import __version__
 from ..errors import ReportFormatError
-from ..evidence import redact
+from ..evidence import public_info
 from ..histogram import MAX_INDEX, SUB, Histogram
 from ..model import LAYERS
 from ..observations import Observation, ObservationStore, labels_of
@@ -46,6 +49,7 @@ MAX_REPORT_BYTES = 256 << 20    # a day of 1 s samples of every metric fits many
 MAX_SERIES = 1_000_000          # samples in one observation
 MAX_BUCKETS = MAX_INDEX
 MAX_DEPTH = 64                  # JSON nesting; a report needs under 10
+MAX_CULPRITS = 100              # per observation; vcheck keeps 5
 
 __all__ = ["FORMAT", "VERSION", "ReportFormatError", "RunFacts", "build_report", "dumps", "parse_report", "read_report",
            "store_from_report", "observation_json"]
@@ -63,12 +67,14 @@ class RunFacts:
 
 
 def observation_json(o: Observation) -> dict[str, Any]:
-    d = {"metric": o.metric, "labels": dict(o.labels), "info": {k: redact(v) for k, v in o.info.items()},
+    d = {"metric": o.metric, "labels": dict(o.labels), "info": public_info(o.info),
          "times": o.times, "values": o.values, "spans": o.spans,
          "histogram": o.histogram.to_json() if o.histogram is not None else None,
          "events": o.events, "notes": o.notes, "gone_at": o.gone_at, "gone_reason": o.gone_reason, "blind": o.blind}
     if o.weights:
         d["weights"] = o.weights
+    if o.culprits:
+        d["culprits"] = o.culprits
     return d
 
 
@@ -211,6 +217,8 @@ class _Shape:
         for i, e in enumerate(events):
             self.obj(e, f"{where}.events[{i}]")
         notes = [self.text(n, f"{where}.notes") for n in self.lst(_given(d, "notes", []), f"{where}.notes", 10_000)]
+        culprits = [self.culprit(c, f"{where}.culprits[{i}]")
+                    for i, c in enumerate(self.lst(_given(d, "culprits", []), f"{where}.culprits", MAX_CULPRITS))]
         return Observation(
             metric=self.text(d.get("metric"), f"{where}.metric"),
             labels=labels_of(self.strmap(d.get("labels"), f"{where}.labels")),
@@ -220,7 +228,22 @@ class _Shape:
             events=events, notes=notes,
             gone_at=self.num(d.get("gone_at"), f"{where}.gone_at", optional=True),
             gone_reason=self.text(d.get("gone_reason"), f"{where}.gone_reason", optional=True),
-            blind=self.text(d.get("blind"), f"{where}.blind", optional=True))
+            blind=self.text(d.get("blind"), f"{where}.blind", optional=True), culprits=culprits)
+
+    def culprit(self, v: Any, where: str) -> dict[str, Any]:
+        """A culprit as observation_json writes it; the fields evidence renders are typed."""
+        d = self.obj(v, where)
+        for k in ("share", "wait"):
+            self.num(d.get(k), f"{where}.{k}", optional=True)
+        for k in ("comm", "owner", "describe", "cgroup"):
+            self.text(d.get(k), f"{where}.{k}", optional=True)
+        pid = d.get("pid")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+            raise self.fail(f"{where}.pid", "expected an integer")
+        nspid = self.lst(_given(d, "nspid", []), f"{where}.nspid", 64)
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in nspid):
+            raise self.fail(f"{where}.nspid", "expected integers")
+        return d
 
     def report(self, data: Any) -> None:
         d = self.obj(data, "top level")
