@@ -199,3 +199,15 @@ def test_garbage_in_vcheck_proc_is_reported_not_a_traceback(tmp_path):
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert r.returncode == 1, r.stdout + r.stderr       # the guest layer cannot be judged: it fails
     assert "no data" in r.stdout
+
+
+def test_control_characters_from_a_replayed_report_never_reach_the_terminal(tmp_path):
+    d = json.loads(SOURCE.read_text())
+    for o in d["observations"]:
+        if o["metric"] == "cpu.steal" and o["labels"]:
+            o["labels"]["cpu"] = "0\x1b]0;owned\x07\x1b[2J"
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(d))
+    r = vcheck("run", "--replay", str(hostile), str(POLICY), "-v")
+    assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr
+    assert "\\x1b" in r.stdout

@@ -129,3 +129,15 @@ def test_names_from_the_node_reach_the_terminal_escaped():
                 60.0, "percent", "< 1%", "cpu.user")
     text = render(v)
     assert "\x1b" not in text and "\x9b" not in text and "evil\\x1b[2J" in text
+
+
+def test_values_whose_key_names_a_secret_are_withheld_everywhere():
+    from vcheck.evidence import EntityEvidence, Verdict, public_info, render
+
+    info = {"label.api_token": "abc123", "label.app": "web", "cmdline": "qemu -object secret,id=s,data=xyz"}
+    shown = public_info(info)
+    assert shown["label.api_token"] == "<redacted>" and shown["label.app"] == "web"
+    assert "xyz" not in shown["cmdline"]
+    v = Verdict("fail", "x", [EntityEvidence("c", {}, info, "fail")], 60.0, "percent", "< 1%", "container.cpu")
+    assert "abc123" not in render(v) and "xyz" not in render(v)
+    assert EntityEvidence("c", {}, info, "fail").to_json()["info"]["label.api_token"] == "<redacted>"
