@@ -26,7 +26,7 @@ from typing import Callable, NoReturn, Sequence
 
 from .catalog import Catalog
 from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, \
-    PolicyError, ReportFormatError
+    PolicyError, ReportFormatError, SignalInterrupt
 from .evidence import printable
 from .policy import load_policy
 from .units import UNIT_LABEL
@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)    # a closed terminal or session: end as Ctrl-C does
     except ValueError:   # called from a thread (an embedding program): its signals are its own
         pass
     parser = build_parser()
@@ -460,9 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM outside the pytest session (while validating, while moving JUnit into place) ends
-    the run the way Ctrl-C does: exit 2, one line; the plugin has its own handler meanwhile."""
-    raise KeyboardInterrupt
+    """SIGTERM outside the pytest session (while validating, while moving JUnit into place), and
+    SIGHUP at any time, end the run the way Ctrl-C does: exit 2, one line, the report saying
+    which signal (the plugin handles SIGTERM itself during the session)."""
+    raise SignalInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,11 @@ class Unavailable(VcheckError):
         super().__init__(reason)
         self.reason = reason
         self.metrics = metrics  # None: all metrics the collector was asked for
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """A signal that ends the run like Ctrl-C (pytest treats it as one); knows its name."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame

@@ -176,10 +176,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
     try:
         state.store = state.session.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # the report still says what was observed until then, and that it was cut short
         state.store = state.session.store
-        state.interrupted_by = state.interrupted_by or "SIGINT"
+        state.interrupted_by = state.interrupted_by or getattr(exc, "signame", "SIGINT")
         raise
     finally:
         state.session = None

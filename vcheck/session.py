@@ -138,7 +138,7 @@ class SamplingSession:
                 threads.append(t)
         deadline = t0 + window
         names = [c.name for c in self._collectors]
-        ctrl_c = False
+        ctrl_c: KeyboardInterrupt | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= deadline:
@@ -147,10 +147,10 @@ class SamplingSession:
                 if self.progress:
                     self.progress(now - t0, window, names)
                 self._stop.wait(min(self.progress_every, deadline - now))
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # Ctrl-C ends the window like SIGTERM: collectors still give their final
                 # read, so the report holds what was observed until now; then it propagates
-                ctrl_c = True
+                ctrl_c = exc
                 self._stop.set()
         interrupted = self._stop.is_set()
         if not interrupted:
@@ -176,8 +176,8 @@ class SamplingSession:
                 self.store.mark_unavailable(c.request.metrics, f"{c.name} failed at the end of the window: {exc!r}")
         if self.progress:
             self.progress(self.store.window.duration, window, names)
-        if ctrl_c:
-            raise KeyboardInterrupt
+        if ctrl_c is not None:
+            raise ctrl_c
 
     def _poll(self, c: Collector, t0: float, window: float) -> None:
         interval = c.request.interval

@@ -46,9 +46,9 @@ def _kind(st: os.stat_result) -> str:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGTERM/SIGINT wait until a file is complete (then act as usual), so a second signal
+    """SIGTERM/SIGINT/SIGHUP wait until a file is complete (then act as usual), so a second signal
     cannot leave a temporary file behind or a report half-renamed."""
-    held = {signal.SIGTERM, signal.SIGINT}
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     except (ValueError, OSError):   # not the main thread: nothing to hold
