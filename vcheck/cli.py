@@ -122,9 +122,11 @@ def _html_args(private: Path) -> list[str]:
 
 
 def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
-                     argv: Callable[[Path], list[str]] | None = None) -> int:
+                     argv: Callable[[Path], list[str]] | None = None, judging: bool = True) -> int:
     """Run pytest on the policies without anything the operator did not name; JUnit and HTML go
-    to a private directory first and are then written to their place like every other output."""
+    to a private directory first and are then written to their place like every other output.
+    `argv` replaces the policies' arguments; with judging=False (a saved report drawn) failed
+    items are no failure of the command."""
     import pytest
 
     private = Path(tempfile.mkdtemp(prefix="vcheck-"))
@@ -133,6 +135,8 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     try:
         rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra)))
+        if not judging and rc == EXIT_FAILED:
+            rc = EXIT_OK
         from .report.output import write_output
 
         for name, target in (("junit.xml", getattr(args, "junitxml", None)), (HTML_REPORT, getattr(args, "html", None))):
@@ -256,18 +260,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         saved.write_bytes(dumps(report))
         ini = private / "vcheck-pytest.ini"
         ini.write_text("[pytest]\n")
+        # no terminal reporter: the saved verdicts are drawn, not run; one line says what was written
         return [str(saved), "-c", str(ini), "--rootdir", str(private), "--noconftest", "-p", "no:cacheprovider",
-                "-qq", "--tb=no", "-p", "no:warnings", *_html_args(private), f"--vcheck-render={saved}"]
+                "-p", "no:terminal", "-p", "no:warnings", *_html_args(private), f"--vcheck-render={saved}"]
 
-    rc = _hermetic_pytest(args, argv=argv)
-    # the saved verdicts are drawn, not judged: failures in them are no failure of this command
-    return EXIT_OK if rc in (EXIT_OK, EXIT_FAILED) else rc
+    rc = _hermetic_pytest(args, argv=argv, judging=False)
+    if rc == EXIT_OK:
+        counts: dict[str, int] = {}
+        for r in report.get("results") or []:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        print(printable(f"vcheck: wrote {args.html}: {len(report.get('results') or [])} items ("
+                        + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) + f") of {args.report}"))
+        return EXIT_OK
+    return rc
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
-    from .report.merge import fleet_json, fleet_junit, gate, load_node_reports
+    from .report.merge import fleet_html, fleet_json, fleet_junit, gate, load_node_reports
     from .report.output import write_output
 
     spec = None
@@ -278,7 +289,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
     try:
-        nodes = load_node_reports(args.reports)
+        nodes = load_node_reports(args.reports, keep=bool(args.html))
     except ReportFormatError as exc:
         print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
@@ -292,9 +303,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.junitxml:
         outputs.append((args.junitxml, fleet_junit(nodes)))
     if args.html:
-        from .report.html import fleet_html
-
-        outputs.append((args.html, fleet_html(nodes, g.lines, g.passed, args.domain_label)))
+        outputs.append((args.html, fleet_html(nodes, g, args.domain_label)))
     for path, data in outputs:
         try:
             write_output(path, data)

@@ -1,4 +1,5 @@
-"""`vcheck merge`: per-node reports (JSON or JUnit) into one fleet report, and a fleet gate.
+"""`vcheck merge`: per-node reports (JSON or JUnit) into one fleet report, and a fleet gate;
+with --html, the fleet page (nodes x checks, failing cells linking to each node's evidence).
 
 A node fails when any of its checks failed or was inconclusive. The gate allows a number or a
 percentage of failing nodes (``--max-failing-nodes 2%``), over the fleet or, with
@@ -7,15 +8,22 @@ healthy fleet.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from .. import __version__
 from ..errors import ReportFormatError
 from ..model import Outcome
+from .html import Evidence, node_rows, outcome_class, saved_observations, stylesheet
 from .json_report import MAX_REPORT_BYTES, parse_report
 from .output import read_bounded
 
@@ -32,6 +40,10 @@ class NodeResult:
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     junit: ET.Element | None = None
+    # a JSON input, for the fleet page (load_node_reports(keep=True)): whole when the node fails
+    # (its evidence is drawn), else only its results' outcomes (a fleet of healthy nodes is not
+    # held in memory with all it observed)
+    report: dict[str, Any] | None = None
 
     @property
     def failing(self) -> bool:
@@ -44,7 +56,7 @@ NOT_HEALTHY_EXITS = {2: "run interrupted", 3: "internal error", 4: "usage error"
                      7: "an output could not be written"}
 
 
-def _from_json(raw: bytes, path: Path) -> NodeResult:
+def _from_json(raw: bytes, path: Path, keep: bool = False) -> NodeResult:
     r = parse_report(raw, str(path))
     node = r.get("node") or {}
     res = NodeResult(name=node.get("hostname") or path.stem, source=str(path), labels=dict(node.get("labels") or {}))
@@ -59,14 +71,19 @@ def _from_json(raw: bytes, path: Path) -> NodeResult:
         res.failed.append(f"(exit {status}: {NOT_HEALTHY_EXITS[status]})")
     elif not r.get("results"):
         res.failed.append("(no check was judged)")
+    if keep:
+        res.report = r if res.failing else {
+            "node": node, "results": [{k: x.get(k) for k in ("nodeid", "check", "outcome")} for x in r.get("results", [])]}
     return res
 
 
 def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
-    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-        raise ReportFormatError(f"{path}: JUnit XML with a DOCTYPE or entities is refused")
+    """JUnit from other machines is untrusted: parsed by defusedxml, which refuses a DOCTYPE
+    (so no entity expansion, no external entity or DTD is ever fetched)."""
     try:
-        root = ET.fromstring(raw)
+        root = SafeET.fromstring(raw, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException:
+        raise ReportFormatError(f"{path}: JUnit XML with a DOCTYPE or entities is refused") from None
     except ET.ParseError as exc:
         raise ReportFormatError(f"{path}: not a readable JUnit XML file ({exc})") from None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
@@ -90,7 +107,8 @@ def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
     return out
 
 
-def load_node_reports(paths: list[str]) -> list[NodeResult]:
+def load_node_reports(paths: list[str], keep: bool = False) -> list[NodeResult]:
+    """Each report's verdicts; keep=True also keeps what the fleet page draws (NodeResult.report)."""
     nodes = []
     for p in map(Path, paths):
         try:
@@ -105,7 +123,7 @@ def load_node_reports(paths: list[str]) -> list[NodeResult]:
         if head.startswith(b"<"):
             nodes.extend(_from_junit(raw, p))
         elif head.startswith(b"{"):
-            nodes.append(_from_json(raw, p))      # parse_report checks format, version and shape
+            nodes.append(_from_json(raw, p, keep))      # parse_report checks format, version and shape
         else:
             raise ReportFormatError(f"{p}: neither a vcheck JSON report nor JUnit XML")
     return nodes
@@ -166,3 +184,120 @@ def fleet_junit(nodes: list[NodeResult]) -> bytes:
             case = ET.SubElement(suite, "testcase", classname=n.name, name=nodeid)
             ET.SubElement(case, "failure", message="failed on this node")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+# --- the fleet page (vcheck merge --html) ---------------------------------------------------
+
+_WORST = {Outcome.FAIL: 0, Outcome.ERROR: 1, Outcome.WAIVED: 2, Outcome.PASS: 3, Outcome.SKIP: 4, Outcome.NOT_RUN: 5}
+
+
+def fleet_html(nodes: list[NodeResult], g: Gate, domain_label: str | None) -> bytes:
+    """The fleet page: nodes x checks, one table per failure domain, a failing cell linking to
+    that node's evidence further down: figures drawn from its JSON report (load_node_reports
+    with keep=True), or the failure text of a JUnit input. Names from the nodes are escaped."""
+    checks: list[str] = []
+    cells: dict[tuple[int, str], list[tuple[str, str]]] = {}   # (node, check) -> [(outcome, nodeid)]
+    for i, n in enumerate(nodes):
+        for check, outcome, nodeid in _node_results(n):
+            if check not in checks:
+                checks.append(check)
+            cells.setdefault((i, check), []).append((outcome, nodeid))
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        key = n.labels.get(domain_label, "(no label)") if domain_label else ""
+        groups.setdefault(key, []).append(i)
+
+    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="color-scheme" content="light dark">',
+           f"<title>vcheck fleet: {len(nodes)} nodes</title><style>{stylesheet()}</style></head>",
+           '<body class="vc-page"><main class="vc vc-fleet">',
+           f"<h1>vcheck fleet: {len(nodes)} nodes, {sum(1 for n in nodes if n.failing)} failing</h1>",
+           f'<p class="{"vc-gate-passed" if g.passed else "vc-gate-failed"}">gate {"passed" if g.passed else "FAILED"}</p>',
+           "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in g.lines) + "</ul>",
+           f'<p class="vc-note">generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())} by vcheck {__version__}'
+           "; a failing cell links to that node's evidence</p>"]
+    head = "<tr><th>node</th>" + "".join(f'<th class="vc-check" title="{escape(c)}">{escape(c)}</th>' for c in checks) + "</tr>"
+    for key, members in sorted(groups.items()):
+        if domain_label:
+            out.append(f"<h2>{escape(domain_label)}={escape(key)}</h2>")
+        out.append(f'<table class="vc-matrix" data-domain="{escape(key)}">{head}')
+        for i in members:
+            n = nodes[i]
+            name = f'<a href="#{_node_anchor(i)}">{escape(n.name)}</a>' if n.failing else escape(n.name)
+            row = [f'<tr data-node="{escape(n.name)}"><th>{name}</th>']
+            for c in checks:
+                got = cells.get((i, c), [])
+                if not got:
+                    row.append('<td class="vc-cell vc-cell-none">-</td>')
+                    continue
+                worst = min(got, key=lambda x: _WORST.get(x[0], 9))
+                failing = [nodeid for o, nodeid in got if o in (Outcome.FAIL, Outcome.ERROR)]
+                label = f"{worst[0]}" + (f" ({len(failing)})" if len(failing) > 1 else "")
+                if failing:
+                    label = f'<a href="#{_evidence_anchor(i, failing[0])}">{escape(label)}</a>'
+                else:
+                    label = escape(label)
+                row.append(f'<td class="vc-cell vc-cell-{outcome_class(worst[0])}" data-check="{escape(c)}" '
+                           f'data-outcome="{escape(worst[0])}">{label}</td>')
+            row.append("</tr>")
+            out.append("".join(row))
+        out.append("</table>")
+        others = [nodes[i].failed for i in members if any(f.startswith("(") for f in nodes[i].failed)]
+        if others:
+            out.append('<p class="vc-note">' + escape("; ".join(f for fs in others for f in fs if f.startswith("("))) + "</p>")
+
+    for i, n in enumerate(nodes):
+        if not n.failing:
+            continue
+        out.append(f'<section class="vc-node" id="{_node_anchor(i)}" data-node="{escape(n.name)}">'
+                   f"<h2>{escape(n.name)}</h2>"
+                   f'<p class="vc-note">from {escape(n.source)}</p>')
+        out.append(_node_evidence(i, n))
+        out.append("</section>")
+    out.append("</main></body></html>\n")
+    return "".join(out).encode()
+
+
+def _node_results(n: NodeResult) -> list[tuple[str, str, str]]:
+    """(check, outcome, nodeid) of every result of a node report."""
+    if n.report is not None:   # named as JUnit names them, so JSON and JUnit inputs share columns
+        return [(f"{str(r['nodeid']).split('::')[0]}::{r.get('check')}", str(r["outcome"]), str(r["nodeid"]))
+                for r in n.report.get("results") or []]
+    out = []
+    for case in n.junit.iter("testcase") if n.junit is not None else ():
+        name = case.get("name", "")
+        outcome = (Outcome.FAIL if case.find("failure") is not None else Outcome.ERROR if case.find("error") is not None
+                   else Outcome.SKIP if case.find("skipped") is not None else Outcome.PASS)
+        check = f"{case.get('classname', '')}::{name.split('[', 1)[0]}"
+        out.append((check, str(outcome), f"{case.get('classname', '')}::{name}"))
+    return out
+
+
+def _node_evidence(i: int, n: NodeResult) -> str:
+    if n.report is not None:
+        ev = Evidence(saved_observations(n.report))
+        rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in node_rows(n.report))
+        parts = [f'<dl class="vc-info">{rows}</dl>']
+        for r in n.report.get("results") or []:
+            if r.get("outcome") in (Outcome.FAIL, Outcome.ERROR):
+                parts.append(f"<h3>{escape(str(r['nodeid']))}</h3>")
+                parts.append(ev.result_html(r, anchor=_evidence_anchor(i, str(r["nodeid"]))))
+        parts += [f'<p class="vc-note">{escape(f)}</p>' for f in n.failed if f.startswith("(")]
+        return "".join(parts)
+    parts = []
+    for case in n.junit.iter("testcase") if n.junit is not None else ():
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is None:
+            continue
+        nodeid = f"{case.get('classname', '')}::{case.get('name', '')}"
+        text = (bad.get("message") or "") + "\n" + (bad.text or "")
+        parts.append(f'<div class="vc vc-evidence" id="{_evidence_anchor(i, nodeid)}" data-nodeid="{escape(nodeid)}">'
+                     f"<h3>{escape(nodeid)}</h3><pre>{escape(text.strip())}</pre></div>")
+    return "".join(parts)
+
+
+def _node_anchor(i: int) -> str:
+    return f"node-{i}"
+
+
+def _evidence_anchor(i: int, nodeid: str) -> str:
+    return f"ev-{i}-{hashlib.sha256(nodeid.encode()).hexdigest()[:12]}"
