@@ -75,8 +75,7 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
 
 def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     """pytest's arguments for a hermetic run: an empty ini of our own (no pytest.ini, tox.ini or
-    pyproject.toml options from above the policies), no conftest.py, only vcheck's plugin. The
-    rootdir is the policies' common directory, as pytest picks it when no ini file is found.
+    pyproject.toml options from above the policies), no conftest.py, only vcheck's plugin.
     xunit1 keeps file/line on <testcase> so CI can point at the policy line; system-out carries
     the evidence of passing checks (failures carry it in <failure>)."""
     import socket
@@ -85,7 +84,11 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     ini = private / "vcheck-pytest.ini"
     ini.write_text("[pytest]\n")
     policies = _policies(args)
-    rootdir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in policies])
+    # node ids are relative to where vcheck runs when the policies are below it (as pytest
+    # names them from a project), else to the policies' common directory
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in policies])
+    cwd = os.getcwd()
+    rootdir = cwd if os.path.commonpath([cwd, common]) == cwd else common
     out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin", "--vcheck-cli",
                             "-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
                             "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
