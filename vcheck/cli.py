@@ -281,7 +281,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     import json
 
-    from .report.merge import fleet_html, fleet_json, fleet_junit, gate, load_node_reports
+    from .report.join import render as render_joins
+    from .report.merge import fleet_html, fleet_json, fleet_junit, gate, guest_host_joins, load_node_reports
     from .report.output import write_output
 
     spec = None
@@ -299,6 +300,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     g = gate(nodes, spec, args.domain_label)
     for line in g.lines:
         print(line)
+    for line in render_joins(*guest_host_joins(nodes)):    # guests beside the hosts that run them
+        print(printable(line))
     rc = EXIT_OK if g.passed else EXIT_FAILED
     outputs = []
     if args.json:

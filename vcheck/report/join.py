@@ -66,32 +66,48 @@ def _host_lines(vm: HostVM) -> list[str]:
     return lines
 
 
-def join(nodes: list[tuple[str, dict[str, Any]]]) -> tuple[list[Joined], list[str]]:
-    """(joined guests, guests with identity facts but no host report that ran them)."""
-    vms = [vm for name, report in nodes for vm in host_vms(name, report)]
+@dataclass
+class JoinFacts:
+    """What joining needs of one node report, taken at load (the report itself is not kept)."""
+
+    name: str
+    virtualization: str
+    identity: dict[str, str]
+    hostname: str
+    vms: list[HostVM]
+    failing: list[str]
+
+
+def facts_of(name: str, report: dict[str, Any]) -> JoinFacts:
+    node = report.get("node") or {}
+    return JoinFacts(name, str(node.get("virtualization") or "none"), dict(node.get("vm_identity") or {}),
+                     str(node.get("hostname") or name), host_vms(name, report),
+                     [r.get("nodeid", "?") for r in report.get("results") or [] if r.get("outcome") in NOT_HEALTHY])
+
+
+def join(nodes: list[JoinFacts]) -> tuple[list[Joined], list[str]]:
+    """(joined guests, guests that carry a VM identity but no host report ran them)."""
+    vms = [vm for n in nodes for vm in n.vms]
     joined, unjoined = [], []
-    for name, report in nodes:
-        node = report.get("node") or {}
-        ident = node.get("vm_identity") or {}
-        if node.get("virtualization") in (None, "none") and not ident:
-            continue                                     # bare metal: nothing to join
+    for n in nodes:
+        if n.vms or (n.virtualization == "none" and not n.identity):
+            continue                       # a host (or bare metal) is no one's guest here
         match, by = None, ""
         for key, attr in (("product_uuid", "uuid"), ("product_serial", "serial")):
-            value = str(ident.get(key, "")).lower() if key == "product_uuid" else str(ident.get(key, ""))
-            match = next((vm for vm in vms if value and getattr(vm, attr) == value and vm.host != name), None)
+            value = str(n.identity.get(key, ""))
+            value = value.lower() if key == "product_uuid" else value
+            match = next((vm for vm in vms if value and getattr(vm, attr) == value and vm.host != n.name), None)
             if match:
                 by = key
                 break
         if match is None:
-            match = next((vm for vm in vms if vm.vm == node.get("hostname") and vm.host != name), None)
+            match = next((vm for vm in vms if vm.vm == n.hostname and vm.host != n.name), None)
             by = "hostname" if match else ""
         if match is None:
-            if ident or any((r.get("labels") or {}).get("vm") is None for r in report.get("results") or []):
-                if not host_vms(name, report):           # a host itself is not an unjoined guest
-                    unjoined.append(name)
+            if n.identity:
+                unjoined.append(n.name)
             continue
-        failing = [r.get("nodeid", "?") for r in report.get("results") or [] if r.get("outcome") in NOT_HEALTHY]
-        joined.append(Joined(name, match.host, match.vm, by, failing, _host_lines(match)))
+        joined.append(Joined(n.name, match.host, match.vm, by, n.failing, _host_lines(match)))
     return joined, unjoined
 
 

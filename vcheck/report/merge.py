@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import ReportFormatError
 from ..model import Outcome
 from .html import Evidence, node_rows, outcome_class, saved_observations, stylesheet
+from .join import JoinFacts, Joined, facts_of, join
 from .json_report import MAX_REPORT_BYTES, parse_report
 from .output import read_bounded
 
@@ -44,6 +45,7 @@ class NodeResult:
     # (its evidence is drawn), else only its results' outcomes (a fleet of healthy nodes is not
     # held in memory with all it observed)
     report: dict[str, Any] | None = None
+    join: JoinFacts | None = None          # what guest/host joining needs (JSON inputs)
 
     @property
     def failing(self) -> bool:
@@ -71,6 +73,7 @@ def _from_json(raw: bytes, path: Path, keep: bool = False) -> NodeResult:
         res.failed.append(f"(exit {status}: {NOT_HEALTHY_EXITS[status]})")
     elif not r.get("results"):
         res.failed.append("(no check was judged)")
+    res.join = facts_of(res.name, r)
     if keep:
         res.report = r if res.failing else {
             "node": node, "results": [{k: x.get(k) for k in ("nodeid", "check", "outcome")} for x in r.get("results", [])]}
@@ -168,7 +171,18 @@ def fleet_json(nodes: list[NodeResult], g: Gate, max_failing: str | None, domain
             "gate": {"max_failing_nodes": max_failing, "domain_label": domain_label, "passed": g.passed,
                      "summary": g.lines},
             "nodes": [{"name": n.name, "source": n.source, "labels": n.labels, "counts": n.counts,
-                       "failing": n.failing, "failed": n.failed} for n in nodes]}
+                       "failing": n.failing, "failed": n.failed} for n in nodes],
+            **joins_json(nodes)}
+
+
+def guest_host_joins(nodes: list[NodeResult]) -> tuple[list[Joined], list[str]]:
+    return join([n.join for n in nodes if n.join is not None])
+
+
+def joins_json(nodes: list[NodeResult]) -> dict[str, Any]:
+    joined, unjoined = guest_host_joins(nodes)
+    return {"joins": [{"guest": j.guest, "host": j.host, "vm": j.vm, "by": j.by, "guest_failing": j.guest_failing,
+                       "host_lines": j.host_lines} for j in joined], "unjoined": unjoined}
 
 
 def fleet_junit(nodes: list[NodeResult]) -> bytes:
