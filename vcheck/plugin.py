@@ -119,7 +119,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     pycheck.generate_tests(metafunc)
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)   # layer markers before -m deselects
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
     for item in items:
@@ -147,7 +147,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = config.stash[STATE_KEY]
     if state.policy_errors:
         raise pytest.UsageError(*state.policy_errors)
-    known = {(p.name, c.id) for p in state.policies.values() for c in p.checks}
+    known = {(p.name, c.id) for p in state.policies.values() for c in p.checks} | {
+        (Path(str(i.path)).stem, getattr(i, "originalname", i.name)) for i in session.items
+        if pycheck.IS_CHECK_KEY in i.stash}
     for w in unmatched(state.waivers, known):
         print(f"vcheck: {config.option.vcheck_waivers}:{w.line}: the waiver for {w.check!r} matches "
                   "no check of the policies in this run", file=sys.stderr)

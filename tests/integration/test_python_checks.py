@@ -142,3 +142,18 @@ def test_nsenter_fixture_reads_from_inside_and_cannot_write(containerd, tmp_path
         os.environ.pop("VCHECK_CRI_SOCKETS", None)
         for pod in list(containerd.pods):
             containerd.remove_pod(pod)
+
+
+def test_a_python_check_is_waived_like_a_yaml_one(tmp_path):
+    (tmp_path / "test_never.py").write_text(
+        "from vcheck import observe\n\n@observe('cpu.idle', window='1s')\ndef test_never(observed):\n"
+        "    assert observed.max < 0\n")
+    (tmp_path / "w.yaml").write_text("waivers:\n  - check: test_never::test_never\n"
+                                     "    justification: known, INC-7\n    expires: 2099-01-01\n")
+    report, prom = tmp_path / "r.json", tmp_path / "r.prom"
+    r = vcheck("test_never.py", "--waivers", "w.yaml", "--json", str(report), "--prom-textfile", str(prom),
+               "-m", "guest", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = by_id(report)["test_never"]
+    assert res["outcome"] == "waived" and res["layer"] == "guest"
+    assert 'check="test_never"' in prom.read_text() and 'outcome="waived"' in prom.read_text()
