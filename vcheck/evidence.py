@@ -273,7 +273,8 @@ def _render_entity(e: EntityEvidence, v: Verdict) -> list[str]:
         for c in e.culprits:
             share = c.get("share")
             out.append("      culprit: " + (f"{share:.0%} of the wait went to " if isinstance(share, (int, float)) else "")
-                       + f"{c.get('describe') or c.get('comm')}" + (f", cgroup {c['cgroup']}" if c.get("cgroup") else ""))
+                       + f"{c.get('describe') or c.get('comm')}"
+                       + (f", cgroup {c['cgroup']}" if c.get("cgroup") not in (None, "", "/") else ""))
     for ev in e.events[:10]:
         out.append("      event: " + ", ".join(f"{k}={_fmt_event(k, val, v.dimension)}" for k, val in ev.items()))
     if len(e.events) > 10:

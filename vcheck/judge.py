@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from . import expr as E
-from .evidence import EntityEvidence, Measurement, Verdict
+from .evidence import EntityEvidence, Measurement, Verdict, merge_culprits
 from .histogram import RELATIVE_ERROR, Histogram
 from .observations import Observation, ObservationStore
 from .model import EntityOutcome, Kind, OnMissing, Outcome
@@ -233,7 +233,7 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
     ordered = [k for k in spec.labels if k in o.label_dict] + sorted(set(o.label_dict) - set(spec.labels))
     ev = EntityEvidence(entity=entity_name(o.label_dict, ordered), labels=o.label_dict, info=dict(o.info),
                         outcome=EntityOutcome.PASS, samples=len(view.values), expected_samples=_expected(check, window),
-                        observed_seconds=sum(view.spans), notes=list(o.notes))
+                        observed_seconds=sum(view.spans), notes=list(o.notes), culprits=list(o.culprits))
     if view.values:
         ev.series = {"min": min(view.values), "max": max(view.values),
                      "mean": view.stat("mean", window).value}
@@ -287,7 +287,8 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
     labels = key or (members[0].label_dict if len(members) == 1 else {})
     name = entity_name(labels) if labels else "node"
     ev = EntityEvidence(entity=name, labels=labels, info=info, outcome=EntityOutcome.PASS, histogram=hist,
-                        samples=hist.count if hist else 0, observed_seconds=window, notes=notes)
+                        samples=hist.count if hist else 0, observed_seconds=window, notes=notes,
+                        culprits=merge_culprits([o.culprits for o in members]))
     events.sort(key=lambda x: -float(x.get("latency", 0) or 0))
     ev.events = events
     if hist is None:

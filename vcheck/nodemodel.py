@@ -17,7 +17,7 @@ from typing import Sequence
 from .collectors.cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
 from .collectors.containers.container import Container
 from .collectors.containers.discovery import discover_containers, host_namespaces, namespace_ids, nspid
-from .collectors.hypervisor import VM, discover_vms
+from .collectors.vms import VM, discover_vms
 from .errors import Unavailable
 from .procfs import HostRoots, read_text
 

@@ -41,6 +41,9 @@ class Observation:
     # the source could not see this entity although it should have (a tracepoint that never
     # fires while the VM is busy): no verdict but "fail" may be drawn from it; says why
     blind: str = ""
+    # who took the CPU while this entity waited (bpf/runq_latency.c): dicts with pid, comm,
+    # share (0-1 of the entity's wait), wait (s), owner, describe, cgroup, nspid; largest first
+    culprits: list[dict] = field(default_factory=list)
 
     @property
     def label_dict(self) -> dict[str, str]:

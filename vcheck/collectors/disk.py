@@ -21,6 +21,7 @@ from typing import Mapping
 from ..bpf import Attach, BpfProgram
 from ..model import MetricSpec
 from ..histogram import Histogram
+from ..identity import Resolver
 from ..procfs import HostRoots, read_text
 from ..units import BYTE_RATE, PERCENT, RATE, TIME
 from .base import Collector, Unavailable
@@ -218,13 +219,15 @@ class BlockLatencyCollector(Collector):
         self._consumer: threading.Thread | None = None
         self._consumer_stop = threading.Event()
         self._threshold_ns = None
+        self._resolver = Resolver(self.roots)
+        self._owners: dict[int, str] = {}   # submitter pid -> owner, resolved while it still runs
         thr = self.request.outlier_thresholds.get("block.latency")
         if thr is not None:
             self._threshold_ns = max(1, int(thr * 1e9))
         stats = self._diskstats()
         self._names = self._dev_names(stats)
         self._disks = whole_disks(self.roots, stats)   # reported on even when idle
-        self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()
+        self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
         for n in prog.notes:
             self.store.note(self.name, n)
         self._t0 = time.monotonic()
@@ -268,6 +271,7 @@ class BlockLatencyCollector(Collector):
               "comm": e.comm.decode("utf-8", "replace")}
         if e.error:
             ev["error"] = e.error
+        self._owners.setdefault(e.pid, "")
         self._seq += 1
         item = (e.latency_ns, self._seq, ev)
         if len(self._slowest) < SLOWEST_KEPT:
@@ -293,6 +297,20 @@ class BlockLatencyCollector(Collector):
         while not self._consumer_stop.is_set():
             prog.poll_ring_buffers(50)
             self._set_floor()
+            self._resolve_owners()
+
+    def _resolve_owners(self) -> None:
+        """Name new submitters now: a task that exits before the window ends is still known."""
+        for pid, owner in list(self._owners.items()):
+            if owner:
+                continue
+            if pid == 0:
+                self._owners[pid] = "kernel (no task)"
+                continue
+            try:
+                self._owners[pid] = self._resolver.resolve(pid).owner
+            except Exception as exc:   # evidence must not cost the outliers themselves
+                self._owners[pid] = f"unresolved ({exc.__class__.__name__})"
 
     def _stop_consumer(self) -> None:
         self._consumer_stop.set()
@@ -311,6 +329,7 @@ class BlockLatencyCollector(Collector):
         prog.consume_ring_buffers()
         hists = prog.histograms(lambda k: (self._name(k.dev), op_name(k.op)))
         counters = prog.counters()
+        self._resolve_owners()
 
         events: dict[tuple[str, str], list[dict]] = {}
         seen = set()
@@ -318,6 +337,7 @@ class BlockLatencyCollector(Collector):
             ident = (ev["device"], ev["sector"], ev["time"])
             if ident not in seen:
                 seen.add(ident)
+                ev["owner"] = self._owners.get(ev["pid"], "")
                 events.setdefault((ev["device"], ev["op"]), []).append(ev)
 
         notes = []

@@ -5,200 +5,26 @@ holding an ``anon_inode:kvm-vm`` fd (qemu, firecracker, cloud-hypervisor, crosvm
 a VMM of one's own), named from its command line where the VMM says a name; its vCPUs are the
 threads the VMM names as such, or else the threads sitting in ioctl(KVM_RUN) on an
 ``anon_inode:kvm-vcpu:N`` fd. ``vcpu.run_delay`` is the host-side view of the guest's steal:
-the share of wall time the vCPU thread was runnable but not running (schedstat field 2).
+the share of wall time the vCPU thread was runnable but not running (schedstat field 2); its
+culprits (who had the CPU while the vCPU waited) come from bpf/runq_latency.c, watching the vCPU
+threads' tids, where BPF can run.
 """
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, replace
+import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ..bpf import BpfProgram, BpfUnavailable
 from ..model import MetricSpec
-from ..evidence import redact
+from ..observations import labels_of
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
-from .base import Collector, Unavailable
-
-KVM_RUN = 0xAE80
-SYS_IOCTL_X86_64 = 16
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-# thread names VMMs give their vCPUs: qemu (debug-threads=on), firecracker, crosvm, kvmtool, ...
-VCPU_THREAD_NAMES = (re.compile(r"^CPU (\d+)/KVM$"), re.compile(r"^fc_vcpu ?(\d+)$"),
-                     re.compile(r"^(?:crosvm_)?vcpu ?(\d+)$"), re.compile(r"^kvm-vcpu-(\d+)$"),
-                     re.compile(r"^vcpu(\d+)$"))
-
-
-@dataclass(frozen=True)
-class VCpu:
-    tid: int
-    index: int
-
-
-@dataclass(frozen=True)
-class VM:
-    pid: int
-    name: str
-    vmm: str           # qemu, firecracker, ... or the process name
-    cmdline: str       # redacted: evidence leaves the node
-    vcpus: tuple[VCpu, ...]
-    vcpu_fds: int = 0  # anon_inode:kvm-vcpu fds: how many vCPUs the VM has
-    uuid: str = ""
-    serial: str = ""   # qemu -smbios type=1,serial=S: what the guest reads as its DMI serial
-
-
-# --- naming -------------------------------------------------------------------------------
-def _qemu_option_value(value: str, key: str | None) -> str | None:
-    """qemu's `-name guest=X,debug-threads=on` or `-name X`; ',,' escapes a comma."""
-    parts = re.split(r"(?<!,),(?!,)", value)
-    for i, part in enumerate(parts):
-        part = part.replace(",,", ",")
-        if key is None and i == 0 and "=" not in part:
-            return part
-        if key is not None and part.startswith(key + "="):
-            return part[len(key) + 1:]
-    return None
-
-
-def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str, str]:
-    """(name, vmm, uuid, serial) from a VMM's argv; generic `comm-pid` when the VMM names nothing."""
-    exe = os.path.basename(argv[0]) if argv else comm
-    vmm = ("qemu" if "qemu" in exe else "firecracker" if "firecracker" in exe else
-           "cloud-hypervisor" if "cloud-hypervisor" in exe else "crosvm" if "crosvm" in exe else
-           "kvmtool" if exe in ("lkvm", "kvmtool") else comm)
-    name = uuid = None
-    serial = ""
-    for i, arg in enumerate(argv):
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if arg in ("-name", "--name") and nxt is not None and vmm == "qemu":
-            name = _qemu_option_value(nxt, "guest") or _qemu_option_value(nxt, None)
-        elif arg == "-uuid" and nxt is not None:
-            uuid = nxt
-        elif arg == "-smbios" and nxt is not None and _qemu_option_value(nxt, "type") == "1":
-            serial = _qemu_option_value(nxt, "serial") or serial
-        elif arg == "--id" and nxt is not None:
-            name = nxt
-        elif arg.startswith("--id="):
-            name = arg[5:]
-        elif arg == "--name" and nxt is not None:
-            name = nxt
-    return name or f"{vmm}-{pid}", vmm, uuid or "", serial
-
-
-# --- discovery ----------------------------------------------------------------------------
-def _fds(proc: Path, pid: int, denied: list[int] | None = None) -> dict[int, str]:
-    """fd number -> link target, read once per process and used for both VM and vCPU tests.
-    A process whose fds we may not read is appended to `denied`."""
-    out = {}
-    try:
-        with os.scandir(proc / str(pid) / "fd") as it:
-            for e in it:
-                try:
-                    out[int(e.name)] = os.readlink(e.path)
-                except (OSError, ValueError):
-                    continue
-    except PermissionError:
-        if denied is not None:
-            denied.append(pid)
-    except OSError:
-        pass
-    return out
-
-
-def _syscall(task: Path) -> list[str]:
-    """/proc/.../syscall split: ['16', fd, cmd, ...] in a syscall, ['running'] on a CPU."""
-    try:
-        return read_text(task / "syscall").split()
-    except OSError:
-        return []
-
-
-def _named_index(comm: str) -> int | None:
-    for pattern in VCPU_THREAD_NAMES:
-        m = pattern.match(comm)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -> tuple[list[VCpu], int]:
-    """The VM's vCPU threads (by name, else by KVM_RUN, else running with guest time), and how
-    many vCPU fds the VM holds."""
-    fds = _fds(proc, pid) if fds is None else fds
-    vcpu_fds = {fd: int(t.rsplit(":", 1)[1]) for fd, t in fds.items() if t.startswith("anon_inode:kvm-vcpu:")}
-    base = proc / str(pid) / "task"
-    try:
-        tids = sorted(int(t) for t in os.listdir(base))
-    except OSError:
-        return [], len(vcpu_fds)
-    comms = {}
-    for tid in tids:
-        try:
-            comms[tid] = read_text(base / str(tid) / "comm").strip()
-        except OSError:
-            continue
-    named = [VCpu(tid, i) for tid, comm in comms.items() if (i := _named_index(comm)) is not None]
-    if named:
-        return sorted(named, key=lambda v: v.index), len(vcpu_fds)
-    in_run, running_guest = [], []
-    for tid, comm in comms.items():
-        if comm.startswith("kvm-"):   # kernel workers in the VMM's group (kvm-nx-lpage-recovery, kvm-pit)
-            continue
-        task = base / str(tid)
-        call = _syscall(task)
-        if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
-            fd = int(call[1], 16)
-            if fd in vcpu_fds:
-                in_run.append(VCpu(tid, vcpu_fds[fd]))
-        elif call[:1] == ["running"]:
-            # a thread on a CPU shows no syscall; one that has run guest code is a vCPU
-            try:
-                if parse_stat(read_text(task / "stat"))[1] > 0:
-                    running_guest.append(tid)
-            except (OSError, IndexError, ValueError):
-                pass
-    # busy vCPUs seen running get the vCPU indexes no thread in KVM_RUN claimed, in creation
-    # order (VMMs create vCPU threads in index order)
-    free = sorted(set(vcpu_fds.values()) - {v.index for v in in_run})
-    found = in_run + [VCpu(tid, idx) for tid, idx in zip(running_guest, free)]
-    return sorted(found, key=lambda v: v.index), len(vcpu_fds)
-
-
-def discover_vms(roots: HostRoots) -> list[VM]:
-    """Every process on the host that holds a kvm-vm fd. Processes that vanish mid-scan are skipped."""
-    proc = roots.proc
-    vms = []
-    try:
-        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
-    except OSError as exc:
-        raise Unavailable(f"cannot list {proc}: {exc.strerror}") from exc
-    self_pid = os.getpid()
-    denied: list[int] = []
-    for pid in pids:
-        if pid == self_pid:
-            continue
-        fds = _fds(proc, pid, denied)
-        if "anon_inode:kvm-vm" not in fds.values():
-            continue
-        try:
-            argv = [a for a in read_text(proc / str(pid) / "cmdline").split("\0") if a]
-            comm = read_text(proc / str(pid) / "comm").strip()
-        except OSError:
-            continue
-        name, vmm, uuid, serial = vm_identity(argv, comm, pid)
-        vcpus, nfds = find_vcpu_threads(proc, pid, fds)
-        vms.append(VM(pid, name, vmm, redact(" ".join(argv)), tuple(vcpus), nfds, uuid, serial))
-    if denied:
-        # a VM among them would be invisible: say so rather than report "no VMs"
-        raise Unavailable(f"cannot see VMs: the open files of {len(denied)} processes (e.g. pid {denied[0]}) "
-                          f"are not readable by uid {os.geteuid()}; run vcheck as root (or with "
-                          "CAP_SYS_PTRACE) to find the processes that hold a kvm-vm fd")
-    # two VMs with the same name (two unnamed VMMs of one kind cannot collide: pid is in it)
-    seen: dict[str, int] = {}
-    for vm in vms:
-        seen[vm.name] = seen.get(vm.name, 0) + 1
-    return [vm if seen[vm.name] == 1 else replace(vm, name=f"{vm.name}-{vm.pid}") for vm in vms]
+from .base import Collector
+from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver
+from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCpu,  # noqa: F401 - re-exported
+                  discover_vms, find_vcpu_threads, parse_stat, vm_identity)
 
 
 # --- per-thread figures -------------------------------------------------------------------
@@ -209,12 +35,6 @@ class TaskTimes:
     run_delay_ns: int   # schedstat field 2
     switches: int       # voluntary + involuntary
     rss: int = 0        # VmRSS (bytes) of the process; threads share it
-
-
-def parse_stat(text: str) -> tuple[int, int]:
-    """(utime + stime, guest_time) in clock ticks from /proc/PID[/task/TID]/stat."""
-    f = text.rsplit(")", 1)[1].split()
-    return int(f[11]) + int(f[12]), int(f[40]) if len(f) > 40 else 0
 
 
 def parse_schedstat(text: str) -> int:
@@ -269,7 +89,7 @@ HYPERVISOR_METRICS = (
                "(pidstat %guest)", "/proc/PID/task/TID/stat guest_time"),
     _vcpu_spec("vcpu.run_delay", PERCENT, "share of wall time the vCPU thread was runnable but not "
                "running: the host-side view of the guest's steal (pidstat %wait)",
-               "/proc/PID/task/TID/schedstat field 2"),
+               "/proc/PID/task/TID/schedstat field 2; culprits: BPF sched tracepoints (bpf/runq_latency.c)"),
     _vcpu_spec("vcpu.ctxsw.rate", RATE, "context switches per second of the vCPU thread",
                "/proc/PID/task/TID/status"),
 )
@@ -289,10 +109,55 @@ class HypervisorCollector(Collector):
     def start(self) -> None:
         self._vms = {vm.pid: vm for vm in discover_vms(self.roots)}
         self._gone: set[int] = set()
+        self._runq: BpfProgram | None = None
+        tids = [v.tid for vm in self._vms.values() for v in vm.vcpus]
+        if "vcpu.run_delay" in self.request.metrics and tids:
+            self._watch(tids)
+
+    def _watch(self, tids: list[int]) -> None:
+        """Culprits of the vCPUs' run delay: without BPF the delay is still measured, unexplained."""
+        try:
+            self._runq = BpfProgram("runq_latency.c", RUNQ_TRACEPOINTS, cflags=WATCH_FLAGS,
+                                    cost_sink=self.store.bpf_cost).load()
+            for tid in tids:
+                self._runq["watched"][ctypes.c_uint32(tid)] = ctypes.c_uint8(1)
+        except Exception as exc:   # culprits are optional evidence: never worth the metric itself
+            why = exc.reason if isinstance(exc, BpfUnavailable) else repr(exc)
+            self.store.note(self.name, f"vcpu.run_delay without culprits: {why}")
+            self.close()
+            return
+        for n in self._runq.notes:
+            self.store.note(self.name, n)
 
     def begin(self, t0: float) -> None:
         self._t_prev = 0.0
         self._prev = self._read_all(self._vms.values())
+        if self._runq is not None:
+            self._runq.clear("culprits", "counters")
+
+    def stop(self, t: float) -> None:
+        prog = self._runq
+        if prog is None:
+            return
+        charges = read_charges(prog, VICTIM_TASK)
+        full = prog.counters().get("culprits_full", 0)
+        self.close()
+        observed = {o.labels: o for o in self.store.for_metric("vcpu.run_delay")}
+        resolver = task_resolver(self.roots, list(self._vms.values()))
+        for vm in self._vms.values():
+            for v in vm.vcpus:
+                o = observed.get(labels_of({"vm": vm.name, "vcpu": str(v.index)}))
+                if o is None or v.tid not in charges:
+                    continue
+                o.culprits, notes = culprits(charges[v.tid], resolver)
+                o.notes.extend(notes)
+        if full:
+            self.store.note(self.name, f"{full} vCPU waits were not split among culprits: the culprit map was full")
+
+    def close(self) -> None:
+        prog, self._runq = getattr(self, "_runq", None), None
+        if prog is not None:
+            prog.close()
 
     def _read_all(self, vms: Iterable[VM]) -> dict[tuple[int, int], TaskTimes | None]:
         out: dict[tuple[int, int], TaskTimes | None] = {}
