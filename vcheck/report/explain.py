@@ -60,7 +60,8 @@ def explain(report: dict[str, Any], item: str | None = None) -> str:
                     out.append(f"      owner: {c['owner']}" + (f"; {_fmt_info(c, ('cgroup', 'nspid'))}"
                                                                if c.get("cgroup") or c.get("nspid") else ""))
             for ev in (e.get("events") or [])[:3]:
-                who = ev.get("owner") or (f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else "")
+                task = f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else ""
+                who = f"{task} ({ev['owner']})" if task and ev.get("owner") else task or ev.get("owner", "")
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("owner", "pid", "comm"))
                 out.append(f"    event: {detail}" + (f"; issued by {who}" if who else ""))
             if not culprits and not e.get("events"):
