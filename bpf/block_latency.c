@@ -24,9 +24,9 @@
  *
  * Attach points: block:block_rq_issue, block:block_rq_complete, and where present
  * block:block_io_start (names the submitting task) and block:block_rq_requeue (a requeued
- * request is timed from its last issue).
+ * request is timed from its last issue). Built by bcc or as a CO-RE object (vcheck_compat.h).
  */
-#include <uapi/linux/ptrace.h>
+#include "vcheck_compat.h"
 #include "vcheck_hist.h"
 
 #define OP_READ 0
@@ -40,6 +40,8 @@
 #define COUNTER_UNPAIRED 1
 #define COUNTER_EVENTS_LOST 2
 #define COUNTER_FLUSH_OVERFLOW 3
+
+VCHK_DECLARE_HAVE(block_io_start);
 
 #define FLUSH_RING 64   /* flushes of one device in flight at once that can be told apart */
 
@@ -121,11 +123,13 @@ BPF_ARRAY(floor_ns, u64, 1);          /* [0]: send I/Os at least this slow as ev
 BPF_ARRAY(counters, u64, 4);
 BPF_RINGBUF_OUTPUT(outliers, 256);    /* pages */
 
-static __always_inline u32 op_of(const char *rwbs)
+/* The first two rwbs letters, read as fields: a pointer into a record that CO-RE relocates
+ * would be a modified context pointer, which the verifier refuses to dereference. */
+#define RWBS(args) (args)->rwbs[0], (args)->rwbs[1]
+
+static __always_inline u32 op_of(char c, char n)
 {
-    char c = rwbs[0];
     if (c == 'F') {          /* a leading F is a preflush; the op letter follows, if any */
-        char n = rwbs[1];
         if (n == 'W' || n == 'R' || n == 'D' || n == 'N')
             c = n;
         else
@@ -138,10 +142,19 @@ static __always_inline u32 op_of(const char *rwbs)
 }
 
 /* Issue and requeue report an unset sector (-1) as 0, completion as -1: one key for both. */
-static __always_inline struct rq_key key_of(u32 dev, u64 sector, const char *rwbs)
+static __always_inline struct rq_key key_of(u32 dev, u64 sector, char c, char n)
 {
-    struct rq_key key = {.sector = sector == (u64)-1 ? 0 : sector, .dev = dev, .op = op_of(rwbs)};
+    struct rq_key key = {.sector = sector == (u64)-1 ? 0 : sector, .dev = dev, .op = op_of(c, n)};
     return key;
+}
+
+#define EEXIST_ 17   /* errno.h is not available to both builds */
+
+/* the task issuing the request: the one that queued it when nothing better is known */
+static __always_inline void name_current(struct rq_start *s)
+{
+    s->pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&s->comm, sizeof(s->comm));
 }
 
 static __always_inline void count(u32 which)
@@ -180,9 +193,10 @@ static __always_inline void record(struct rq_key *key, struct rq_start *s, u64 n
 }
 
 #ifdef HAVE_BLOCK_IO_START
+VCHK_TP
 int vchk_blk_start(struct tracepoint__block__block_io_start *args)
 {
-    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     if (args->rwbs[0] == 'F' && key.op == OP_WRITE && args->bytes == 0) {
         struct preflush empty = {};
@@ -220,17 +234,18 @@ static __always_inline void flush_issue(u32 dev, struct rq_start *s)
     flush_start.update(&k, s);
 }
 
+VCHK_TP
 int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
 {
-    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
     struct rq_start s = {.ts = bpf_ktime_get_ns(), .bytes = args->bytes};
-    s.pid = bpf_get_current_pid_tgid() >> 32;
-    bpf_get_current_comm(&s.comm, sizeof(s.comm));
     if (key.op == OP_FLUSH) {   /* issued by a kworker: name the task whose preflush asked for it */
         struct preflush *p = preflushes.lookup(&key.dev);
         if (p && p->pid) {
             s.pid = p->pid;
             __builtin_memcpy(&s.comm, p->comm, sizeof(s.comm));
+        } else {
+            name_current(&s);
         }
         flush_issue(key.dev, &s);
         return 0;
@@ -240,17 +255,21 @@ int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
         s.pid = w->pid;
         __builtin_memcpy(&s.comm, w->comm, sizeof(s.comm));
         submitter.delete(&key);
+    } else {
+        name_current(&s);
     }
-    if (inflight.lookup(&key))
+    if (inflight.insert(&key, &s) == -EEXIST_) {   /* one lookup fewer than lookup + update */
         count(COUNTER_COLLISION);
-    inflight.update(&key, &s);
+        inflight.update(&key, &s);
+    }
     return 0;
 }
 
 #ifdef HAVE_BLOCK_RQ_REQUEUE
+VCHK_TP
 int vchk_blk_requeue(struct tracepoint__block__block_rq_requeue *args)
 {
-    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
     if (key.op == OP_FLUSH) {
         struct flush_fifo *f = flushes.lookup(&key.dev);
         if (f && f->issued > f->done)
@@ -295,18 +314,17 @@ static __always_inline int flush_done(struct rq_key *key, u64 now, s32 error)
  * end of a write timed already (its post-flush is done). */
 static __always_inline int empty_done(struct rq_key *key, u64 now, s32 error)
 {
-#ifdef HAVE_BLOCK_IO_START
-    struct preflush *p = preflushes.lookup(&key->dev);
-    if (!p || !p->pending)
-        return 0;
-    if (__sync_fetch_and_add(&p->pending, -1) == 0) {   /* lost a race for the last one */
-        __sync_fetch_and_add(&p->pending, 1);
+    if (VCHK_HAVE(block_io_start)) {
+        struct preflush *p = preflushes.lookup(&key->dev);
+        if (!p || !p->pending)
+            return 0;
+        if (__sync_fetch_and_add(&p->pending, -1) == 0) {   /* lost a race for the last one */
+            __sync_fetch_and_add(&p->pending, 1);
+            return 0;
+        }
+    } else if (key->sector != 0) {
         return 0;
     }
-#else
-    if (key->sector != 0)
-        return 0;
-#endif
     struct dev_cpu here = {.dev = key->dev, .cpu = bpf_get_smp_processor_id()};
     struct rq_start *f = last_flush.lookup(&here);
     struct rq_start s = {.ts = now};
@@ -322,10 +340,11 @@ static __always_inline int empty_done(struct rq_key *key, u64 now, s32 error)
     return 0;
 }
 
+VCHK_TP
 int vchk_blk_done(struct tracepoint__block__block_rq_complete *args)
 {
     u64 now = bpf_ktime_get_ns();
-    struct rq_key key = key_of(args->dev, args->sector, args->rwbs);
+    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
     if (key.op == OP_FLUSH)
         return flush_done(&key, now, args->error);
     struct rq_start *s = inflight.lookup(&key);

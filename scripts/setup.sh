@@ -16,11 +16,13 @@ fi
 # bcc comes from the distribution (python3-bpfcc); the PyPI package named "bcc" is unrelated.
 PACKAGES=(
   python3 python3-venv python3-bpfcc bpftool linux-headers-amd64   # BPF engine
+  clang libbpf-dev libbpf1                                          # CO-RE objects built here, loaded by libbpf
   bpftrace libbpf-tools sysstat fio                                 # reference tools for cross-checks
   qemu-system-x86                                                   # hypervisor rig
   containerd runc busybox-static                                    # container rig
   python3-grpcio gcc libc6-dev                                      # CRI client; tinykvm and the BPF header test
   prometheus-node-exporter                                          # textfile collector test
+  chromium chromium-driver python3-selenium                         # HTML report test: a real headless browser
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -67,6 +69,11 @@ fi
 stamp="$VENV/.vcheck-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing vcheck into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e .
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'   # pyproject.toml: deps and the test extra
   touch "$stamp"
 fi
+
+# --- CO-RE objects of bpf/*.c ------------------------------------------------------------
+# Compiled once here and loaded by libbpf at run time (no compiler, no bcc in the run);
+# rebuilt only when a source or header changed. A program without an object uses bcc.
+"$VENV/bin/python" -m vcheck.bpf_build || log "WARNING: some CO-RE objects did not build; those programs use bcc"

@@ -1,7 +1,8 @@
 """``vcheck doctor``: what this node can observe, and for each thing it cannot, why and what to do.
 
-Every row is established the way a run would establish it (BPF programs are really compiled,
-attached and detached), so "ok" here means a run will have that data.
+Every row is established the way a run would establish it (BPF programs are really loaded,
+on the path a run would take, attached and detached), so "ok" here means a run will have that
+data. For each BPF program family it says which path (CO-RE or bcc) a run takes, and why.
 """
 from __future__ import annotations
 
@@ -56,10 +57,27 @@ def guest_rows(roots: HostRoots) -> list[Row]:
 def bpf_rows() -> list[Row]:
     rows = []
     blocking = False
-    for check in (bpf.check_privileges, bpf.check_bcc, bpf.ensure_tracefs, bpf.check_headers):
+    for check in (bpf.check_privileges, bpf.ensure_tracefs):
         f = check()
         rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
         blocking = blocking or not f.ok
+    for check in (bpf.check_btf, bpf.check_libbpf):   # the CO-RE path
+        f = check()
+        rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
+    try:
+        choices = [(layer, what, source, attach, cflags, bpf.choose_path(source, cflags))
+                   for layer, what, source, attach, cflags in _programs()]
+    except bpf.BpfUnavailable as exc:   # VCHECK_BPF_PATH=core where CO-RE cannot load
+        rows.append(Row("bpf", "path", "no", exc.reason))
+        return rows
+    need_bcc = [what for *_, what, _, _, _, c in choices if c.path == "bcc"]
+    for check in (bpf.check_bcc, bpf.check_headers):  # the bcc path
+        f = check()
+        if need_bcc:
+            rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
+            blocking = blocking or not f.ok
+        else:
+            rows.append(Row("bpf", f.what, "n/a", f"not needed: every program loads as CO-RE ({f.detail})"))
     if bpf.tracefs_root() is None:
         rows.append(Row("bpf", "tracepoints", "no", "cannot list tracepoints without a readable tracefs"))
         return rows
@@ -67,31 +85,37 @@ def bpf_rows() -> list[Row]:
         missing = [e for e in events if not bpf.tracepoint_exists(family, e)]
         rows.append(Row("bpf", f"tracepoints {family}:*", "no" if missing else "ok",
                         f"absent: {', '.join(missing)}" if missing else ", ".join(events)))
+    for layer, what, source, _, _, choice in choices:
+        rows.append(Row(layer, f"{what} path", "ok", f"{choice.path}: {choice.reason}"))
     if not blocking:
-        rows.extend(_trial_loads())
+        rows.extend(_trial_loads(choices))
     return rows
 
 
-def _trial_loads() -> list[Row]:
-    """Compile, attach and detach each program family once, as a run would."""
+def _programs() -> list[tuple[str, str, str, tuple[bpf.Attach, ...], tuple[str, ...]]]:
+    """(layer, what, source, attach points, cflags) of each program family a run loads."""
+    from .collectors import sched
     from .collectors.disk import BLOCK_TRACEPOINTS
     from .collectors.kvm import SOURCE as KVM_SOURCE
     from .collectors.kvm import TRACEPOINTS as KVM_TRACEPOINTS
-    from .collectors.sched import RUNQ_TRACEPOINTS
 
-    programs: list[tuple[str, str, tuple[bpf.Attach, ...]]] = [
-        ("guest", "block.latency (BPF)", ("block_latency.c", BLOCK_TRACEPOINTS)),
-        ("guest", "sched.runq.latency (BPF)", ("runq_latency.c", RUNQ_TRACEPOINTS)),
-    ]
-    programs.append(("hypervisor", "kvm exits (BPF)", (KVM_SOURCE, KVM_TRACEPOINTS)))
+    runq_flags = tuple(getattr(sched, "CULPRIT_FLAGS", ()))
+    return [("guest", "block.latency (BPF)", "block_latency.c", BLOCK_TRACEPOINTS, ()),
+            ("guest", "sched.runq.latency (BPF)", "runq_latency.c", sched.RUNQ_TRACEPOINTS, runq_flags),
+            ("hypervisor", "kvm exits (BPF)", KVM_SOURCE, KVM_TRACEPOINTS, ())]
+
+
+def _trial_loads(choices: list) -> list[Row]:
+    """Load, attach and detach each program family once, on the path a run would take."""
     rows = []
-    for layer, what, (source, attach) in programs:
+    for layer, what, source, attach, cflags, _ in choices:
         t = time.monotonic()
-        prog = bpf.BpfProgram(source, attach)
+        prog = bpf.BpfProgram(source, attach, cflags=cflags)
         try:
             prog.load()
-            rows.append(Row(layer, what, "ok", f"{source} compiled and attached in "
-                                               f"{time.monotonic() - t:.1f}s" +
+            how = "loaded (CO-RE)" if prog.path == "core" else "compiled by bcc"
+            rows.append(Row(layer, what, "ok", f"{source} {how} and attached in "
+                                               f"{time.monotonic() - t:.2f}s" +
                             (f"; {'; '.join(prog.notes)}" if prog.notes else "")))
         except Unavailable as exc:
             rows.append(Row(layer, what, "no", exc.reason))

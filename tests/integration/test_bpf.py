@@ -2,7 +2,8 @@
 
 Cross-checks: vcheck's I/O count per op against /proc/diskstats for the same window (plain
 writes, fsync flushes, FUA writes on a device without FUA), its percentiles against an exact
-per-event capture of the same I/Os, and `bpftool prog show` for leaks.
+per-event capture of the same I/Os, and `bpftool prog show` for leaks. Every test runs on
+each BPF path, forced with VCHECK_BPF_PATH (CO-RE through libbpf, and bcc).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from tests.rig.common import VCHECK, require_root, vcheck_programs
 from tests.rig.io import (background_writes, loop_filesystem, cpu_hogs, direct_writes, dsync_writes, fsync_writes,
                           loop_device, root_device)
+from vcheck import bpf
 from vcheck.collectors import disk
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
@@ -28,6 +30,13 @@ from vcheck.observations import ObservationStore
 from vcheck.procfs import HostRoots
 
 pytestmark = pytest.mark.rig
+
+
+@pytest.fixture(params=bpf.PATHS, autouse=True)
+def bpf_path(request, monkeypatch) -> str:
+    """The path every program of the test (and of a vcheck it starts) must take."""
+    monkeypatch.setenv(bpf.PATH_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -60,6 +69,7 @@ def measure(device: str, work, threshold: float | None = None) -> tuple[dict[str
         c.stop(1.0)
     finally:
         c.close()
+    assert [b["path"] for b in store.bpf_costs] == [os.environ[bpf.PATH_ENV]], store.bpf_costs
     return {op: after[op] - before[op] for op in after}, store
 
 
@@ -186,12 +196,14 @@ checks:
 """
 
 
-def test_outlier_check_fails_and_names_the_slow_ios(no_programs_before, run_vcheck, policy_file):
+def test_outlier_check_fails_and_names_the_slow_ios(no_programs_before, run_vcheck, policy_file, bpf_path):
     dev = root_device()
     p = policy_file(OUTLIER_POLICY.replace("DEV", dev))
     with background_writes(8), cpu_hogs(cpu=1, n=2):
         r = run_vcheck(str(p))
     assert r.returncode == 1, r.stdout + r.stderr
+    costs = r.report["cost"]["bpf"]
+    assert costs and all(b["path"] == bpf_path for b in costs), costs
     out = r.result("disk-outliers")
     assert out["outcome"] == "fail"
     events = [e for ent in out["entities"] for e in ent["events"]]

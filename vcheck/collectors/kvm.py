@@ -27,13 +27,15 @@ from ..units import RATE, TIME
 from .base import Collector
 from .hypervisor import CLK_TCK, discover_vms, parse_stat
 
+# Raw tracepoints except kvm_exit, whose reason exists only in its record; kvm_fpu(1) marks
+# the start of each KVM_RUN (so only vCPU threads are traced, never the host's other ioctls).
 TRACEPOINTS = (
     Attach("kvm", "kvm_exit", "vchk_kvm_exit"),
-    Attach("kvm", "kvm_entry", "vchk_kvm_entry"),
-    Attach("kvm", "kvm_userspace_exit", "vchk_kvm_uexit"),
-    Attach("syscalls", "sys_enter_ioctl", "vchk_kvm_run", optional=True),
-    Attach("kvm", "kvm_pio", "vchk_kvm_pio"),
-    Attach("kvm", "kvm_mmio", "vchk_kvm_mmio"),
+    Attach("kvm", "kvm_entry", "vchk_kvm_entry", raw=True),
+    Attach("kvm", "kvm_userspace_exit", "vchk_kvm_uexit", raw=True),
+    Attach("kvm", "kvm_fpu", "vchk_kvm_run", optional=True, raw=True),
+    Attach("kvm", "kvm_pio", "vchk_kvm_pio", raw=True),
+    Attach("kvm", "kvm_mmio", "vchk_kvm_mmio", raw=True),
 )
 SOURCE = "kvm_exits.c"
 KIND_EXIT, KIND_USERSPACE = 0, 1
@@ -56,9 +58,9 @@ KVM_METRICS = (
     _spec("kvm.exit.rate", "series", RATE, ("vm", "reason"), "exits per second per VM and reason",
           "BPF kvm:kvm_exit"),
     _spec("kvm.userspace_exit.latency", "distribution", TIME, ("vm", "reason"),
-          "time the VMM held a vCPU for device emulation: kvm_userspace_exit -> next ioctl(KVM_RUN) "
+          "time the VMM held a vCPU for device emulation: kvm_userspace_exit -> its next KVM_RUN "
           "of the same thread, per KVM_EXIT_* reason",
-          "BPF kvm:kvm_userspace_exit -> syscalls:sys_enter_ioctl(KVM_RUN)"),
+          "BPF kvm:kvm_userspace_exit -> kvm:kvm_fpu(1) (the next KVM_RUN)"),
     _spec("kvm.userspace_exit.rate", "series", RATE, ("vm", "reason"),
           "exits to the VMM per second per VM and KVM_EXIT_* reason", "BPF kvm:kvm_userspace_exit"),
     _spec("kvm.pio.rate", "series", RATE, ("vm", "port"), "port I/O exits per second per VM and port",
@@ -227,7 +229,7 @@ class KvmExitCollector(Collector):
         self._vms = self._discover()
         self._not_vms: set[int] = set()   # tgids seen in the maps that discovery did not find
         self._new_window()
-        self._prog = BpfProgram(SOURCE, TRACEPOINTS).load()
+        self._prog = BpfProgram(SOURCE, TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
         for n in self._prog.notes:
             self.store.note(self.name, n)
 
@@ -271,21 +273,21 @@ class KvmExitCollector(Collector):
             out[key] = out.get(key, 0) + n
 
         if want & {"kvm.exit.rate", "kvm.userspace_exit.rate"}:
-            for k, n in self._prog["exits"].items():
+            for k, n in self._prog.totals("exits"):
                 if k.kind == KIND_EXIT:
                     add("kvm.exit.rate", {"vm": self._vm(k.tgid),
-                                          "reason": self._names.exit_reason(k.isa, k.reason)}, n.value)
+                                          "reason": self._names.exit_reason(k.isa, k.reason)}, n)
                 else:
                     add("kvm.userspace_exit.rate", {"vm": self._vm(k.tgid),
-                                                    "reason": self._names.userspace_reason(k.reason)}, n.value)
+                                                    "reason": self._names.userspace_reason(k.reason)}, n)
         if "kvm.pio.rate" in want:
-            for k, n in self._prog["pio"].items():
-                add("kvm.pio.rate", {"vm": self._vm(k.tgid), "port": f"{k.port:#x}"}, n.value)
+            for k, n in self._prog.totals("pio"):
+                add("kvm.pio.rate", {"vm": self._vm(k.tgid), "port": f"{k.port:#x}"}, n)
         if "kvm.mmio.rate" in want:
             per_vm: dict[str, dict[int, int]] = {}
-            for k, n in self._prog["mmio"].items():
+            for k, n in self._prog.totals("mmio"):
                 by_gpa = per_vm.setdefault(self._vm(k.tgid), {})
-                by_gpa[k.gpa] = by_gpa.get(k.gpa, 0) + n.value
+                by_gpa[k.gpa] = by_gpa.get(k.gpa, 0) + n
             for vm, by_gpa in per_vm.items():
                 # an address keeps its own series once it has one: no count moves to "other"
                 known = self._mmio_known.setdefault(vm, [])
@@ -325,15 +327,15 @@ class KvmExitCollector(Collector):
         """VMs kvm_exit saw, and every VM's userspace/pio/mmio exit counts, for the window."""
         exited: set[str] = set()
         counts: dict[str, list[int]] = {}
-        for k, n in self._prog["exits"].items():
+        for k, n in self._prog.totals("exits"):
             vm = self._vm(k.tgid)
             if k.kind == KIND_EXIT:
                 exited.add(vm)
             else:
-                counts.setdefault(vm, [0, 0, 0])[0] += n.value
+                counts.setdefault(vm, [0, 0, 0])[0] += n
         for i, table in ((1, "pio"), (2, "mmio")):
-            for k, n in self._prog[table].items():
-                counts.setdefault(self._vm(k.tgid), [0, 0, 0])[i] += n.value
+            for k, n in self._prog.totals(table):
+                counts.setdefault(self._vm(k.tgid), [0, 0, 0])[i] += n
         return exited, {vm: ExitsSeen(*c) for vm, c in counts.items()}
 
     def _file_quiet_vms(self, t: float, exited: set[str], seen: Mapping[str, ExitsSeen],
