@@ -55,15 +55,36 @@ os.close(fd)
 """
 
 
-def fsync_writes(count: int, comm: str = "vcheck-fsync", directory: Path = IO_DIR) -> None:
-    """`count` times: one 4 KiB O_DIRECT write, then fsync (a flush), from a child named `comm`."""
-    fd, name = tempfile.mkstemp(prefix="vcheck-fsync-", dir=directory)
-    os.close(fd)
+def fsync_writes(count: int, comm: str = "vcheck-fsync", directory: Path = IO_DIR,
+                 target: Path | None = None) -> None:
+    """`count` times: one 4 KiB O_DIRECT write, then fsync (a flush), from a child named `comm`;
+    into `target` (see preallocated) or a new scratch file in `directory`."""
+    if target is None:
+        fd, name = tempfile.mkstemp(prefix="vcheck-fsync-", dir=directory)
+        os.close(fd)
+    else:
+        name = str(target)
     try:
         proc = subprocess.run([sys.executable, "-c", FSYNC_WRITER, name, str(count), comm],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             rig_fail("O_DIRECT writes with fsync failed", proc.stderr.strip()[-500:])
+    finally:
+        if target is None:
+            os.unlink(name)
+
+
+@contextmanager
+def preallocated(directory: Path, blocks: int) -> Iterator[Path]:
+    """A file of `blocks` 4 KiB blocks already written and synced: overwriting it and fsyncing
+    is a flush with no journal commit for the file's growth (what an fsync-heavy database does)."""
+    fd, name = tempfile.mkstemp(prefix="vcheck-pre-", dir=directory)
+    try:
+        os.write(fd, b"\0" * 4096 * blocks)
+        os.fsync(fd)
+        os.close(fd)
+        os.sync()
+        yield Path(name)
     finally:
         os.unlink(name)
 
