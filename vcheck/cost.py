@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from typing import Any
 
 from .procfs import HostRoots, read_text
 
 
-def process_start() -> float | None:
-    """When this process started (epoch seconds), from /proc/self/stat and the boot time."""
+def process_age() -> float | None:
+    """Seconds since this process started: CLOCK_BOOTTIME now minus /proc/self/stat's start
+    time (both since boot, so no whole-second boot time rounds it)."""
     try:
         fields = read_text(HostRoots().proc / "self" / "stat").rsplit(")", 1)[1].split()
-        ticks = int(fields[19])                                   # field 22: starttime
-        btime = next(int(line.split()[1]) for line in read_text(HostRoots().proc / "stat").splitlines()
-                     if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")       # field 22: starttime
+    except (OSError, ValueError, IndexError):
         return None
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
 def run_cost(window_start_wall: float | None, bpf: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """cpu_seconds (user+system, all threads), max_rss_bytes, startup_seconds (process start to
     the window's first sample) and the BPF programs' load figures."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    start = process_start()
-    startup = (window_start_wall - start) if (start is not None and window_start_wall) else None
+    age = process_age()
+    startup = window_start_wall - (time.time() - age) if (age is not None and window_start_wall) else None
     return {"cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3), "max_rss_bytes": ru.ru_maxrss * 1024,
             "startup_seconds": round(startup, 3) if startup is not None else None, "bpf": list(bpf or [])}
 
