@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vcheck.bpf import BpfProgram  # noqa: E402
+from vcheck.probes import BpfProgram  # noqa: E402
 from vcheck.collectors.base import CollectContext, CollectRequest  # noqa: E402
 from vcheck.collectors.disk import BLOCK_TRACEPOINTS, BlockLatencyCollector  # noqa: E402
 from vcheck.collectors.sched import CULPRIT_FLAGS, RUNQ_TRACEPOINTS, WATCH_FLAGS  # noqa: E402

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_bpf  # noqa: E402
 import bench_hypervisor  # noqa: E402
-from vcheck.bpf import BpfProgram  # noqa: E402
+from vcheck.probes import BpfProgram  # noqa: E402
 from vcheck.collectors.base import CollectContext, CollectRequest  # noqa: E402
 from vcheck.collectors.disk import BlockLatencyCollector  # noqa: E402
 from vcheck.observations import ObservationStore  # noqa: E402

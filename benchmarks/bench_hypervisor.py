@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vcheck.bpf import BpfProgram  # noqa: E402
+from vcheck.probes import BpfProgram  # noqa: E402
 from vcheck.collectors.hypervisor import discover_vms  # noqa: E402
 from vcheck.collectors.kvm import SOURCE, TRACEPOINTS  # noqa: E402
 from vcheck.procfs import HostRoots  # noqa: E402

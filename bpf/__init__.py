@@ -1,1 +1,1 @@
-"""BPF C sources, one per probe family; loaded by vcheck.bpf through importlib.resources."""
+"""BPF C sources, one per probe family; loaded by vcheck.probes (bcc) or built by vcheck.bpf_build (CO-RE), found through importlib.resources as vcheck.bpf."""

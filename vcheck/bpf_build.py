@@ -51,7 +51,7 @@ def object_dir() -> Path:
 
 
 def source_dir() -> Path:
-    return Path(str(resources.files("vcheck.bpfsrc")))
+    return Path(str(resources.files("vcheck.bpf")))
 
 
 def sources() -> list[str]:

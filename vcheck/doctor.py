@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import bpf
+from . import probes
 from .collectors.containers.discovery import cri_sockets
 from .collectors.containers.docker import docker_sockets
 from .collectors.hypervisor import discover_vms
@@ -57,32 +57,32 @@ def guest_rows(roots: HostRoots) -> list[Row]:
 def bpf_rows() -> list[Row]:
     rows = []
     blocking = False
-    for check in (bpf.check_privileges, bpf.ensure_tracefs):
+    for check in (probes.check_privileges, probes.ensure_tracefs):
         f = check()
         rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
         blocking = blocking or not f.ok
-    for check in (bpf.check_btf, bpf.check_libbpf):   # the CO-RE path
+    for check in (probes.check_btf, probes.check_libbpf):   # the CO-RE path
         f = check()
         rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
     try:
-        choices = [(layer, what, source, attach, cflags, bpf.choose_path(source, cflags))
+        choices = [(layer, what, source, attach, cflags, probes.choose_path(source, cflags))
                    for layer, what, source, attach, cflags in _programs()]
-    except bpf.BpfUnavailable as exc:   # VCHECK_BPF_PATH=core where CO-RE cannot load
+    except probes.BpfUnavailable as exc:   # VCHECK_BPF_PATH=core where CO-RE cannot load
         rows.append(Row("bpf", "path", "no", exc.reason))
         return rows
     need_bcc = [what for *_, what, _, _, _, c in choices if c.path == "bcc"]
-    for check in (bpf.check_bcc, bpf.check_headers):  # the bcc path
+    for check in (probes.check_bcc, probes.check_headers):  # the bcc path
         f = check()
         if need_bcc:
             rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
             blocking = blocking or not f.ok
         else:
             rows.append(Row("bpf", f.what, "n/a", f"not needed: every program loads as CO-RE ({f.detail})"))
-    if bpf.tracefs_root() is None:
+    if probes.tracefs_root() is None:
         rows.append(Row("bpf", "tracepoints", "no", "cannot list tracepoints without a readable tracefs"))
         return rows
     for family, events in TRACEPOINT_FAMILIES.items():
-        missing = [e for e in events if not bpf.tracepoint_exists(family, e)]
+        missing = [e for e in events if not probes.tracepoint_exists(family, e)]
         rows.append(Row("bpf", f"tracepoints {family}:*", "no" if missing else "ok",
                         f"absent: {', '.join(missing)}" if missing else ", ".join(events)))
     for layer, what, source, _, _, choice in choices:
@@ -92,7 +92,7 @@ def bpf_rows() -> list[Row]:
     return rows
 
 
-def _programs() -> list[tuple[str, str, str, tuple[bpf.Attach, ...], tuple[str, ...]]]:
+def _programs() -> list[tuple[str, str, str, tuple[probes.Attach, ...], tuple[str, ...]]]:
     """(layer, what, source, attach points, cflags) of each program family a run loads."""
     from .collectors import sched
     from .collectors.disk import BLOCK_TRACEPOINTS
@@ -110,7 +110,7 @@ def _trial_loads(choices: list) -> list[Row]:
     rows = []
     for layer, what, source, attach, cflags, _ in choices:
         t = time.monotonic()
-        prog = bpf.BpfProgram(source, attach, cflags=cflags)
+        prog = probes.BpfProgram(source, attach, cflags=cflags)
         try:
             prog.load()
             how = "loaded (CO-RE)" if prog.path == "core" else "compiled by bcc"

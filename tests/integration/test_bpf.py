@@ -21,7 +21,7 @@ import pytest
 from tests.rig.common import VCHECK, require_root, vcheck_programs
 from tests.rig.io import (background_writes, cpu_hogs, direct_writes, dsync_writes, fsync_writes, loop_filesystem, preallocated,
                           loop_device, root_device)
-from vcheck import bpf
+from vcheck import probes
 from vcheck.collectors import disk
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
@@ -32,10 +32,10 @@ from vcheck.procfs import HostRoots
 pytestmark = pytest.mark.rig
 
 
-@pytest.fixture(params=bpf.PATHS, autouse=True)
+@pytest.fixture(params=probes.PATHS, autouse=True)
 def bpf_path(request, monkeypatch) -> str:
     """The path every program of the test (and of a vcheck it starts) must take."""
-    monkeypatch.setenv(bpf.PATH_ENV, request.param)
+    monkeypatch.setenv(probes.PATH_ENV, request.param)
     return request.param
 
 
@@ -69,7 +69,7 @@ def measure(device: str, work, threshold: float | None = None) -> tuple[dict[str
         c.stop(1.0)
     finally:
         c.close()
-    assert [b["path"] for b in store.bpf_costs] == [os.environ[bpf.PATH_ENV]], store.bpf_costs
+    assert [b["path"] for b in store.bpf_costs] == [os.environ[probes.PATH_ENV]], store.bpf_costs
     return {op: after[op] - before[op] for op in after}, store
 
 

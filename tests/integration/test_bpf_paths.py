@@ -21,7 +21,7 @@ import pytest
 
 from tests.rig.common import VCHECK, require_root, vcheck_programs
 from tests.rig.io import dsync_writes, loop_device
-from vcheck import bpf
+from vcheck import probes
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BLOCK_TRACEPOINTS, BlockLatencyCollector
 from vcheck.collectors.kvm import KVM_METRICS, KvmExitCollector
@@ -45,7 +45,7 @@ def quiet():
 
 
 def start_collector(path: str, monkeypatch) -> tuple[BlockLatencyCollector, ObservationStore]:
-    monkeypatch.setenv(bpf.PATH_ENV, path)
+    monkeypatch.setenv(probes.PATH_ENV, path)
     store = ObservationStore()
     c = BlockLatencyCollector(CollectContext(HostRoots(), store),
                               CollectRequest(frozenset({"block.latency"}), 5.0, 1.0, {"block.latency": 1e-9}))
@@ -121,7 +121,7 @@ def run_report(tmp_path: Path, env: dict, on_missing: str = "pass") -> tuple[sub
 
 
 def test_kernel_without_btf_falls_back_to_bcc_and_says_so(quiet, tmp_path, monkeypatch):
-    monkeypatch.delenv(bpf.PATH_ENV, raising=False)
+    monkeypatch.delenv(probes.PATH_ENV, raising=False)
     env = {"VCHECK_BTF": str(tmp_path / "no-btf-here")}
     proc, report = run_report(tmp_path, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -137,7 +137,7 @@ def test_kernel_without_btf_falls_back_to_bcc_and_says_so(quiet, tmp_path, monke
 
 
 def test_forcing_core_without_btf_fails_with_the_reason(quiet, tmp_path):
-    env = {"VCHECK_BTF": str(tmp_path / "no-btf-here"), bpf.PATH_ENV: "core"}
+    env = {"VCHECK_BTF": str(tmp_path / "no-btf-here"), probes.PATH_ENV: "core"}
     proc, report = run_report(tmp_path, env, on_missing="fail")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (result,) = report["results"]
@@ -147,7 +147,7 @@ def test_forcing_core_without_btf_fails_with_the_reason(quiet, tmp_path):
 def test_default_run_loads_core_without_importing_bcc(quiet, tmp_path, monkeypatch):
     """With BTF and built objects a run takes the CO-RE path for every program and never
     imports bcc (its import alone is ~75 MB)."""
-    monkeypatch.delenv(bpf.PATH_ENV, raising=False)
+    monkeypatch.delenv(probes.PATH_ENV, raising=False)
     probe = ("import sys, runpy; sys.argv = ['vcheck', 'run', sys.argv[1], '--json', sys.argv[2]]\n"
              "try:\n    runpy.run_module('vcheck.cli', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
@@ -165,11 +165,11 @@ def test_default_run_loads_core_without_importing_bcc(quiet, tmp_path, monkeypat
     assert all(c["load_seconds"] < 0.5 for c in costs), costs
 
 
-@pytest.mark.parametrize("path", bpf.PATHS)
+@pytest.mark.parametrize("path", probes.PATHS)
 def test_kvm_exits_counted_and_timed_exactly_on_each_path(quiet, tiny_vm, monkeypatch, path):
     """tinykvm makes exactly n port-I/O exits, then one parking exit: each path counts n + 1
     userspace exits and port-I/O exits and times every one of them to the next KVM_RUN."""
-    monkeypatch.setenv(bpf.PATH_ENV, path)
+    monkeypatch.setenv(probes.PATH_ENV, path)
     tiny, n = tiny_vm(), 5000
     store = ObservationStore()
     c = KvmExitCollector(CollectContext(HostRoots(), store),
@@ -202,14 +202,14 @@ def test_an_object_libbpf_refuses_falls_back_to_bcc_with_both_reasons(quiet, tmp
     junk = tmp_path / "vmlinux"
     junk.write_bytes(b"not BTF at all")
     monkeypatch.setenv("VCHECK_BTF", str(junk))
-    monkeypatch.delenv(bpf.PATH_ENV, raising=False)
-    prog = bpf.BpfProgram("block_latency.c", BLOCK_TRACEPOINTS)
+    monkeypatch.delenv(probes.PATH_ENV, raising=False)
+    prog = probes.BpfProgram("block_latency.c", BLOCK_TRACEPOINTS)
     try:
         prog.load()
         assert prog.path == "bcc" and prog.path_reason.startswith("the CO-RE object did not load")
         assert any("compiled by bcc, not loaded as CO-RE: the CO-RE object did not load" in n for n in prog.notes)
     finally:
         prog.close()
-    monkeypatch.setenv(bpf.PATH_ENV, "core")   # forced: the failure is the answer
-    with pytest.raises(bpf.BpfUnavailable, match=r"block_latency.c \(CO-RE\) failed"):
-        bpf.BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()
+    monkeypatch.setenv(probes.PATH_ENV, "core")   # forced: the failure is the answer
+    with pytest.raises(probes.BpfUnavailable, match=r"block_latency.c \(CO-RE\) failed"):
+        probes.BpfProgram("block_latency.c", BLOCK_TRACEPOINTS).load()

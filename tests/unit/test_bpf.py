@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from vcheck.bpf import BpfProgram, BpfUnavailable, counter_names, source_path
+from vcheck.probes import BpfProgram, BpfUnavailable, counter_names, source_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ class OnlyTheseBcc:
 
 sys.meta_path.insert(0, OnlyTheseBcc())
 sys.path.insert(0, {repo!r})
-from vcheck.bpf import check_bcc
+from vcheck.probes import check_bcc
 f = check_bcc()
 print(f.ok, f.detail)
 """
@@ -55,7 +55,7 @@ def test_pypi_impostor_is_recognised(tmp_path):
 
 
 def test_real_bcc_is_found():
-    out = subprocess.run([sys.executable, "-c", "from vcheck.bpf import check_bcc; f = check_bcc(); "
+    out = subprocess.run([sys.executable, "-c", "from vcheck.probes import check_bcc; f = check_bcc(); "
                           "print(f.ok, f.detail)"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("True"), out
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vcheck import bpf, bpf_build, libbpf
+from vcheck import bpf_build, libbpf
+from vcheck import probes
 
 RUNQ_LIKE = """
 #if defined(VCHK_CULPRITS) || defined(VCHK_WATCH)
@@ -53,34 +54,34 @@ def objdir(tmp_path_factory) -> Path:
 
 def test_a_current_object_is_chosen_and_a_stale_one_refused(objdir, monkeypatch):
     monkeypatch.setenv(bpf_build.OBJDIR_ENV, str(objdir))
-    monkeypatch.delenv(bpf.PATH_ENV, raising=False)
+    monkeypatch.delenv(probes.PATH_ENV, raising=False)
     assert bpf_build.stale_reason(objdir / "kvm_exits.o", "kvm_exits.c", ()) is None
-    choice = bpf.choose_path("kvm_exits.c")
+    choice = probes.choose_path("kvm_exits.c")
     assert choice.path == "core" and "kvm_exits.o" in choice.reason and not choice.forced
 
     meta = objdir / "kvm_exits.json"
     saved = meta.read_text()
     try:
         meta.write_text(json.dumps({**json.loads(saved), "digest": "0" * 64}))
-        choice = bpf.choose_path("kvm_exits.c")
+        choice = probes.choose_path("kvm_exits.c")
         assert choice.path == "bcc" and "rerun scripts/setup.sh" in choice.reason
-        monkeypatch.setenv(bpf.PATH_ENV, "core")
-        with pytest.raises(bpf.BpfUnavailable, match="VCHECK_BPF_PATH=core but .*another version"):
-            bpf.choose_path("kvm_exits.c")
+        monkeypatch.setenv(probes.PATH_ENV, "core")
+        with pytest.raises(probes.BpfUnavailable, match="VCHECK_BPF_PATH=core but .*another version"):
+            probes.choose_path("kvm_exits.c")
     finally:
         meta.write_text(saved)
-    monkeypatch.setenv(bpf.PATH_ENV, "bcc")
-    assert bpf.choose_path("kvm_exits.c") == bpf.PathChoice("bcc", "VCHECK_BPF_PATH=bcc", True)
-    monkeypatch.setenv(bpf.PATH_ENV, "fast")
-    with pytest.raises(bpf.BpfUnavailable, match="not one of auto, core, bcc"):
-        bpf.choose_path("kvm_exits.c")
+    monkeypatch.setenv(probes.PATH_ENV, "bcc")
+    assert probes.choose_path("kvm_exits.c") == probes.PathChoice("bcc", "VCHECK_BPF_PATH=bcc", True)
+    monkeypatch.setenv(probes.PATH_ENV, "fast")
+    with pytest.raises(probes.BpfUnavailable, match="not one of auto, core, bcc"):
+        probes.choose_path("kvm_exits.c")
 
 
 def test_no_btf_means_bcc_with_the_reason(objdir, monkeypatch, tmp_path):
     monkeypatch.setenv(bpf_build.OBJDIR_ENV, str(objdir))
     monkeypatch.setenv(bpf_build.BTF_ENV, str(tmp_path / "none"))
-    monkeypatch.delenv(bpf.PATH_ENV, raising=False)
-    choice = bpf.choose_path("block_latency.c")
+    monkeypatch.delenv(probes.PATH_ENV, raising=False)
+    choice = probes.choose_path("block_latency.c")
     assert choice.path == "bcc" and f"no kernel BTF at {tmp_path / 'none'}" in choice.reason
 
 

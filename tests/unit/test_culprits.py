@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vcheck.bpf import source_path
+from vcheck.probes import source_path
 from vcheck.catalog import Catalog
 from vcheck.collectors.sched import RING_SLOTS, UNATTRIBUTED, culprits, merge_charges
 from vcheck.errors import ReportFormatError

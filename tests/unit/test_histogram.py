@@ -11,7 +11,7 @@ import pytest
 
 from vcheck.histogram import (MAX_INDEX, RELATIVE_ERROR, SUB, Histogram, bucket_bounds,
                               bucket_index)
-from vcheck.bpf import source_path
+from vcheck.probes import source_path
 
 
 def exact_percentile(values: list[float], q: float) -> float:

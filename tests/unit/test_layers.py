@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vcheck"
 LAYERS = {
     0: ("vcheck", "vcheck.errors", "vcheck.model", "vcheck.units", "vcheck.histogram", "vcheck.procfs",
         "vcheck.observations", "vcheck.expr", "vcheck.cost"),
-    1: ("vcheck.bpf", "vcheck.bpf_build", "vcheck.libbpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
+    1: ("vcheck.probes", "vcheck.bpf_build", "vcheck.libbpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
     2: ("vcheck.collectors", "vcheck.identity"),   # identity: the collectors' discovery, for evidence
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",
         "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel"),

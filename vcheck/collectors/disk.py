@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..bpf import Attach, BpfProgram
+from ..probes import Attach, BpfProgram
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..identity import Resolver

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..bpf import BpfProgram, BpfUnavailable
+from ..probes import BpfProgram, BpfUnavailable
 from ..model import MetricSpec
 from ..observations import labels_of
 from ..procfs import HostRoots, read_text

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..bpf import Attach, BpfProgram, tracefs_root
+from ..probes import Attach, BpfProgram, tracefs_root
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..observations import Observation, ObservationStore

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from ..bpf import Attach, BpfProgram, BpfUnavailable
+from ..probes import Attach, BpfProgram, BpfUnavailable
 from ..model import MetricSpec
 from ..histogram import Histogram
 from ..identity import Resolver

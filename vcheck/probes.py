@@ -1,4 +1,4 @@
-"""The BPF engine: load a program from bpf/*.c, attach it to tracepoints, read its maps, and
+"""The probes: load a BPF program from bpf/*.c, attach it to tracepoints, read its maps, and
 detach it on every exit path.
 
 Two ways to load the same source (bpf/vcheck_compat.h makes one source serve both):
@@ -308,7 +308,7 @@ def preflight(attach: Sequence[Attach], path: str = "bcc") -> list[str]:
 # --- programs ---------------------------------------------------------------------------
 def source_path(name: str) -> Path:
     """Absolute path of bpf/NAME as installed (bcc resolves relative paths against argv[0])."""
-    return Path(str(resources.files("vcheck.bpfsrc").joinpath(name)))
+    return Path(str(resources.files("vcheck.bpf").joinpath(name)))
 
 
 class _Table:
