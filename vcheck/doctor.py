@@ -1,19 +1,19 @@
 """``vcheck doctor``: what this node can observe, and for each thing it cannot, why and what to do.
 
-Every row is established the way a run would establish it (BPF programs are really loaded,
-on the path a run would take, attached and detached), so "ok" here means a run will have that
-data. For each BPF program family it says which path (CO-RE or bcc) a run takes, and why.
+It walks the metric catalogue: each collector declares once what it needs (files, a BPF program
+and its tracepoints) and may add what its discovery finds (VMs, runtimes, the cgroup version);
+the doctor checks exactly that, the way a run would (BPF programs are really loaded, on the path
+a run would take, attached and detached), so "ok" here means a run will have that data. For each
+BPF program family it says which path (CO-RE or bcc) a run takes, and why.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 from . import probes
-from .collectors.containers.discovery import cri_sockets
-from .collectors.containers.docker import docker_sockets
-from .collectors.hypervisor import discover_vms
+from .catalog import Catalog
+from .collectors.base import Collector
 from .errors import Unavailable
 from .procfs import HostRoots, read_text
 
@@ -26,13 +26,6 @@ class Row:
     detail: str
 
 
-TRACEPOINT_FAMILIES = {
-    "block": ("block_rq_issue", "block_rq_complete"),
-    "sched": ("sched_wakeup", "sched_wakeup_new", "sched_switch"),
-    "kvm": ("kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_pio", "kvm_mmio"),
-}
-
-
 def _readable(path) -> tuple[bool, str]:
     try:
         read_text(path)
@@ -41,20 +34,23 @@ def _readable(path) -> tuple[bool, str]:
         return False, f"{path}: {exc.strerror}"
 
 
-def guest_rows(roots: HostRoots) -> list[Row]:
+def _root(roots: HostRoots, name: str):
+    return {"proc": roots.proc, "sys": roots.sys, "cgroup": roots.cgroup, "run": roots.run}[name]
+
+
+def collector_rows(roots: HostRoots, classes: list[type[Collector]]) -> list[Row]:
+    """Per collector: the files it declares it reads, then what its discovery finds."""
     rows = []
-    ok, detail = _readable(roots.proc / "stat")
-    rows.append(Row("guest", "CPU shares incl. steal", "ok" if ok else "no", detail))
-    ok, detail = _readable(roots.proc / "diskstats")
-    rows.append(Row("guest", "disk counters", "ok" if ok else "no", detail))
-    for res in ("cpu", "memory", "io"):
-        ok, detail = _readable(roots.proc / "pressure" / res)
-        rows.append(Row("guest", f"PSI {res}", "ok" if ok else "no",
-                        detail if ok else detail + " (kernel without CONFIG_PSI, or psi=0)"))
+    for cls in classes:
+        layer = cls.METRICS[0].layer
+        for root, rel, what in cls.NEEDS.files:
+            ok, detail = _readable(_root(roots, root) / rel)
+            rows.append(Row(layer, what, "ok" if ok else "no", detail))
+        rows.extend(Row(layer, what, status, detail) for what, status, detail in cls.diagnose(roots))
     return rows
 
 
-def bpf_rows() -> list[Row]:
+def bpf_rows(classes: list[type[Collector]]) -> list[Row]:
     rows = []
     blocking = False
     for check in (probes.check_privileges, probes.ensure_tracefs):
@@ -66,7 +62,7 @@ def bpf_rows() -> list[Row]:
         rows.append(Row("bpf", f.what, "ok" if f.ok else "no", f.detail))
     try:
         choices = [(layer, what, source, attach, cflags, probes.choose_path(source, cflags))
-                   for layer, what, source, attach, cflags in _programs()]
+                   for layer, what, source, attach, cflags in _programs(classes)]
     except probes.BpfUnavailable as exc:   # VCHECK_BPF_PATH=core where CO-RE cannot load
         rows.append(Row("bpf", "path", "no", exc.reason))
         return rows
@@ -81,7 +77,12 @@ def bpf_rows() -> list[Row]:
     if probes.tracefs_root() is None:
         rows.append(Row("bpf", "tracepoints", "no", "cannot list tracepoints without a readable tracefs"))
         return rows
-    for family, events in TRACEPOINT_FAMILIES.items():
+    families: dict[str, list[str]] = {}
+    for *_, attach, _, _ in choices:          # the tracepoints the programs attach to
+        for a in attach:
+            if not a.optional and a.event not in families.setdefault(a.category, []):
+                families[a.category].append(a.event)
+    for family, events in families.items():
         missing = [e for e in events if not probes.tracepoint_exists(family, e)]
         rows.append(Row("bpf", f"tracepoints {family}:*", "no" if missing else "ok",
                         f"absent: {', '.join(missing)}" if missing else ", ".join(events)))
@@ -92,17 +93,10 @@ def bpf_rows() -> list[Row]:
     return rows
 
 
-def _programs() -> list[tuple[str, str, str, tuple[probes.Attach, ...], tuple[str, ...]]]:
-    """(layer, what, source, attach points, cflags) of each program family a run loads."""
-    from .collectors import sched
-    from .collectors.disk import BLOCK_TRACEPOINTS
-    from .collectors.kvm import SOURCE as KVM_SOURCE
-    from .collectors.kvm import TRACEPOINTS as KVM_TRACEPOINTS
-
-    runq_flags = tuple(getattr(sched, "CULPRIT_FLAGS", ()))
-    return [("guest", "block.latency (BPF)", "block_latency.c", BLOCK_TRACEPOINTS, ()),
-            ("guest", "sched.runq.latency (BPF)", "runq_latency.c", sched.RUNQ_TRACEPOINTS, runq_flags),
-            ("hypervisor", "kvm exits (BPF)", KVM_SOURCE, KVM_TRACEPOINTS, ())]
+def _programs(classes: list[type[Collector]]) -> list[tuple[str, str, str, tuple[probes.Attach, ...], tuple[str, ...]]]:
+    """(layer, what, source, attach points, cflags) of each program a collector declares."""
+    return [(cls.METRICS[0].layer, cls.NEEDS.what or cls.name, *cls.NEEDS.program)
+            for cls in classes if cls.NEEDS.program is not None]
 
 
 def _trial_loads(choices: list) -> list[Row]:
@@ -124,52 +118,11 @@ def _trial_loads(choices: list) -> list[Row]:
     return rows
 
 
-def hypervisor_rows(roots: HostRoots) -> list[Row]:
-    rows = []
-    kvm_dev = "/dev/kvm"
-    rows.append(Row("hypervisor", "KVM", "ok" if os.path.exists(kvm_dev) else "n/a",
-                    kvm_dev if os.path.exists(kvm_dev) else "no /dev/kvm: not a KVM host"))
-    try:
-        vms = discover_vms(roots)
-    except Unavailable as exc:
-        rows.append(Row("hypervisor", "VMs", "no", exc.reason))
-        return rows
-    rows.append(Row("hypervisor", "VMs", "ok" if vms else "n/a",
-                    ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
-                    or "no process holds a kvm-vm fd"))
-    return rows
-
-
-def container_rows(roots: HostRoots) -> list[Row]:
-    rows = []
-    unified = roots.cgroup / "cgroup.controllers"
-    hybrid = roots.cgroup / "unified" / "cgroup.controllers"
-    version = "v2" if unified.exists() else "v1 (hybrid)" if hybrid.exists() else \
-        "v1" if (roots.cgroup / "cpu").exists() or (roots.cgroup / "cpu,cpuacct").exists() else None
-    rows.append(Row("container", "cgroups", "ok" if version else "no",
-                    version or f"no cgroup hierarchy under {roots.cgroup}"))
-    found, denied = [], []
-    for kind, socks in (("CRI", cri_sockets(roots)), ("engine API", docker_sockets(roots))):
-        for sock in socks:
-            try:
-                os.stat(sock)
-            except PermissionError:
-                denied.append(str(sock))
-                continue
-            except OSError:
-                continue
-            found.append(f"{kind} at {sock}")
-    if denied:
-        rows.append(Row("container", "runtimes", "no", f"not allowed to reach {', '.join(denied)} as uid "
-                        f"{os.geteuid()}: run vcheck as root"))
-    else:
-        rows.append(Row("container", "runtimes", "ok" if found else "n/a",
-                        "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)"))
-    return rows
-
-
-def diagnose(roots: HostRoots) -> list[Row]:
-    return guest_rows(roots) + bpf_rows() + hypervisor_rows(roots) + container_rows(roots)
+def diagnose(roots: HostRoots, catalog: Catalog | None = None) -> list[Row]:
+    classes = list((catalog or Catalog()).collectors.values())
+    rows = collector_rows(roots, classes) + bpf_rows(classes)
+    order = {"guest": 0, "bpf": 1, "hypervisor": 2, "container": 3}
+    return sorted(rows, key=lambda r: order.get(r.layer, 9))      # stable: each layer as declared
 
 
 def render(rows: list[Row]) -> str:

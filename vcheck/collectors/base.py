@@ -21,11 +21,12 @@ from typing import ClassVar, Mapping
 from ..errors import Unavailable
 from ..model import MetricSpec
 from ..policy import Selector
+from ..probes import Attach
 from ..observations import ObservationStore
 from ..procfs import HostRoots
 
 
-__all__ = ["CollectContext", "CollectRequest", "Collector", "Unavailable"]
+__all__ = ["CollectContext", "CollectRequest", "Collector", "Needs", "Unavailable"]
 
 
 @dataclass
@@ -46,15 +47,31 @@ class CollectContext:
     store: ObservationStore
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a collector needs of the node, declared once (node_exporter's registerCollector):
+    `vcheck doctor` checks exactly this, for every collector in the catalogue."""
+
+    files: tuple[tuple[str, str, str], ...] = ()    # (root: proc|sys|cgroup|run, path under it, what it gives)
+    program: tuple[str, tuple[Attach, ...], tuple[str, ...]] | None = None   # BPF: source, attach points, cflags
+    what: str = ""                                   # a program's row in the doctor ("block.latency (BPF)")
+
+
 class Collector(ABC):
     name: ClassVar[str]
     METRICS: ClassVar[tuple[MetricSpec, ...]]
+    NEEDS: ClassVar[Needs] = Needs()
 
     def __init__(self, ctx: CollectContext, request: CollectRequest):
         self.ctx = ctx
         self.request = request
         self.store = ctx.store
         self.roots = ctx.roots
+
+    @classmethod
+    def diagnose(cls, roots: HostRoots) -> list[tuple[str, str, str]]:
+        """Doctor rows beyond NEEDS (what discovery finds): (what, status ok|no|n/a, detail)."""
+        return []
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

@@ -283,6 +283,13 @@ class CgroupCollector(Collector):
     METRICS = CGROUP_METRICS
 
     @classmethod
+    def diagnose(cls, roots: HostRoots) -> list[tuple[str, str, str]]:
+        unified, hybrid = roots.cgroup / "cgroup.controllers", roots.cgroup / "unified" / "cgroup.controllers"
+        version = "v2" if unified.exists() else "v1 (hybrid)" if hybrid.exists() else \
+            "v1" if (roots.cgroup / "cpu").exists() or (roots.cgroup / "cpu,cpuacct").exists() else None
+        return [("cgroups", "ok" if version else "no", version or f"no cgroup hierarchy under {roots.cgroup}")]
+
+    @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
         # every depth a select: may ask for; selection keeps the depth each check wants
         return [{"cgroup": p, "unit": unit_of(p)} for p in walk(roots, MAX_TREE_DEPTH)]

@@ -24,7 +24,7 @@ from ..histogram import Histogram
 from ..identity import Resolver
 from ..procfs import HostRoots, read_text
 from ..units import BYTE_RATE, PERCENT, RATE, TIME
-from .base import Collector, Unavailable
+from .base import Collector, Needs, Unavailable
 
 OPS = ("read", "write", "flush", "discard", "other")   # index = the op code in block_latency.c
 SLOWEST_KEPT = 20           # the N slowest I/Os of the window, always in the evidence
@@ -107,6 +107,7 @@ DISKSTATS_METRICS = (
 class DiskStatsCollector(Collector):
     name = "guest.diskstats"
     METRICS = DISKSTATS_METRICS
+    NEEDS = Needs(files=(("proc", "diskstats", "disk counters"),))
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
@@ -205,6 +206,7 @@ def kernel_dev(major: int, minor: int) -> int:
 class BlockLatencyCollector(Collector):
     name = "guest.block.bpf"
     METRICS = LATENCY_METRICS
+    NEEDS = Needs(program=("block_latency.c", BLOCK_TRACEPOINTS, ()), what="block.latency (BPF)")
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

@@ -16,7 +16,7 @@ from typing import Mapping
 from ..model import MetricSpec
 from ..procfs import HostRoots, read_text
 from ..units import PERCENT
-from .base import Collector, Unavailable
+from .base import Collector, Needs, Unavailable
 
 _FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
 
@@ -85,6 +85,7 @@ def _sum_times(items: list[CpuTimes]) -> CpuTimes:
 class CpuStatCollector(Collector):
     name = "guest.cpu"
     METRICS = CPU_METRICS
+    NEEDS = Needs(files=(("proc", "stat", "CPU shares incl. steal"),))
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
@@ -153,6 +154,7 @@ def parse_pressure(text: str) -> dict[str, int]:
 class PressureCollector(Collector):
     name = "guest.psi"
     METRICS = PSI_METRICS
+    NEEDS = Needs(files=tuple(("proc", f"pressure/{r}", f"PSI {r}") for r in ("cpu", "memory", "io")))
 
     def _read(self) -> tuple[float, dict[str, dict[str, int]]]:
         now = time.monotonic()

@@ -12,6 +12,7 @@ threads' tids, where BPF can run.
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -21,7 +22,7 @@ from ..model import MetricSpec
 from ..observations import labels_of
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
-from .base import Collector
+from .base import Collector, Needs
 from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver
 from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCpu,  # noqa: F401 - re-exported
                   discover_vms, find_vcpu_threads, parse_stat, vm_identity)
@@ -98,6 +99,19 @@ HYPERVISOR_METRICS = (
 class HypervisorCollector(Collector):
     name = "hypervisor.proc"
     METRICS = HYPERVISOR_METRICS
+    NEEDS = Needs(files=(("proc", "self/schedstat", "vCPU run delay (schedstat)"),))
+
+    @classmethod
+    def diagnose(cls, roots: HostRoots) -> list[tuple[str, str, str]]:
+        kvm = os.path.exists("/dev/kvm")
+        rows = [("KVM", "ok" if kvm else "n/a", "/dev/kvm" if kvm else "no /dev/kvm: not a KVM host")]
+        try:
+            vms = discover_vms(roots)
+        except Unavailable as exc:
+            return rows + [("VMs", "no", exc.reason)]
+        return rows + [("VMs", "ok" if vms else "n/a",
+                        ", ".join(f"{v.name} (pid {v.pid}, {len(v.vcpus)} vCPUs)" for v in vms[:8])
+                        or "no process holds a kvm-vm fd")]
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

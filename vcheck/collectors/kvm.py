@@ -24,7 +24,7 @@ from ..histogram import Histogram
 from ..observations import Observation, ObservationStore
 from ..procfs import HostRoots, read_text
 from ..units import RATE, TIME
-from .base import Collector
+from .base import Collector, Needs
 from .hypervisor import CLK_TCK, discover_vms, parse_stat
 
 # Raw tracepoints except kvm_exit, whose reason exists only in its record; kvm_fpu(1) marks
@@ -218,6 +218,7 @@ def blind_reason(vm: str, pid: int, vmm: str, cpu_pct: float | None, seen: Exits
 class KvmExitCollector(Collector):
     name = "hypervisor.kvm.bpf"
     METRICS = KVM_METRICS
+    NEEDS = Needs(program=(SOURCE, TRACEPOINTS, ()), what="kvm exits (BPF)")
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

@@ -16,7 +16,7 @@ from ..histogram import Histogram
 from ..identity import Resolver
 from ..procfs import HostRoots
 from ..units import TIME
-from .base import Collector
+from .base import Collector, Needs
 from .guest import CpuStatCollector
 
 RUNQ_TRACEPOINTS = (
@@ -47,6 +47,7 @@ RUNQ_METRICS = (
 class RunqLatencyCollector(Collector):
     name = "guest.runq.bpf"
     METRICS = RUNQ_METRICS
+    NEEDS = Needs(program=("runq_latency.c", RUNQ_TRACEPOINTS, CULPRIT_FLAGS), what="sched.runq.latency (BPF)")
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

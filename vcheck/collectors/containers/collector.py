@@ -8,6 +8,7 @@ what was observed until then.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Mapping
 
@@ -17,7 +18,8 @@ from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
 from ..cgroups import CgroupSample, cgroup_mode, figures, limits, proc_cgroups, read_container
 from .container import Container
-from .discovery import discover_containers, host_namespaces, namespace_ids, nspid
+from .docker import docker_sockets
+from .discovery import cri_sockets, discover_containers, host_namespaces, namespace_ids, nspid
 
 LABELS = ("namespace", "pod", "container")
 
@@ -66,6 +68,25 @@ CONTAINER_METRICS = (
 class ContainerCollector(Collector):
     name = "container.cgroup"
     METRICS = CONTAINER_METRICS
+
+    @classmethod
+    def diagnose(cls, roots: HostRoots) -> list[tuple[str, str, str]]:
+        found, denied = [], []
+        for kind, socks in (("CRI", cri_sockets(roots)), ("Docker Engine API", docker_sockets(roots))):
+            for sock in socks:
+                try:
+                    os.stat(sock)
+                except PermissionError:
+                    denied.append(str(sock))
+                    continue
+                except OSError:
+                    continue
+                found.append(f"{kind} at {sock}")
+        if denied:
+            return [("runtimes", "no", f"not allowed to reach {', '.join(denied)} as uid {os.geteuid()}: "
+                                       "run vcheck as root")]
+        return [("runtimes", "ok" if found else "n/a",
+                 "; ".join(found) or "no runtime socket (cgroup path patterns still find containers)")]
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
