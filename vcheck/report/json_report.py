@@ -32,6 +32,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from .. import __version__
@@ -269,18 +270,22 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def read_report(path: str) -> dict[str, Any]:
-    """Load and check a report written by vcheck; anything foreign, malformed, too big or too
-    deep gets one ReportFormatError line."""
+def read_report_bytes(path: str | Path) -> bytes:
+    """A saved report's bytes, read once and bounded; one ReportFormatError line otherwise."""
     try:
-        raw = read_bounded(path, MAX_REPORT_BYTES, "the report")
+        return read_bounded(path, MAX_REPORT_BYTES, "the report")
     except FileNotFoundError:
         raise ReportFormatError(f"{path}: no such report") from None
     except OSError as exc:
         raise ReportFormatError(f"{path}: cannot read report: {exc.strerror}") from None
     except ValueError as exc:
         raise ReportFormatError(f"{path}: {exc}") from None
-    return parse_report(raw, path)
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """Load and check a report written by vcheck; anything foreign, malformed, too big or too
+    deep gets one ReportFormatError line."""
+    return parse_report(read_report_bytes(path), path)
 
 
 def parse_report(raw: bytes, path: str) -> dict[str, Any]:

@@ -25,8 +25,7 @@ from ..errors import ReportFormatError
 from ..model import Outcome
 from .html import Evidence, node_rows, outcome_class, saved_observations, stylesheet
 from .join import JoinFacts, Joined, facts_of, join
-from .json_report import MAX_REPORT_BYTES, parse_report
-from .output import read_bounded
+from .json_report import parse_report, read_report_bytes
 
 FLEET_FORMAT = "vcheck.fleet"
 _FAILING = (Outcome.FAIL, Outcome.ERROR)   # a failed or inconclusive check fails its node
@@ -114,14 +113,7 @@ def load_node_reports(paths: list[str], keep: bool = False) -> list[NodeResult]:
     """Each report's verdicts; keep=True also keeps what the fleet page draws (NodeResult.report)."""
     nodes = []
     for p in map(Path, paths):
-        try:
-            raw = read_bounded(p, MAX_REPORT_BYTES, "the report")
-        except FileNotFoundError:
-            raise ReportFormatError(f"{p}: no such report") from None
-        except OSError as exc:
-            raise ReportFormatError(f"{p}: cannot read report: {exc.strerror}") from None
-        except ValueError as exc:
-            raise ReportFormatError(f"{p}: {exc}") from None
+        raw = read_report_bytes(p)
         head = raw[:512].lstrip()
         if head.startswith(b"<"):
             nodes.extend(_from_junit(raw, p))
