@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def _named_index(comm: str) -> int | None:
     return None
 
 
+UNNAMED_LOOKS = 5          # unnamed vCPU threads: looks at /proc/.../syscall
+UNNAMED_LOOK_GAP = 0.005   # seconds between looks
+
+
 def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -> tuple[list[VCpu], int]:
     """The VM's vCPU threads (by name, else by KVM_RUN, else running with guest time), and how
     many vCPU fds the VM holds."""
@@ -136,27 +141,37 @@ def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -
     named = [VCpu(tid, i) for tid, comm in comms.items() if (i := _named_index(comm)) is not None]
     if named:
         return sorted(named, key=lambda v: v.index), len(vcpu_fds)
-    in_run, running_guest = [], []
-    for tid, comm in comms.items():
-        if comm.startswith("kvm-"):   # kernel workers in the VMM's group (kvm-nx-lpage-recovery, kvm-pit)
-            continue
-        task = base / str(tid)
-        call = _syscall(task)
-        if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
-            fd = int(call[1], 16)
-            if fd in vcpu_fds:
-                in_run.append(VCpu(tid, vcpu_fds[fd]))
-        elif call[:1] == ["running"]:
-            # a thread on a CPU shows no syscall; one that has run guest code is a vCPU
-            try:
-                if parse_stat(read_text(task / "stat"))[1] > 0:
-                    running_guest.append(tid)
-            except (OSError, IndexError, ValueError):
-                pass
+    in_run: dict[int, VCpu] = {}
+    running_guest: list[int] = []
+    # a vCPU thread is caught in ioctl(KVM_RUN) only while it is there: look a few times, a few
+    # ms apart, before concluding (a VMM between two exits, or one that has just started)
+    for attempt in range(UNNAMED_LOOKS):
+        if attempt:
+            time.sleep(UNNAMED_LOOK_GAP)
+        for tid, comm in comms.items():
+            if comm.startswith("kvm-") or tid in in_run:   # kernel workers (kvm-nx-lpage-recovery, kvm-pit)
+                continue
+            task = base / str(tid)
+            call = _syscall(task)
+            if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
+                fd = int(call[1], 16)
+                if fd in vcpu_fds:
+                    in_run[tid] = VCpu(tid, vcpu_fds[fd])
+                    if tid in running_guest:
+                        running_guest.remove(tid)
+            elif call[:1] == ["running"] and tid not in running_guest:
+                # a thread on a CPU shows no syscall; one that has run guest code is a vCPU
+                try:
+                    if parse_stat(read_text(task / "stat"))[1] > 0:
+                        running_guest.append(tid)
+                except (OSError, IndexError, ValueError):
+                    pass
+        if len(in_run) + len(running_guest) >= len(vcpu_fds):
+            break
     # busy vCPUs seen running get the vCPU indexes no thread in KVM_RUN claimed, in creation
     # order (VMMs create vCPU threads in index order)
-    free = sorted(set(vcpu_fds.values()) - {v.index for v in in_run})
-    found = in_run + [VCpu(tid, idx) for tid, idx in zip(running_guest, free)]
+    free = sorted(set(vcpu_fds.values()) - {v.index for v in in_run.values()})
+    found = list(in_run.values()) + [VCpu(tid, idx) for tid, idx in zip(sorted(running_guest), free)]
     return sorted(found, key=lambda v: v.index), len(vcpu_fds)
 
 
