@@ -56,11 +56,11 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
     """Load every policy; print each error as one line on stderr. Returns an exit code."""
     status = 0
     for p in paths:
-        if not Path(p).is_file():
+        if not os.path.exists(p):       # anything else (a device, a directory) load_policy names
             print(printable(f"{p}: no such policy file"), file=sys.stderr)
             status = EXIT_USAGE
             continue
-        if p.endswith(".py"):
+        if p.endswith(".py") and Path(p).is_file():
             continue      # a Python check file: imported and validated at collection
         try:
             pol = load_policy(p, catalog)

@@ -19,6 +19,7 @@ import yaml
 from . import expr as expr_mod
 from .model import DEFAULT_ON_MISSING, LAYERS, MetricLookup, MetricSpec
 from .errors import PolicyError
+from .files import read_bounded
 from .units import UnitError, parse_duration
 
 MAX_POLICY_BYTES = 1 << 20
@@ -178,11 +179,11 @@ def load_policy(path: str | Path, catalog: MetricLookup, display: str | None = N
     p = Path(path)
     shown = display or str(path)
     try:
-        raw = p.read_bytes() if p.stat().st_size <= MAX_POLICY_BYTES else None
+        raw = read_bounded(p, MAX_POLICY_BYTES, "the policy file")
     except OSError as exc:
         raise PolicyError(shown, 1, 1, f"cannot read policy: {exc.strerror}") from None
-    if raw is None:
-        raise PolicyError(shown, 1, 1, f"policy file larger than {MAX_POLICY_BYTES // 1024} KiB")
+    except ValueError as exc:     # a directory, a device, or too large
+        raise PolicyError(shown, 1, 1, str(exc)) from None
     return load_policy_bytes(raw, shown, catalog, p)
 
 

@@ -211,3 +211,14 @@ def test_control_characters_from_a_replayed_report_never_reach_the_terminal(tmp_
     r = vcheck("run", "--replay", str(hostile), str(POLICY), "-v")
     assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr
     assert "\\x1b" in r.stdout
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/tmp", "fifo"])
+def test_a_policy_path_that_is_not_a_file_is_refused_without_reading_it(tmp_path, path):
+    if path == "fifo":
+        path = str(tmp_path / "p.yaml")
+        os.mkfifo(path)                         # no writer: reading would block forever
+    r = vcheck("validate", path, timeout=20)     # a FIFO with no writer reads as empty, at once
+    assert r.returncode == 4
+    line = one_line_error(r)
+    assert "not a file" in line or "empty policy" in line

@@ -42,7 +42,7 @@ from ..histogram import MAX_INDEX, SUB, Histogram
 from ..model import LAYERS
 from ..observations import Observation, ObservationStore, labels_of
 from .node import node_facts
-from .output import read_bounded
+from ..files import read_bounded
 
 FORMAT = "vcheck.report"
 VERSION = 1

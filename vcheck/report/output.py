@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import OutputError
+from ..files import describe_kind as _kind
+from ..files import read_bounded  # noqa: F401 (part of this module's API)
 
 _NULL = (1, 3)                                        # /dev/null
 _TTY_MAJORS = frozenset({4, 5, *range(136, 144)})     # virtual consoles, /dev/tty, ptys
@@ -35,13 +37,6 @@ def _streamable(st: os.stat_result) -> bool:
         dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         return dev == _NULL or dev[0] in _TTY_MAJORS
     return False
-
-
-def _kind(st: os.stat_result) -> str:
-    m = st.st_mode
-    return ("a regular file" if stat.S_ISREG(m) else "a directory" if stat.S_ISDIR(m) else "a block device" if stat.S_ISBLK(m) else
-            "a character device" if stat.S_ISCHR(m) else "a socket" if stat.S_ISSOCK(m) else
-            "a FIFO" if stat.S_ISFIFO(m) else "a symbolic link" if stat.S_ISLNK(m) else "not a regular file")
 
 
 @contextmanager
@@ -139,31 +134,6 @@ def _replace_atomically(target: Path, data: bytes, mode: int) -> None:
             except OSError:
                 pass
             raise
-
-
-def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
-    """At most `limit` bytes of a regular file, FIFO or pipe (read once: process substitution
-    works); refuses directories and devices, and a file over the limit. Raises OSError or
-    ValueError with a message that names what was wrong."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-            raise ValueError(f"{what} is {_kind(st)}, not a file")
-        if stat.S_ISFIFO(st.st_mode):
-            os.set_blocking(fd, True)
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise ValueError(f"{what} is larger than {limit // (1 << 20) or 1} MiB")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def read_previous(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:

@@ -1,0 +1,40 @@
+"""Reading files whose path comes from the operator or from a saved run: bounded in size,
+regular files and pipes only, never blocking on a FIFO with no writer, so a hostile path (a
+device, /dev/zero, a FIFO) cannot wedge or exhaust a run."""
+from __future__ import annotations
+
+import os
+import stat
+
+
+def describe_kind(st: os.stat_result) -> str:
+    """'a FIFO', 'a block device': what a path is, for a one-line refusal."""
+    m = st.st_mode
+    return ("a regular file" if stat.S_ISREG(m) else "a directory" if stat.S_ISDIR(m) else
+            "a block device" if stat.S_ISBLK(m) else "a character device" if stat.S_ISCHR(m) else "a socket" if stat.S_ISSOCK(m) else
+            "a FIFO" if stat.S_ISFIFO(m) else "a symbolic link" if stat.S_ISLNK(m) else "not a regular file")
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """At most `limit` bytes of a regular file, FIFO or pipe (read once: process substitution
+    works); refuses directories and devices, and a file over the limit. Raises OSError or
+    ValueError with a message that names what was wrong."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise ValueError(f"{what} is {describe_kind(st)}, not a file")
+        if stat.S_ISFIFO(st.st_mode):
+            os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ValueError(f"{what} is larger than {limit // (1 << 20) or 1} MiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
