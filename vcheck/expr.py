@@ -326,7 +326,7 @@ def parse_regress(text: str, dimension: str) -> Regress:
         try:
             q = Quantity(num, unit)
             q.base_value
-        except UnitError as exc:
+        except UnitError:
             raise ExprError(f"regress: unknown unit {_show(unit)} (known: {', '.join(sorted(UNIT_DIMENSION))})",
                             m.start("unit")) from None
         if q.dimension != dimension and not (dimension == COUNT and q.dimension is None):

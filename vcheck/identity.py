@@ -12,7 +12,7 @@ from functools import cached_property
 
 from .collectors.cgroups import proc_cgroups, unit_of
 from .collectors.containers.container import Container
-from .collectors.containers.discovery import discover_containers, host_namespaces, namespace_ids, nspid
+from .collectors.containers.discovery import discover_containers, host_namespaces, namespace_ids
 from .collectors.vms import VM, discover_vms
 from .errors import Unavailable
 from .procfs import HostRoots, read_text

@@ -22,7 +22,7 @@ from ..model import MetricSpec
 from ..observations import labels_of
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
-from .base import Collector, Needs
+from .base import Collector, Needs, Unavailable
 from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver
 from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCpu,  # noqa: F401 - re-exported
                   discover_vms, find_vcpu_threads, parse_stat, vm_identity)

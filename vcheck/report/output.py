@@ -24,7 +24,6 @@ from typing import Iterator
 
 from ..errors import OutputError
 from ..files import describe_kind as _kind
-from ..files import read_bounded  # noqa: F401 (part of this module's API)
 
 _NULL = (1, 3)                                        # /dev/null
 _TTY_MAJORS = frozenset({4, 5, *range(136, 144)})     # virtual consoles, /dev/tty, ptys

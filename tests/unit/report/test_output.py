@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from pathlib import Path
 
 import pytest
 
 from vcheck.errors import OutputError
-from vcheck.report.output import read_bounded, read_previous, write_output
+from vcheck.files import read_bounded
+from vcheck.report.output import read_previous, write_output
 
 
 def test_regular_file_is_replaced_atomically_with_mode_0644(tmp_path):
