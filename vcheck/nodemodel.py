@@ -7,12 +7,17 @@ new privileges, so a check can look but not change anything; ``privileged=True``
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import select
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .collectors.cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_container
 from .collectors.containers.container import Container
@@ -131,11 +136,115 @@ class ContainerView:
         return RunResult(tuple(argv), p.returncode, p.stdout[:max_output].decode("utf-8", "replace"),
                          p.stderr[:max_output].decode("utf-8", "replace"), truncated)
 
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0, privileged: bool = False,
+             max_output: int = MAX_OUTPUT) -> Any:
+        """fn(*args) inside the container's namespaces (mount, uts, ipc, net, cgroup; pid for the
+        process it runs in), in a child process: as nobody with no new privileges unless the
+        check opts in. The result must be JSON data (no objects cross back); an exception in fn
+        is raised here as ContainerCallError with its message."""
+        return run_in_namespaces(self.pid, fn, args, timeout=timeout, privileged=privileged,
+                                 max_output=max_output)
+
     def read(self, path: str, *, max_output: int = MAX_OUTPUT) -> str:
         """A file as the container sees it (through its root, no command run)."""
         target = self.roots.proc / str(self.pid) / "root" / path.lstrip("/")
         with open(target, "rb") as f:
             return f.read(max_output).decode("utf-8", "replace")
+
+
+class ContainerCallError(RuntimeError):
+    """A callable run inside a container failed, timed out, or returned what is not JSON."""
+
+
+_CLONE_NEW = {"mnt": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000,
+              "pid": 0x20000000, "cgroup": 0x02000000}
+_PR_SET_NO_NEW_PRIVS = 38
+_CLONE_FS = 0x00000200
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _enter(pid: int, privileged: bool) -> None:
+    """In a forked child: join the target's namespaces (pid last: it applies to the children)."""
+    libc = _libc()
+    # a library's fork handler (grpc's) may start threads in the child, which share its
+    # fs_struct and make setns(mnt) refuse: take a private one first
+    if libc.unshare(_CLONE_FS) != 0:
+        raise OSError(ctypes.get_errno(), f"unshare(CLONE_FS): {os.strerror(ctypes.get_errno())}")
+    fds = {ns: os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in _CLONE_NEW}
+    for ns in ("cgroup", "ipc", "uts", "net", "mnt", "pid"):   # fds opened first: /proc changes with mnt
+        if libc.setns(fds[ns], _CLONE_NEW[ns]) != 0:
+            raise OSError(ctypes.get_errno(), f"setns({ns}): {os.strerror(ctypes.get_errno())}")
+        os.close(fds[ns])
+    os.chdir("/")
+    if not privileged:
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+
+
+def run_in_namespaces(pid: int, fn: Callable[..., Any], args: tuple, *, timeout: float, privileged: bool,
+                      max_output: int) -> Any:
+    """Fork; the child joins the namespaces, forks again (so it is inside the PID namespace too),
+    runs fn and writes {"ok": result} or {"error": text} as JSON to a pipe; the parent waits at
+    most `timeout` and kills the children past it."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                                   # pragma: no cover - runs in the child
+        status = 1
+        try:
+            os.close(r)
+            _enter(pid, privileged)
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    payload = {"ok": fn(*args)}
+                    data = json.dumps(payload).encode()
+                except BaseException as exc:         # anything: it becomes the parent's error
+                    data = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+                os.write(w, data[:max_output + 64])
+                os._exit(0)
+            status = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
+        except BaseException as exc:
+            os.write(w, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        os._exit(status)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(child, signal.SIGKILL)
+                raise ContainerCallError(f"timed out after {timeout:g}s inside pid {pid}'s namespaces")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > max_output + 64:
+                os.kill(child, signal.SIGKILL)
+                raise ContainerCallError(f"result larger than {max_output} bytes")
+    finally:
+        os.close(r)
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
+    try:
+        payload = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        raise ContainerCallError("the callable's result is not JSON data") from None
+    if "error" in payload:
+        raise ContainerCallError(payload["error"])
+    if "ok" not in payload:
+        raise ContainerCallError("the child ended without a result")
+    return payload["ok"]
 
 
 class NodeModel:

@@ -119,7 +119,7 @@ def test_container_checks_look_from_inside(containerd, tmp_path):
 
 
 def test_nsenter_fixture_reads_from_inside_and_cannot_write(containerd, tmp_path):
-    from vcheck.nodemodel import NodeModel
+    from vcheck.nodemodel import ContainerCallError, NodeModel
     from vcheck.procfs import HostRoots
 
     containerd.run_pod("inside", "shop", [container_spec("look", ["sleep", "3600"])])
@@ -138,6 +138,15 @@ def test_nsenter_fixture_reads_from_inside_and_cannot_write(containerd, tmp_path
             look.run("cat /etc/hostname")                               # never a shell string
         slow = look.run(["sleep", "5"], timeout=0.5)
         assert slow.returncode == -1 and "timed out" in slow.stderr
+        # a Python callable in the same namespaces: the container's files, its PID namespace
+        inside = look.call(lambda: (sorted(os.listdir("/bin")), os.getpid(), os.getuid()))
+        assert "busybox" in inside[0] and inside[1] < 100 and inside[2] == 65534
+        with pytest.raises(ContainerCallError, match="PermissionError"):
+            look.call(lambda: open("/etc/vcheck-was-here", "w"))            # read-only by default
+        with pytest.raises(ContainerCallError, match="timed out"):
+            look.call(lambda: __import__("time").sleep(5), timeout=0.5)
+        with pytest.raises(ContainerCallError, match="not JSON|TypeError"):
+            look.call(lambda: object())
     finally:
         os.environ.pop("VCHECK_CRI_SOCKETS", None)
         for pod in list(containerd.pods):
