@@ -100,6 +100,23 @@ static __always_inline void mark_runnable(u32 pid)
     runnable_since.update(&pid, &ts);
 }
 
+#ifdef VCHECK_CORE
+/* CO-RE: raw tracepoints (the kernel's arguments; detached in ms, a classic one takes ~75 ms) */
+/* sched:sched_wakeup(p), sched:sched_wakeup_new(p) */
+VCHK_RAW_TP
+int vchk_rq_wakeup(struct bpf_raw_tracepoint_args *ctx)
+{
+    mark_runnable(BPF_CORE_READ((struct task_struct *)ctx->args[0], pid));
+    return 0;
+}
+
+VCHK_RAW_TP
+int vchk_rq_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
+{
+    mark_runnable(BPF_CORE_READ((struct task_struct *)ctx->args[0], pid));
+    return 0;
+}
+#else
 VCHK_TP
 int vchk_rq_wakeup(struct tracepoint__sched__sched_wakeup *args)
 {
@@ -113,6 +130,7 @@ int vchk_rq_wakeup_new(struct tracepoint__sched__sched_wakeup_new *args)
     mark_runnable(args->pid);
     return 0;
 }
+#endif
 
 #ifdef VCHK_RING
 static __always_inline void charge(struct culprit_key *k, u64 ns, const char *comm)
@@ -167,21 +185,20 @@ static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 si
 }
 #endif
 
-VCHK_TP
-int vchk_rq_switch(struct tracepoint__sched__sched_switch *args)
+/* Switching from prev (runnable again: preempted, or state reported as TASK_RUNNING) to next
+ * (pid, comm) on this CPU. */
+static __always_inline void on_switch(u32 prev_pid, bool prev_runnable, u32 pid, const char *comm)
 {
-    /* the low byte holds the task state; a preempted task reports only TASK_REPORT_MAX above it */
-    if ((args->prev_state & 0xff) == 0)
-        mark_runnable(args->prev_pid);
+    if (prev_runnable)
+        mark_runnable(prev_pid);
 
-    u32 pid = args->next_pid;
     u64 now = bpf_ktime_get_ns();
     u32 cpu = bpf_get_smp_processor_id();
 #ifdef VCHK_RING
     u32 zero = 0;
     struct ring *r = rings.lookup(&zero);
     if (!r)
-        return 0;
+        return;
 #endif
     u64 *since = pid ? runnable_since.lookup(&pid) : NULL;
     if (since) {
@@ -215,8 +232,39 @@ int vchk_rq_switch(struct tracepoint__sched__sched_switch *args)
     s->start = now;
     s->pid = pid;
     /* a copy out of a CO-RE relocated record must go through a helper (verifier) */
-    bpf_probe_read_kernel(s->comm, sizeof(s->comm), args->next_comm);
+    bpf_probe_read_kernel(s->comm, sizeof(s->comm), comm);
     r->head++;
 #endif
+}
+
+#ifdef VCHECK_CORE
+/* sched:sched_switch(preempt, prev, next, prev_state) (kernel 5.18+; older kernels refuse the
+ * attach and the program falls back to bcc). The classic record's prev_state is
+ * __trace_sched_switch_state(): its low byte is 0 when preempted or when
+ * (prev_state | exit_state) & TASK_REPORT is 0 and neither TASK_RTLOCK_WAIT nor TASK_FROZEN
+ * is set; the same test here. */
+#define TASK_REPORT_ 0x7f
+#define TASK_RTLOCK_WAIT_ 0x1000
+#define TASK_FROZEN_ 0x8000
+VCHK_RAW_TP
+int vchk_rq_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct task_struct *prev = (struct task_struct *)ctx->args[1];
+    struct task_struct *next = (struct task_struct *)ctx->args[2];
+    u32 state = (u32)ctx->args[3];
+    bool runnable = ctx->args[0] & 1;
+    if (!runnable)
+        runnable = ((state | (u32)BPF_CORE_READ(prev, exit_state)) & TASK_REPORT_) == 0 &&
+                   !(state & (TASK_RTLOCK_WAIT_ | TASK_FROZEN_));
+    on_switch(BPF_CORE_READ(prev, pid), runnable, BPF_CORE_READ(next, pid), next->comm);
     return 0;
 }
+#else
+VCHK_TP
+int vchk_rq_switch(struct tracepoint__sched__sched_switch *args)
+{
+    /* the low byte holds the task state; a preempted task reports only TASK_REPORT_MAX above it */
+    on_switch(args->prev_pid, (args->prev_state & 0xff) == 0, args->next_pid, args->next_comm);
+    return 0;
+}
+#endif

@@ -22,6 +22,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #ifndef NULL
 #define NULL ((void *)0)

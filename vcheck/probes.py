@@ -79,6 +79,7 @@ class Attach:
     fn_name: str
     optional: bool = False   # absent on older kernels: the program is built without it
     raw: bool = False        # a raw tracepoint: the kernel's arguments, no formatted record
+    raw_core: bool = False   # raw on the CO-RE path only (bcc attaches the classic tracepoint)
 
     @property
     def tracepoint(self) -> str:
@@ -438,7 +439,7 @@ class BpfProgram:
                 obj.set_rodata({f"vchk_have_{name}": value for name, value in self._haves(present).items()})
                 obj.load()
             for a in present:
-                if a.raw:
+                if a.raw or a.raw_core:
                     obj.attach_raw_tracepoint(a.fn_name, a.event)
                 else:
                     obj.attach_tracepoint(a.fn_name, a.category, a.event)

@@ -19,10 +19,11 @@ from ..units import TIME
 from .base import Collector, Needs
 from .guest import CpuStatCollector
 
+# raw under CO-RE: a classic tracepoint takes the kernel ~75 ms to detach, a raw one a few ms
 RUNQ_TRACEPOINTS = (
-    Attach("sched", "sched_wakeup", "vchk_rq_wakeup"),
-    Attach("sched", "sched_wakeup_new", "vchk_rq_wakeup_new"),
-    Attach("sched", "sched_switch", "vchk_rq_switch"),
+    Attach("sched", "sched_wakeup", "vchk_rq_wakeup", raw_core=True),
+    Attach("sched", "sched_wakeup_new", "vchk_rq_wakeup_new", raw_core=True),
+    Attach("sched", "sched_switch", "vchk_rq_switch", raw_core=True),
 )
 
 CULPRIT_FLAGS = ("-DVCHK_CULPRITS",)                 # per-CPU victims, beside the histogram
