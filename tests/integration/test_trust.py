@@ -222,3 +222,12 @@ def test_a_policy_path_that_is_not_a_file_is_refused_without_reading_it(tmp_path
     assert r.returncode == 4
     line = one_line_error(r)
     assert "not a file" in line or "empty policy" in line
+
+
+def test_json_to_dev_stdout_redirected_to_a_file(tmp_path):
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        r = subprocess.run(VCHECK + ["run", "--replay", str(SOURCE), str(POLICY), "--json", "/dev/stdout"],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert '"format": "vcheck.report"' in out.read_text()

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,10 @@ def _signals_held() -> Iterator[None]:
 def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` as described above; raises OutputError naming the path and why."""
     target = Path(path)
+    fd = _inherited_fd(str(target))
+    if fd is not None:          # /dev/stdout and friends: the descriptor the caller opened for us
+        _write_fd(target, fd, data)
+        return
     try:
         lst = os.lstat(target)
     except FileNotFoundError:
@@ -81,6 +87,31 @@ def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         raise OutputError(f"{target}: is {_kind(lst)}; vcheck writes reports only to regular files, "
                           "FIFOs and terminals")
     _replace_atomically(target, data, mode)
+
+
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)\Z")
+
+
+def _inherited_fd(path: str) -> int | None:
+    """/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N: a descriptor vcheck was given (a
+    shell redirect, a pipe), written as it is, whatever it points at."""
+    if path in ("/dev/stdout", "/dev/stderr"):
+        return 1 if path == "/dev/stdout" else 2
+    m = _FD_PATH.match(path)
+    return int(m.group(1)) if m else None
+
+
+def _write_fd(target: Path, fd: int, data: bytes) -> None:
+    try:
+        os.fstat(fd)
+        if fd == 1:
+            sys.stdout.flush()
+        view = memoryview(data)
+        with _signals_held():
+            while view:
+                view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise OutputError(f"{target}: write failed: {exc.strerror}") from None
 
 
 def _write_stream(target: Path, data: bytes) -> None:

@@ -146,3 +146,17 @@ def test_previous_prometheus_file_is_read_only_when_it_is_a_small_regular_file(t
     link = tmp_path / "link.prom"
     link.symlink_to(bad)
     assert read_previous(link) is None
+
+
+def test_a_descriptor_the_caller_opened_is_written_as_it_is(tmp_path):
+    """/dev/stdout redirected to a regular file (`--json /dev/stdout > out.json`), or a pipe
+    given as /dev/fd/N: written through the descriptor, never replaced or refused."""
+    out = tmp_path / "out.json"
+    with open(out, "wb") as f:
+        write_output(f"/dev/fd/{f.fileno()}", b"via the descriptor")
+    assert out.read_bytes() == b"via the descriptor"
+    r, w = os.pipe()
+    write_output(f"/proc/self/fd/{w}", b"piped")
+    os.close(w)
+    assert os.read(r, 100) == b"piped"
+    os.close(r)
