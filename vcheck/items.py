@@ -18,7 +18,7 @@ from .model import Outcome
 from .policy import Check, Policy
 from .runstate import STATE_KEY, RunState
 from .selection import entity_name
-from .waivers import Waiver
+from .waivers import Waiver, covering
 
 
 class CheckFailed(Exception):
@@ -77,16 +77,11 @@ class CheckItem(pytest.Item):
         """A failure covered by an unexpired waiver is reported as waived, with why and until when."""
         if v.outcome != Outcome.FAIL or not waivers:
             return
-        entity = self.entity or "node"
-        today = datetime.date.today()
-        for w in waivers:
-            if not w.matches(self.policy.name, self.check.id, entity):
-                continue
-            if w.expired(today):
-                v.notes.append(f"a waiver (line {w.line}) expired on {w.expires}; the check counts again")
-                continue
+        w, expired = covering(waivers, self.policy.name, self.check.id, self.entity or "node",
+                              datetime.date.today())
+        v.notes.extend(f"a waiver (line {x.line}) expired on {x.expires}; the check counts again" for x in expired)
+        if w is not None:
             v.outcome, v.reason = Outcome.WAIVED, f"waived until {w.expires}: {w.justification} (failed: {v.reason})"
-            return
 
     def runtest(self) -> None:
         assert self.verdict is not None

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from .runstate import STATE_KEY, RunState
 from .selection import entity_name
 from .session import SamplingSession, plan
 from .units import UnitError, format_duration, parse_duration
-from .waivers import load_waivers, unmatched
+from .waivers import covering, load_waivers, unmatched
 
 LAYER_MARKERS = {
     "guest": "checks on the VM guest layer (this node's own /proc, block devices, scheduler)",
@@ -34,12 +35,6 @@ LAYER_MARKERS = {
     "container": "checks on the container layer (cgroups, runtimes, namespaces)",
 }
 assert set(LAYER_MARKERS) == set(LAYERS)
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS      # set by the vcheck command line only
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,7 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--prom-textfile", dest="vcheck_prom", metavar="PATH",
                 help="write Prometheus text format here (node_exporter textfile collector)")
     g.addoption("--vcheck-cli", dest="vcheck_cli", action="store_true", default=False,
-                help=argparse_suppress())
+                help=argparse.SUPPRESS)   # set by the vcheck command line only
     g.addoption("--vcheck-timeout", dest="vcheck_timeout", metavar="DURATION",
                 help="bound the whole run; past it, stop, detach, report as interrupted, exit 2")
 
@@ -214,15 +209,13 @@ def _waive(item: pytest.Item, rep: pytest.TestReport) -> None:
     """A Python check's failure covered by an unexpired waiver is reported as waived (xfail)."""
     import datetime
 
-    state = item.config.stash[STATE_KEY]
     labels = item.stash.get(pycheck.LABELS_KEY, None)
-    entity = entity_name(labels, list(labels)) if labels else "node"
-    for w in state.waivers:
-        if w.matches(Path(str(item.path)).stem, getattr(item, "originalname", item.name), entity) \
-                and not w.expired(datetime.date.today()):
-            rep.outcome = "skipped"
-            rep.wasxfail = f"waived until {w.expires}: {w.justification}"
-            return
+    w, _ = covering(item.config.stash[STATE_KEY].waivers, Path(str(item.path)).stem,
+                    getattr(item, "originalname", item.name),
+                    entity_name(labels, list(labels)) if labels else "node", datetime.date.today())
+    if w is not None:
+        rep.outcome = "skipped"
+        rep.wasxfail = f"waived until {w.expires}: {w.justification}"
 
 
 def _on_sigterm(config: pytest.Config):

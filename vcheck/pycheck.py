@@ -32,8 +32,17 @@ NO_ENTITY = "node"
 
 
 def check_for(function: Any, marker: pytest.Mark, state: RunState) -> Check:
-    """The Check a marked function declares, validated by the YAML loader (one implementation
-    of the rules); errors name the function's file and line."""
+    """The Check a marked function declares, validated once per function (its parametrized
+    items share it)."""
+    key = (inspect.getsourcefile(function) or "?", function.__qualname__)
+    if key not in state.python_checks:
+        state.python_checks[key] = _declared_check(function, marker, state)
+    return state.python_checks[key]
+
+
+def _declared_check(function: Any, marker: pytest.Mark, state: RunState) -> Check:
+    """Validated by the YAML loader (one implementation of the rules); errors name the
+    function's file and line."""
     path = inspect.getsourcefile(function) or "?"
     line = inspect.getsourcelines(function)[1] if path != "?" else 0
     kw = dict(marker.kwargs)

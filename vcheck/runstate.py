@@ -27,7 +27,7 @@ class RunState:
     policies: dict[Path, Policy] = field(default_factory=dict)
     policy_errors: list[str] = field(default_factory=list)
     discovered: dict[tuple[str, str], list[Mapping[str, str]] | None] = field(default_factory=dict)
-    discovery_notes: dict[tuple[str, str], str] = field(default_factory=dict)
+    python_checks: dict[tuple[str, str], Check] = field(default_factory=dict)   # (file, function) -> its @observe
     store: ObservationStore | None = None
     session: SamplingSession | None = None
     started: float = field(default_factory=time.time)
@@ -57,10 +57,9 @@ class RunState:
             else:
                 try:
                     self.discovered[key] = list(self.catalog.collectors[spec.collector].discover(self.roots, spec.name))
-                except (Unavailable, OSError, ValueError, LookupError) as exc:
+                except (Unavailable, OSError, ValueError, LookupError):
                     # the session reports the real reason; an item per node still judges it
                     self.discovered[key] = None
-                    self.discovery_notes[key] = str(exc)
         return item_entities(check, self.discovered[key])
 
 

@@ -63,6 +63,19 @@ class Waiver:
 unmatched = Waiver.unmatched
 
 
+def covering(waivers: Iterable[Waiver], policy: str, check_id: str, entity: str,
+             today: dt.date) -> tuple[Waiver | None, list[Waiver]]:
+    """The first unexpired waiver of this item's failure, and the expired ones that matched it
+    (they are said in the evidence: the check counts again)."""
+    expired = []
+    for w in waivers:
+        if w.matches(policy, check_id, entity):
+            if not w.expired(today):
+                return w, expired
+            expired.append(w)
+    return None, expired
+
+
 def _at(path: str, mark: yaml.Mark | None, msg: str) -> UsageError:
     where = f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1:1"
     return UsageError(f"{path}:{where}: {msg}")

@@ -41,4 +41,6 @@ def test_every_shipped_collector_declares_what_it_needs():
     from vcheck.catalog import Catalog
 
     for cls in Catalog().collectors.values():
-        assert cls.NEEDS.files or cls.NEEDS.program or cls.diagnose is not Collector.diagnose, cls.name
+        # a bound classmethod is a new object at each access: compare the functions behind them
+        own_diagnose = cls.diagnose.__func__ is not Collector.diagnose.__func__
+        assert cls.NEEDS.files or cls.NEEDS.program or own_diagnose, cls.name

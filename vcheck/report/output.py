@@ -101,15 +101,20 @@ def _inherited_fd(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` to a stream (short writes continued), signals held until it is out."""
+    view = memoryview(data)
+    with _signals_held():
+        while view:
+            view = view[os.write(fd, view):]
+
+
 def _write_fd(target: Path, fd: int, data: bytes) -> None:
     try:
         os.fstat(fd)
         if fd == 1:
             sys.stdout.flush()
-        view = memoryview(data)
-        with _signals_held():
-            while view:
-                view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except OSError as exc:
         raise OutputError(f"{target}: write failed: {exc.strerror}") from None
 
@@ -125,10 +130,7 @@ def _write_stream(target: Path, data: bytes) -> None:
         if not _streamable(os.fstat(fd)):     # swapped for something else since we looked
             raise OutputError(f"{target}: changed while being opened; not written")
         os.set_blocking(fd, True)
-        view = memoryview(data)
-        with _signals_held():
-            while view:
-                view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except OSError as exc:
         raise OutputError(f"{target}: write failed: {exc.strerror}") from None
     finally:
