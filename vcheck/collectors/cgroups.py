@@ -297,7 +297,10 @@ class CgroupCollector(Collector):
     def start(self) -> None:
         self._mode = cgroup_mode(self.roots.cgroup)
         depth = tree_depth("cgroup", self.request.selections)
-        self._paths = walk(self.roots, depth)
+        # only the cgroups some check selects are read each interval, not the whole walk
+        selections = self.request.selections or [()]
+        self._paths = [p for p in walk(self.roots, depth)
+                       if any(all(s.matches(p) for s in sel if s.label == "cgroup") for sel in selections)]
         if len(self._paths) <= 1 and not (self.roots.cgroup / "cpu").exists() and self._mode == "v1":
             raise Unavailable(f"no cgroup hierarchy under {self.roots.cgroup}")
         psi = {m for m in self.request.metrics if m.startswith("cgroup.psi.")}
