@@ -108,7 +108,12 @@ class Histogram:
         """The value below which a fraction q of observations fall (nearest-rank)."""
         if not self.total:
             return None
-        rank = max(1, math.ceil(q * self.total))
+        return self.at_rank(max(1, math.ceil(q * self.total)))
+
+    def at_rank(self, rank: int) -> Estimate | None:
+        """The rank-th smallest observation (1-based), as its bucket; None past the count."""
+        if not 1 <= rank <= self.total:
+            return None
         seen = 0
         for i in sorted(self.buckets):
             seen += self.buckets[i]

@@ -33,6 +33,11 @@ class _Value:
 
 
 class SeriesView:
+    unseen = 0   # a series has no kernel count to hold its samples against
+
+    def unseen_beyond(self, op: str, threshold: float) -> int:
+        return 0
+
     def __init__(self, obs: Observation, window: float, slack: float = 0.0):
         """Samples taken within `window` (+ `slack` for timer jitter on the last one)."""
         keep = [i for i, t in enumerate(obs.times) if t <= window + slack]
@@ -70,17 +75,23 @@ class SeriesView:
 
 
 class DistributionView:
-    def __init__(self, hist: Histogram):
+    def __init__(self, hist: Histogram, unseen: int = 0, unseen_seconds: float | None = None):
+        """`unseen`: events the kernel counted that the probe never timed, which together took
+        at most `unseen_seconds` (None: no bound) (Observation.unseen, .unseen_seconds)."""
         self.hist = hist
+        self.unseen = unseen
+        self.budget = math.inf if unseen_seconds is None else unseen_seconds
 
     def stat(self, name: str, window: float) -> _Value:
-        h = self.hist
-        if name == "count":
-            return _Value(float(h.count))
-        if name == "rate":
-            return _Value(h.count / window if window > 0 else None)
+        h, u = self.hist, self.unseen
+        if name in ("count", "rate"):
+            n = h.count + u   # the kernel's count is exact even where the probe missed some
+            note = f"{h.count} timed + {u} counted by the kernel, never timed" if u else ""
+            if name == "count":
+                return _Value(float(n), note)
+            return _Value(n / window if window > 0 else None, note)
         if not h.count:
-            return _Value(None, "no events in the window")
+            return _Value(None, f"{u} events counted by the kernel, none timed" if u else "no events in the window")
         if name == "sum":
             return _Value(h.sum * h.scale)
         if name == "mean":
@@ -91,6 +102,37 @@ class DistributionView:
             raise ValueError(name)
         return _Value(est.value, "" if est.low == est.high else
                       f"bucket [{_fmt(est.low)}, {_fmt(est.high)}), error <= {RELATIVE_ERROR:.2%}")
+
+    def bounds(self, name: str) -> tuple[float, float] | None:
+        """Where `name` may lie once the unseen events are counted in, whatever they took (values
+        are durations, so >= 0); None when nothing was unseen or the stat does not depend on it."""
+        h, u, budget = self.hist, self.unseen, self.budget
+        if not u or name in ("count", "rate"):
+            return None
+        timed_max = h.max().value if h.count else 0.0
+        top = max(timed_max, budget)   # one unseen event may have taken the whole budget
+        total = h.sum * h.scale
+        if name == "max":
+            return (timed_max, top)
+        if name == "min":
+            return (0.0, h.min().value if h.count else budget / u)
+        if name == "sum":
+            return (total, total + budget)
+        if name == "mean":
+            return (total / (h.count + u), (total + budget) / (h.count + u))
+        if name in E.PERCENTILES:
+            rank = max(1, math.ceil(E.PERCENTILES[name] * (h.count + u)))
+            low = h.at_rank(rank - u)     # every unseen event below it
+            high = h.at_rank(rank)        # every unseen event above it
+            return (low.value if low else 0.0, min(high.value, top) if high else top)
+        raise ValueError(name)
+
+    def unseen_beyond(self, op: str, threshold: float) -> int:
+        """How many unseen events may lie beyond `threshold`: all of them below it, and above
+        it only as many as the time budget pays for."""
+        if op in ("<", "<=") or threshold <= 0 or math.isinf(self.budget):
+            return self.unseen
+        return min(self.unseen, int(self.budget // threshold))
 
     def straddle(self, name: str, threshold: float) -> tuple[float, float] | None:
         if name not in E.PERCENTILES:
@@ -127,8 +169,14 @@ def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimen
         threshold = e.threshold.base_value
         got = view.count(e.inner_op, threshold)
         ok = E.OPS[e.op](got.value, e.limit) if got.value is not None else None
+        note = got.note
+        extra = view.unseen_beyond(e.inner_op, threshold) if view.unseen else 0
+        if ok is not None and extra and E.OPS[e.op](got.value + extra, e.limit) != ok:
+            ok, note = None, (f"{view.unseen} events were counted by the kernel but never timed: with them "
+                              f"the count lies in [{got.value:g}, {got.value + extra:g}], on both sides "
+                              f"of {e.limit:g}")
         out.append(Measurement(str(e), f"count({e.inner_op} {e.threshold})", got.value,
-                               format_value(got.value, COUNT), f"{e.op} {e.limit:g}", ok, got.note,
+                               format_value(got.value, COUNT), f"{e.op} {e.limit:g}", ok, note,
                                float(e.limit)))
         return ok
     stat = e.stat or natural
@@ -142,6 +190,15 @@ def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimen
         if s:
             note = (f"the threshold lies inside the bucket [{format_value(s[0], dim)}, {format_value(s[1], dim)}) "
                     f"that holds {stat}: the verdict is within the histogram's {RELATIVE_ERROR:.2%} error")
+        b = view.bounds(stat)
+        if b is not None:
+            low, high = (E.OPS[e.op](x, threshold) for x in b)
+            if low != high:
+                ok = None
+                note = (f"{view.unseen} events were counted by the kernel but never timed: with them "
+                        f"{stat} lies in [{format_value(b[0], dim)}, "
+                        f"{'unbounded' if math.isinf(b[1]) else format_value(b[1], dim)}], on both sides "
+                        f"of {format_value(threshold, dim)}")
     out.append(Measurement(str(e), stat, got.value, format_value(got.value, dim),
                            f"{e.op} {format_value(threshold, dim)}", ok, note, threshold))
     return ok
@@ -294,13 +351,20 @@ def _judge_distribution(check: Check, key: dict[str, str], members: list[Observa
     if hist is None:
         ev.outcome, ev.reason = EntityOutcome.MISSING, "no distribution recorded"
         return ev
-    ok = evaluate(check.expect, DistributionView(hist), spec.natural_stat, spec.dimension, window,
-                  ev.measurements)
+    unseen = sum(o.unseen for o in members)
+    budgets = [o.unseen_seconds for o in members if o.unseen]
+    budget = None if any(b is None for b in budgets) else sum(b for b in budgets if b is not None)
+    ok = evaluate(check.expect, DistributionView(hist, unseen, budget), spec.natural_stat, spec.dimension,
+                  window, ev.measurements)
     blind = next((o.blind for o in members if o.blind), "")
     if ok is False:
         ev.outcome = EntityOutcome.FAIL
     elif blind:
         ev.outcome, ev.reason = EntityOutcome.INCONCLUSIVE, blind
+    elif ok is None and unseen:
+        ev.outcome = EntityOutcome.INCONCLUSIVE
+        ev.reason = next((m.note for m in ev.measurements if m.passed is None and m.note),
+                         f"{unseen} events were counted by the kernel but never timed")
     elif gone and len(gone) == len(members):
         ev.outcome, ev.reason = EntityOutcome.MISSING, f"gone at +{gone[0].gone_at:.1f}s ({gone[0].gone_reason})"
     elif ok is None:

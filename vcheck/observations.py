@@ -41,6 +41,11 @@ class Observation:
     # the source could not see this entity although it should have (a tracepoint that never
     # fires while the VM is busy): no verdict but "fail" may be drawn from it; says why
     blind: str = ""
+    # events the kernel's own counters saw in the window that the probe never timed (a block
+    # completion /proc/diskstats counts but no BPF program ran for): their values are unknown,
+    # so a verdict must hold whatever they were (within unseen_seconds, the kernel's own time)
+    unseen: int = 0
+    unseen_seconds: float | None = None   # all the unseen together took at most this; None: unbounded
     # who took the CPU while this entity waited (bpf/runq_latency.c): dicts with pid, comm,
     # share (0-1 of the entity's wait), wait (s), owner, describe, cgroup, nspid; largest first
     culprits: list[dict] = field(default_factory=list)

@@ -57,6 +57,8 @@ class Observed:
     histogram: Histogram | None = None
     notes: list[str] = field(default_factory=list)
     info: dict[str, str] = field(default_factory=dict)
+    unseen: int = 0   # events the kernel counted that the probe never timed (Observation.unseen)
+    unseen_seconds: float | None = 0.0   # what they took together at most; None: unbounded
 
     def __repr__(self) -> str:
         what = f"{self.histogram.count} events" if self.histogram is not None else f"{len(self.values)} samples"
@@ -75,7 +77,14 @@ class Observed:
 
         self._need()
         if self.histogram is not None:
-            view: Any = DistributionView(self.histogram)
+            view: Any = DistributionView(self.histogram, self.unseen, self.unseen_seconds)
+            span = view.bounds(name)
+            if span is not None and span[0] != span[1]:
+                # a plain number would let an assert pass on I/Os nobody timed
+                pytest.fail(f"vcheck: {self.metric} [{', '.join(self.entities) or 'node'}]: {self.unseen} "
+                            f"events were counted by the kernel but never timed, so {name} is only known "
+                            f"to lie in [{span[0]:.6g}, {span[1]:.6g}]: judge observed.bounds({name!r})",
+                            pytrace=False)
         else:
             o = Observation(self.metric, (), times=self.times, values=self.values, spans=[1.0] * len(self.values))
             view = SeriesView(o, float("inf"))
@@ -97,13 +106,29 @@ class Observed:
     p999 = property(lambda self: self._stat("p999"))
 
     def count_over(self, threshold: float) -> float:
-        """Samples (or events) above threshold: the grammar's count(> X)."""
+        """Samples (or events) above threshold: the grammar's count(> X). With events the
+        kernel counted but the probe never timed, the larger bound: as many of them as their
+        time allows may be over."""
         from .judge import DistributionView
 
         self._need()
         if self.histogram is not None:
-            return float(DistributionView(self.histogram).count(">", threshold).value or 0)
+            view = DistributionView(self.histogram, self.unseen, self.unseen_seconds)
+            return float(view.count(">", threshold).value or 0) + (view.unseen_beyond(">", threshold)
+                                                                  if self.unseen else 0)
         return float(sum(1 for v in self.values if v > threshold))
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        """(low, high) that statistic `name` may take once the unseen events are counted in,
+        whatever they took; (x, x) when nothing was unseen."""
+        from .judge import DistributionView
+
+        if self.histogram is not None and self.unseen:
+            span = DistributionView(self.histogram, self.unseen, self.unseen_seconds).bounds(name)
+            if span is not None:
+                return span
+        x = self._stat(name)
+        return (x, x)
 
     def summary(self) -> str:
         """One line of evidence for a failing assert."""
@@ -128,6 +153,10 @@ def merge_observations(metric: str, dimension: str, window: float, parts: Iterab
         out.notes.extend(n for n in o.notes if n not in out.notes)
         if o.blind:
             out.notes.append(o.blind)
+        if o.unseen:
+            out.unseen += o.unseen
+            out.unseen_seconds = (None if out.unseen_seconds is None or o.unseen_seconds is None
+                                  else out.unseen_seconds + o.unseen_seconds)
         if o.histogram is not None:
             out.histogram = o.histogram if out.histogram is None else out.histogram.merge(o.histogram)
         keep = [i for i, t in enumerate(o.times) if t <= window + 0.5]

@@ -97,6 +97,11 @@ def test_io_count_equals_diskstats_delta(no_programs_before):
         delta, store = measure(dev, work)
     assert delta["write"] >= 1500
     assert_counts_match(delta, timed_by_op(store, dev))
+    # the collector holds its own count against diskstats: what it timed and what it says it
+    # did not time cover every write the kernel counted (its reads bracket the test's)
+    writes = [o for o in store.for_metric("block.latency") if o.label_dict == {"device": dev, "op": "write"}]
+    assert writes[0].histogram.count + writes[0].unseen >= delta["write"]
+    assert (writes[0].unseen > 0) == any("never timed" in n for n in writes[0].notes), writes[0].notes
 
 
 FSYNCS = 100
@@ -145,7 +150,11 @@ def test_fua_writes_without_device_fua_count_once(no_programs_before):
 
 
 def test_percentiles_agree_with_exact_capture(no_programs_before):
-    """With an outlier threshold of 1 ns every I/O is also streamed as an event: exact values."""
+    """With an outlier threshold of 1 ns every I/O is also streamed as an event: exact values.
+
+    On the shared root disk the kernel now and then completes a write without running the
+    probe (seen on 6.18: completions in softirq on top of another task); the collector must
+    then say how many, from /proc/diskstats, rather than judge as if it had seen them all."""
     dev = root_device()
     c, store = block_collector(threshold=1e-9)
     c.start()
@@ -158,7 +167,10 @@ def test_percentiles_agree_with_exact_capture(no_programs_before):
     obs = [o for o in store.for_metric("block.latency") if o.label_dict == {"device": dev, "op": "write"}]
     assert len(obs) == 1
     hist, events = obs[0].histogram, obs[0].events
-    assert hist.count >= 800
+    assert hist.count + obs[0].unseen >= 800, "a write was neither timed nor counted as untimed"
+    assert hist.count >= 400
+    if obs[0].unseen:
+        assert any(f"{obs[0].unseen} write completions" in n for n in obs[0].notes), obs[0].notes
     assert len(events) == hist.count, "every write must have been captured exactly once"
     exact = sorted(e["latency"] for e in events)
     for q in (0.5, 0.9, 0.99):

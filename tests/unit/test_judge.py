@@ -163,3 +163,55 @@ def test_mean_of_block_latency_mean_is_io_weighted():
     mean = v.entities[0].measurements[0].measured
     assert abs(mean - (4 * 0.050 + 15000 * 0.0001) / 15004) < 1e-12
     assert v.outcome == "pass"          # unweighted it would be 25 ms and fail
+
+
+def _unseen_store(values_ns, unseen, seconds=None):
+    s = _latency_store(values_ns, labels=(("device", "vda"), ("op", "write")))
+    o = s.for_metric("block.latency")[0]
+    o.unseen, o.unseen_seconds = unseen, seconds
+    return s
+
+
+@pytest.mark.parametrize("expect, unseen, outcome", [
+    # 1000 timed I/Os of 100us, 5 of 20 ms: p99 is 100us whatever 2 unseen took, not if 20 did
+    ("p99 < 1ms", 2, "pass"),
+    ("p99 < 1ms", 20, "error"),             # error: inconclusive (Outcome.ERROR)
+    ("p99 > 1ms", 20, "error"),
+    ("p50 > 1ms", 20, "fail"),              # fails whatever the unseen took
+    ("count(> 10ms) < 10", 4, "pass"),      # 5 + 4 stays below 10
+    ("count(> 10ms) < 10", 5, "error"),
+    ("count(> 10ms) < 5", 3, "fail"),       # already 5 without them
+    ("max < 1s", 1, "error"),               # an unseen I/O may have taken any time
+    ("mean > 1s", 1, "error"),
+    ("mean < 150us", 1, "fail"),            # 199us: unseen I/Os of 0 s could not bring it lower
+    ("count < 1006", 1, "fail"),            # the kernel's count is exact: 1006 I/Os
+])
+def test_events_the_kernel_counted_but_nobody_timed_bound_the_verdict(latency_check, expect, unseen, outcome):
+    c = latency_check(f"metric: block.latency\nexpect: '{expect}'\nwindow: 5s")
+    v = judge(c, _unseen_store([100_000] * 1000 + [20_000_000] * 5, unseen), None, 5.0)
+    assert v.outcome == outcome, (v.reason, [(m.statistic, m.measured, m.note) for m in v.entities[0].measurements])
+    if outcome == "error":
+        assert v.entities[0].outcome == "inconclusive" and "never timed" in v.entities[0].reason
+
+
+@pytest.mark.parametrize("expect, unseen, seconds, outcome", [
+    # 30 unseen writes that took 3.5 ms together (diskstats' time): at most 3 over 1 ms, none over 10 ms
+    ("count(> 10ms) < 6", 30, 0.0035, "pass"),
+    ("count(> 1ms) < 9", 30, 0.0035, "pass"),       # 5 + 3
+    ("count(> 1ms) < 8", 30, 0.0035, "error"),
+    ("count(< 1ms) > 1020", 30, 0.0035, "error"),  # below a threshold: any of them may be
+    ("max < 1s", 30, 0.0035, "pass"),
+    ("max < 30ms", 1, 0.05, "error"),
+    ("mean < 1ms", 30, 0.0035, "pass"),
+    ("p99 < 1ms", 30, 0.0035, "error"),             # 30 of 1035 can still move the rank past 5 slow
+])
+def test_the_kernels_own_time_bounds_what_the_unseen_took(latency_check, expect, unseen, seconds, outcome):
+    c = latency_check(f"metric: block.latency\nexpect: '{expect}'\nwindow: 5s")
+    v = judge(c, _unseen_store([100_000] * 1000 + [20_000_000] * 5, unseen, seconds), None, 5.0)
+    assert v.outcome == outcome, (v.reason, [(m.statistic, m.measured, m.note) for m in v.entities[0].measurements])
+
+
+def test_only_unseen_events_are_not_a_pass(latency_check):
+    c = latency_check("metric: block.latency\nexpect: 'p99 < 10ms'\nwindow: 5s")
+    v = judge(c, _unseen_store([], 7), None, 5.0)
+    assert v.outcome != "pass" and "7 events counted by the kernel, none timed" in v.entities[0].reason

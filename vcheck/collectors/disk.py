@@ -47,6 +47,7 @@ class DiskCounters:
     sectors: int      # read + written + discarded
     ms: int           # time spent on all of those I/Os (ms), summed per I/O
     io_ticks: int     # ms during which the device had I/O in flight
+    op_ms: tuple[int, int, int, int] = (0, 0, 0, 0)   # ms per op: read, write, discard, flush
 
     @property
     def dev(self) -> str:
@@ -60,6 +61,10 @@ class DiskCounters:
         """Completed I/Os under block.latency's op names."""
         return {"read": self.reads, "write": self.writes, "discard": self.discards, "flush": self.flushes}
 
+    def ms_by_op(self) -> dict[str, int]:
+        """Time spent per op (ms, each I/O from its allocation to completion: queue time too)."""
+        return dict(zip(("read", "write", "discard", "flush"), self.op_ms))
+
 
 def parse_diskstats(text: str) -> dict[str, DiskCounters]:
     out = {}
@@ -72,8 +77,45 @@ def parse_diskstats(text: str) -> dict[str, DiskCounters]:
         # io_ticks, weighted; then discards (4) and flushes (2) on newer kernels
         sectors = f[2] + f[6] + f[13]
         ms = f[3] + f[7] + f[14] + f[16]
-        out[p[2]] = DiskCounters(int(p[0]), int(p[1]), p[2], f[0], f[4], f[11], f[15], sectors, ms, f[9])
+        out[p[2]] = DiskCounters(int(p[0]), int(p[1]), p[2], f[0], f[4], f[11], f[15], sectors, ms, f[9],
+                                 (f[3], f[7], f[14], f[16]))
     return out
+
+
+@dataclass(frozen=True)
+class Untimed:
+    """Completions of one op the kernel counted and no probe timed."""
+
+    count: int
+    seconds: float   # at most this much device time in total, all of them together
+
+
+def untimed(before: DiskCounters, after: DiskCounters, timed: Mapping[str, Histogram]) -> dict[str, Untimed]:
+    """Per op, the completions /proc/diskstats counted between two reads beyond those a probe
+    timed over the same span, and a bound on the time they took: diskstats' time per op
+    (queue time included, so never less than device time) less what the probe timed, plus a
+    millisecond for diskstats' rounding. diskstats counts a write-zeroes request
+    (block.latency's "other") as a write. The reads bracket the probe's span, so an I/O that
+    completes between a read and the probe's own edge counts as untimed: both figures err high,
+    never low."""
+    def timed_of(op: str) -> tuple[int, float]:
+        hs = [h for o, h in timed.items() if o == op or (op == "write" and o == "other")]
+        return sum(h.count for h in hs), sum(h.sum * h.scale for h in hs)
+
+    a, b, a_ms, b_ms = before.by_op(), after.by_op(), before.ms_by_op(), after.ms_by_op()
+    out = {}
+    for op in b:
+        n, spent = timed_of(op)
+        missing = (b[op] - a[op]) - n
+        if missing > 0:
+            out[op] = Untimed(missing, max(0.0, (b_ms[op] - a_ms[op]) / 1000 - spent) + 0.001)
+    return out
+
+
+def request_based(roots: HostRoots, name: str) -> bool:
+    """A blk-mq device: block_rq_* tracepoints fire for its I/O. A bio-based one (device-mapper,
+    md, zram) hands its bios to the devices below, where they are timed, if at all."""
+    return (roots.sys / "block" / name / "mq").is_dir()
 
 
 def whole_disks(roots: HostRoots, stats: Mapping[str, DiskCounters]) -> list[str]:
@@ -287,6 +329,7 @@ class BlockLatencyCollector(Collector):
     def begin(self, t0: float) -> None:
         prog = self._prog
         prog.consume_ring_buffers()
+        self._counted_before = self._diskstats()   # read before the maps clear: see untimed()
         prog.clear("hist", "stats", "counters")
         self._slowest, self._over, self._t0 = [], [], t0
         self._set_floor()
@@ -331,14 +374,16 @@ class BlockLatencyCollector(Collector):
         prog.consume_ring_buffers()
         hists = prog.histograms(lambda k: (self._name(k.dev), op_name(k.op)))
         counters = prog.counters()
+        counted_after = self._diskstats()           # read after the maps: see untimed()
         self._resolve_owners()
 
         events: dict[tuple[str, str], list[dict]] = {}
         seen = set()
         for ev in [e for _, _, e in sorted(self._slowest, reverse=True)] + self._over:
-            ident = (ev["device"], ev["sector"], ev["time"])
-            if ident not in seen:
-                seen.add(ident)
+            # one I/O may sit in both lists, as the same dict; two I/Os may share device, sector
+            # and time (the empty preflush writes one flush completes)
+            if id(ev) not in seen:
+                seen.add(id(ev))
                 ev["owner"] = self._owners.get(ev["pid"], "")
                 events.setdefault((ev["device"], ev["op"]), []).append(ev)
 
@@ -363,11 +408,36 @@ class BlockLatencyCollector(Collector):
             o = self.store.set_histogram("block.latency", {"device": dev, "op": op}, h, source)
             o.events = events.get((dev, op), [])
             o.notes.extend(notes)
+        self._file_untimed(hists, counted_after, source)
         for dev in self._disks:
-            if not any(d == dev for d, _ in hists):
+            if not any(d == dev for d, _ in hists) and not any(
+                    o.label_dict.get("device") == dev for o in self.store.for_metric("block.latency")):
                 o = self.store.set_histogram("block.latency", {"device": dev}, Histogram(scale=1e-9), source)
                 o.notes.append(f"no I/O completed on {dev} in the window")
         self.close()
+
+    def _file_untimed(self, hists: Mapping[tuple[str, str], Histogram], counted_after: Mapping[str, DiskCounters],
+                      source: Mapping[str, str]) -> None:
+        """Hold what was timed against what the kernel counted, per device and op: a completion
+        no program ran for (the kernel skipped it, or the device is bio-based) is never a pass."""
+        before = getattr(self, "_counted_before", {})
+        for dev in sorted(set(self._disks) | {d for d, _ in hists}):
+            if dev not in before or dev not in counted_after:
+                continue
+            timed = {op: h for (d, op), h in hists.items() if d == dev}
+            for op, u in untimed(before[dev], counted_after[dev], timed).items():
+                o = self.store.series("block.latency", {"device": dev, "op": op}, source)
+                if o.histogram is None:
+                    o.histogram = Histogram(scale=1e-9)
+                o.unseen, o.unseen_seconds, n = u.count, u.seconds, u.count
+                why = ("it is bio-based (device-mapper, md, zram): block_rq_* tracepoints never fire for "
+                       "it, its I/O is timed on the devices below" if not request_based(self.roots, dev)
+                       else "the kernel did not run the probe for them, or they were in flight when the "
+                            "window began")
+                o.notes.append(f"{n} {op} completions /proc/diskstats counted on {dev} were never timed: "
+                               f"{why}; together they took at most {u.seconds * 1000:.3g} ms (diskstats' "
+                               f"time, queue included), and a verdict stands only if it holds whatever "
+                               f"each took within that")
 
     def close(self) -> None:
         if getattr(self, "_consumer", None) is not None:

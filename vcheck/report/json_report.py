@@ -76,6 +76,9 @@ def observation_json(o: Observation) -> dict[str, Any]:
         d["weights"] = o.weights
     if o.culprits:
         d["culprits"] = o.culprits
+    if o.unseen:
+        d["unseen"] = o.unseen
+        d["unseen_seconds"] = o.unseen_seconds
     return d
 
 
@@ -179,6 +182,17 @@ class _Shape:
             raise self.fail(where, f"expected a finite number, got {v!r:.40}")
         return float(v)
 
+    def seconds(self, v: Any, where: str) -> float | None:
+        x = self.num(v, where, optional=True)
+        if x is not None and x < 0:
+            raise self.fail(where, f"expected a duration >= 0, got {x!r:.40}")
+        return x
+
+    def count(self, v: Any, where: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise self.fail(where, f"expected a count (an integer >= 0), got {v!r:.40}")
+        return v
+
     def strmap(self, v: Any, where: str) -> dict[str, str]:
         d = self.obj(v if v is not None else {}, where)
         for k, x in d.items():
@@ -229,7 +243,9 @@ class _Shape:
             events=events, notes=notes,
             gone_at=self.num(d.get("gone_at"), f"{where}.gone_at", optional=True),
             gone_reason=self.text(d.get("gone_reason"), f"{where}.gone_reason", optional=True),
-            blind=self.text(d.get("blind"), f"{where}.blind", optional=True), culprits=culprits)
+            blind=self.text(d.get("blind"), f"{where}.blind", optional=True), culprits=culprits,
+            unseen=self.count(_given(d, "unseen", 0), f"{where}.unseen"),
+            unseen_seconds=self.seconds(d.get("unseen_seconds"), f"{where}.unseen_seconds"))
 
     def culprit(self, v: Any, where: str) -> dict[str, Any]:
         """A culprit as observation_json writes it; the fields evidence renders are typed."""

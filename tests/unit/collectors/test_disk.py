@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vcheck.collectors.disk import kernel_dev, parse_diskstats, whole_disks
+import pytest
+
+from vcheck.collectors.disk import kernel_dev, parse_diskstats, request_based, untimed, whole_disks
+from vcheck.histogram import Histogram
 from vcheck.procfs import HostRoots
 
 RECORDED = """\
@@ -44,3 +47,40 @@ def test_completed_ios_per_op_under_block_latency_op_names():
     assert s.by_op() == {"read": 28710, "write": 18121, "discard": 4869, "flush": 1341}
     old = parse_diskstats("   8       0 sda 10 0 80 5 20 0 160 7 0 9 12\n")["sda"]
     assert old.by_op() == {"read": 10, "write": 20, "discard": 0, "flush": 0}
+
+
+def test_untimed_completions_per_op():
+    before = parse_diskstats(RECORDED)["vda"]
+    # +800 writes that spent 400 ms in all, +10 flushes that spent 20 ms
+    later = RECORDED.replace(" 18121 10361 1399880 12056 ", " 18921 10361 1399880 12456 ").replace(
+        " 1341 1006", " 1351 1026")
+    after = parse_diskstats(later)["vda"]
+    assert after.ms_by_op()["write"] - before.ms_by_op()["write"] == 400
+
+    def timed(n: int, each_ms: float) -> Histogram:
+        return Histogram.from_values([each_ms * 1e6] * n, scale=1e-9)
+
+    # write-zeroes ("other") are writes to diskstats; 7 writes untimed, which took at most what
+    # diskstats spent beyond the timed 793 x 0.5 ms, plus a millisecond of rounding
+    got = untimed(before, after, {"write": timed(790, 0.5), "other": timed(3, 0.5), "flush": timed(12, 1)})
+    assert set(got) == {"write"} and got["write"].count == 7
+    assert got["write"].seconds == pytest.approx(0.400 - 793 * 0.0005 + 0.001)
+    # a probe that timed more than was counted (a completion after the last read) leaves
+    # nothing untimed, never a negative
+    assert untimed(before, after, {"write": timed(800, 0.5), "flush": timed(10, 2)}) == {}
+    nothing = untimed(before, after, {})
+    assert {op: u.count for op, u in nothing.items()} == {"write": 800, "flush": 10}
+    assert nothing["flush"].seconds == pytest.approx(0.021)
+
+
+def test_bio_based_devices_are_told_apart_by_their_mq_directory(tmp_path: Path):
+    (tmp_path / "sys" / "block" / "vda" / "mq").mkdir(parents=True)
+    (tmp_path / "sys" / "block" / "dm-0").mkdir(parents=True)
+    roots = HostRoots(proc=tmp_path / "proc", sys=tmp_path / "sys")
+    assert request_based(roots, "vda") and not request_based(roots, "dm-0")
+    # the real thing: a loop device is blk-mq, zram is bio-based
+    real = HostRoots()
+    if Path("/sys/block/loop0").exists():
+        assert request_based(real, "loop0")
+    if Path("/sys/block/zram0").exists():
+        assert not request_based(real, "zram0")

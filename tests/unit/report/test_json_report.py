@@ -48,7 +48,8 @@ CRAFTED = [
     ("observations.0.histogram", {"scheme": "loglinear-8", "scale": -1, "count": 1, "sum": 1, "buckets": []}),
     ("observations.0.histogram", {"scheme": "loglinear-8", "scale": 1, "count": "1", "sum": 1, "buckets": []}),
     ("observations.0.events", [1, 2]), ("observations.0.notes", [{"a": 1}]), ("observations.0.gone_at", "x"),
-    ("observations.0.blind", 1),
+    ("observations.0.blind", 1), ("observations.0.unseen", -1), ("observations.0.unseen", 2.5),
+    ("observations.0.unseen", "3"),
 ]
 
 
@@ -99,3 +100,19 @@ def test_non_finite_figures_are_written_as_null():
 def test_a_valid_report_round_trips():
     store = store_from_report(read_report(str(GOLDEN)))
     assert store.all() and store.window.duration > 0
+
+
+def test_unseen_events_survive_a_save_and_a_replay(tmp_path):
+    """A replayed run must not pass what the live run could only call inconclusive."""
+    from vcheck.report.json_report import observation_json
+
+    store = store_from_report(read_report(str(GOLDEN)))
+    o = store.all()[0]
+    o.unseen = 12
+    d = _valid()
+    d["observations"] = [observation_json(x) for x in store.all()]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(d))
+    again = {(x.metric, x.labels): x for x in store_from_report(read_report(str(f))).all()}
+    assert again[(o.metric, o.labels)].unseen == 12
+    assert sum(x.unseen for x in again.values()) == 12
