@@ -123,28 +123,20 @@ BPF_ARRAY(floor_ns, u64, 1);          /* [0]: send I/Os at least this slow as ev
 BPF_ARRAY(counters, u64, 4);
 BPF_RINGBUF_OUTPUT(outliers, 256);    /* pages */
 
-/* The first two rwbs letters, read as fields: a pointer into a record that CO-RE relocates
- * would be a modified context pointer, which the verifier refuses to dereference. */
-#define RWBS(args) (args)->rwbs[0], (args)->rwbs[1]
+/* What the handlers need of a request, read from either kind of hook (see the end of the file). */
+struct rq_info {
+    u64 sector;      /* 0 when unset (issue and requeue report -1 as 0, completion does not) */
+    u32 dev;
+    u32 op;
+    u32 bytes;       /* the request's size */
+    u32 nr_sector;   /* completion: sectors this completion covers */
+    s32 error;       /* completion: -errno (classic record) or blk_status_t (raw hook) */
+    u32 preflush;    /* REQ_PREFLUSH: a leading F in rwbs */
+};
 
-static __always_inline u32 op_of(char c, char n)
+static __always_inline struct rq_key key_of(struct rq_info *i)
 {
-    if (c == 'F') {          /* a leading F is a preflush; the op letter follows, if any */
-        if (n == 'W' || n == 'R' || n == 'D' || n == 'N')
-            c = n;
-        else
-            return OP_FLUSH;
-    }
-    if (c == 'R') return OP_READ;
-    if (c == 'W') return OP_WRITE;
-    if (c == 'D') return OP_DISCARD;
-    return OP_OTHER;
-}
-
-/* Issue and requeue report an unset sector (-1) as 0, completion as -1: one key for both. */
-static __always_inline struct rq_key key_of(u32 dev, u64 sector, char c, char n)
-{
-    struct rq_key key = {.sector = sector == (u64)-1 ? 0 : sector, .dev = dev, .op = op_of(c, n)};
+    struct rq_key key = {.sector = i->sector == (u64)-1 ? 0 : i->sector, .dev = i->dev, .op = i->op};
     return key;
 }
 
@@ -192,13 +184,11 @@ static __always_inline void record(struct rq_key *key, struct rq_start *s, u64 n
     outliers.ringbuf_submit(ev, 0);
 }
 
-#ifdef HAVE_BLOCK_IO_START
-VCHK_TP
-int vchk_blk_start(struct tracepoint__block__block_io_start *args)
+static __always_inline int on_start(struct rq_info *i)
 {
-    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
+    struct rq_key key = key_of(i);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (args->rwbs[0] == 'F' && key.op == OP_WRITE && args->bytes == 0) {
+    if (i->preflush && key.op == OP_WRITE && i->bytes == 0) {
         struct preflush empty = {};
         struct preflush *p = preflushes.lookup_or_try_init(&key.dev, &empty);
         if (p) {
@@ -213,7 +203,6 @@ int vchk_blk_start(struct tracepoint__block__block_io_start *args)
     submitter.update(&key, &w);
     return 0;
 }
-#endif
 
 static __always_inline void flush_issue(u32 dev, struct rq_start *s)
 {
@@ -234,11 +223,10 @@ static __always_inline void flush_issue(u32 dev, struct rq_start *s)
     flush_start.update(&k, s);
 }
 
-VCHK_TP
-int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
+static __always_inline int on_issue(struct rq_info *i)
 {
-    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
-    struct rq_start s = {.ts = bpf_ktime_get_ns(), .bytes = args->bytes};
+    struct rq_key key = key_of(i);
+    struct rq_start s = {.ts = bpf_ktime_get_ns(), .bytes = i->bytes};
     if (key.op == OP_FLUSH) {   /* issued by a kworker: name the task whose preflush asked for it */
         struct preflush *p = preflushes.lookup(&key.dev);
         if (p && p->pid) {
@@ -265,11 +253,9 @@ int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
     return 0;
 }
 
-#ifdef HAVE_BLOCK_RQ_REQUEUE
-VCHK_TP
-int vchk_blk_requeue(struct tracepoint__block__block_rq_requeue *args)
+static __always_inline int on_requeue(struct rq_info *i)
 {
-    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
+    struct rq_key key = key_of(i);
     if (key.op == OP_FLUSH) {
         struct flush_fifo *f = flushes.lookup(&key.dev);
         if (f && f->issued > f->done)
@@ -285,7 +271,6 @@ int vchk_blk_requeue(struct tracepoint__block__block_rq_requeue *args)
     inflight.delete(&key);
     return 0;
 }
-#endif
 
 static __always_inline int flush_done(struct rq_key *key, u64 now, s32 error)
 {
@@ -340,21 +325,135 @@ static __always_inline int empty_done(struct rq_key *key, u64 now, s32 error)
     return 0;
 }
 
-VCHK_TP
-int vchk_blk_done(struct tracepoint__block__block_rq_complete *args)
+static __always_inline int on_done(struct rq_info *i)
 {
     u64 now = bpf_ktime_get_ns();
-    struct rq_key key = key_of(args->dev, args->sector, RWBS(args));
+    struct rq_key key = key_of(i);
     if (key.op == OP_FLUSH)
-        return flush_done(&key, now, args->error);
+        return flush_done(&key, now, i->error);
     struct rq_start *s = inflight.lookup(&key);
     if (s) {
-        record(&key, s, now, args->error);
+        record(&key, s, now, i->error);
         inflight.delete(&key);
         return 0;
     }
-    if (args->nr_sector == 0)
-        return empty_done(&key, now, args->error);
+    if (i->nr_sector == 0)
+        return empty_done(&key, now, i->error);
     count(COUNTER_UNPAIRED);
     return 0;
 }
+
+#ifdef VCHECK_CORE
+/* CO-RE: raw tracepoints, whose argument is the struct request itself (a raw tracepoint
+ * detaches in milliseconds, a classic one takes ~75 ms, and each costs less per I/O). The
+ * fields are what the classic record's TP_fast_assign computes: dev = disk_devt(q->disk),
+ * sector = blk_rq_pos() (0 for passthrough), bytes = blk_rq_bytes(), rwbs from cmd_flags. */
+#define REQ_OP_MASK_ 0xff   /* REQ_OP_BITS = 8; the op numbers below have not moved since 4.10 */
+#define REQ_OP_READ_ 0
+#define REQ_OP_WRITE_ 1
+#define REQ_OP_FLUSH_ 2
+#define REQ_OP_DISCARD_ 3
+#define REQ_OP_SECURE_ERASE_ 5
+#define REQ_OP_DRV_IN_ 34
+#define REQ_OP_DRV_OUT_ 35
+
+static __always_inline void info_of(struct request *rq, struct rq_info *i)
+{
+    struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+    if (disk)
+        i->dev = (u32)BPF_CORE_READ(disk, major) << 20 | (u32)BPF_CORE_READ(disk, first_minor);
+    u32 flags = BPF_CORE_READ(rq, cmd_flags);
+    u32 op = flags & REQ_OP_MASK_;
+    bool passthrough = op == REQ_OP_DRV_IN_ || op == REQ_OP_DRV_OUT_;
+    i->sector = passthrough ? 0 : BPF_CORE_READ(rq, __sector);
+    i->bytes = BPF_CORE_READ(rq, __data_len);
+    /* the flag's bit moved across kernels: its position comes from the running kernel's BTF */
+    i->preflush = (flags >> bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH)) & 1;
+    i->op = op == REQ_OP_READ_ ? OP_READ : op == REQ_OP_WRITE_ ? OP_WRITE : op == REQ_OP_FLUSH_ ? OP_FLUSH :
+            (op == REQ_OP_DISCARD_ || op == REQ_OP_SECURE_ERASE_) ? OP_DISCARD : OP_OTHER;
+}
+
+#define VCHK_BLK_HOOK(fn, handler)                                                             \
+    VCHK_RAW_TP int fn(struct bpf_raw_tracepoint_args *ctx)                                     \
+    {                                                                                           \
+        struct rq_info i = {};                                                                  \
+        info_of((struct request *)ctx->args[0], &i);                                            \
+        return handler(&i);                                                                     \
+    }
+
+#ifdef HAVE_BLOCK_IO_START
+VCHK_BLK_HOOK(vchk_blk_start, on_start)
+#endif
+VCHK_BLK_HOOK(vchk_blk_issue, on_issue)
+#ifdef HAVE_BLOCK_RQ_REQUEUE
+VCHK_BLK_HOOK(vchk_blk_requeue, on_requeue)
+#endif
+
+/* block:block_rq_complete(rq, blk_status_t error, unsigned int nr_bytes): the raw status,
+ * which user space names (the classic record holds blk_status_to_errno() of it) */
+VCHK_RAW_TP
+int vchk_blk_done(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct rq_info i = {};
+    info_of((struct request *)ctx->args[0], &i);
+    i.error = (u8)ctx->args[1];
+    i.nr_sector = (u32)ctx->args[2] >> 9;
+    return on_done(&i);
+}
+#else
+/* bcc: the classic records; the op is read from rwbs, as blktrace writes it */
+static __always_inline u32 op_of(char c, char n)
+{
+    if (c == 'F') {          /* a leading F is a preflush; the op letter follows, if any */
+        if (n == 'W' || n == 'R' || n == 'D' || n == 'N')
+            c = n;
+        else
+            return OP_FLUSH;
+    }
+    if (c == 'R') return OP_READ;
+    if (c == 'W') return OP_WRITE;
+    if (c == 'D') return OP_DISCARD;
+    return OP_OTHER;
+}
+
+/* The first two rwbs letters are read as fields, never through a pointer into the record. */
+#define INFO_OF(args)                                                                           \
+    {.sector = (args)->sector, .dev = (args)->dev, .op = op_of((args)->rwbs[0], (args)->rwbs[1]),  \
+     .preflush = (args)->rwbs[0] == 'F'}
+
+#ifdef HAVE_BLOCK_IO_START
+VCHK_TP
+int vchk_blk_start(struct tracepoint__block__block_io_start *args)
+{
+    struct rq_info i = INFO_OF(args);
+    i.bytes = args->bytes;
+    return on_start(&i);
+}
+#endif
+
+VCHK_TP
+int vchk_blk_issue(struct tracepoint__block__block_rq_issue *args)
+{
+    struct rq_info i = INFO_OF(args);
+    i.bytes = args->bytes;
+    return on_issue(&i);
+}
+
+#ifdef HAVE_BLOCK_RQ_REQUEUE
+VCHK_TP
+int vchk_blk_requeue(struct tracepoint__block__block_rq_requeue *args)
+{
+    struct rq_info i = INFO_OF(args);
+    return on_requeue(&i);
+}
+#endif
+
+VCHK_TP
+int vchk_blk_done(struct tracepoint__block__block_rq_complete *args)
+{
+    struct rq_info i = INFO_OF(args);
+    i.error = args->error;
+    i.nr_sector = args->nr_sector;
+    return on_done(&i);
+}
+#endif

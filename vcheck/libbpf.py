@@ -16,6 +16,7 @@ import errno as errno_mod
 import os
 import struct
 import threading
+import time
 import traceback
 from typing import Any, Callable, Iterator
 
@@ -96,6 +97,9 @@ def lib() -> ctypes.CDLL:
         _sig(l, "bpf_program__attach_tracepoint", P, P, S, S)
         _sig(l, "bpf_program__attach_raw_tracepoint", P, P, S)
         _sig(l, "bpf_link__destroy", I, P)
+        _sig(l, "bpf_program__fd", I, P)
+        _sig(l, "bpf_obj_get_info_by_fd", I, I, VP, ctypes.POINTER(U32))
+        _sig(l, "bpf_prog_get_fd_by_id", I, U32)
         _sig(l, "bpf_map__fd", I, P)
         _sig(l, "bpf_map__type", I, P)
         _sig(l, "bpf_map__key_size", U32, P)
@@ -503,6 +507,16 @@ class BpfObject:
             rc = lib().bpf_object__load(self._need())
         if rc < 0:
             raise LibbpfError("loading the object", _err(rc), log.text)
+        self._prog_ids = [i for i in map(_prog_id, self._loaded_programs()) if i]
+
+    def _loaded_programs(self) -> list[int]:
+        out, p = [], None
+        while True:
+            p = lib().bpf_object__next_program(self._need(), p)
+            if not p:
+                return out
+            if lib().bpf_program__fd(p) >= 0:
+                out.append(p)
 
     def attach_tracepoint(self, fn_name: str, category: str, event: str) -> None:
         self._attach(fn_name, lambda p: lib().bpf_program__attach_tracepoint(p, category.encode(), event.encode()),
@@ -563,3 +577,34 @@ class BpfObject:
         obj, self._obj = self._obj, None
         if obj is not None:
             lib().bpf_object__close(obj)
+        ids, self._prog_ids = getattr(self, "_prog_ids", []), []
+        _wait_gone(ids)
+
+
+PROG_GONE_WAIT = 1.0   # seconds: a grace period or two, even on a loaded machine
+
+
+def _prog_id(prog: int) -> int:
+    """The kernel's id of a loaded program (struct bpf_prog_info: type, then id)."""
+    info = (ctypes.c_uint32 * 64)()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    if lib().bpf_obj_get_info_by_fd(lib().bpf_program__fd(prog), info, ctypes.byref(size)) < 0:
+        return 0
+    return info[1]
+
+
+def _wait_gone(ids: list[int]) -> None:
+    """Until the programs are freed. A raw tracepoint's link frees its program only after an RCU
+    grace period: without the wait, "closed" would not yet mean "no vcheck program loaded"."""
+    deadline = time.monotonic() + PROG_GONE_WAIT
+    pending = list(ids)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for i in pending:
+            fd = lib().bpf_prog_get_fd_by_id(i)
+            if fd >= 0:
+                os.close(fd)
+                still.append(i)
+        pending = still
+        if pending:
+            time.sleep(0.002)

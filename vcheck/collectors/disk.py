@@ -12,6 +12,7 @@ Two collectors, because they fail differently:
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import threading
 import time
@@ -219,12 +220,31 @@ class _Outlier(ctypes.Structure):
                 ("comm", ctypes.c_char * 16)]
 
 
-BLOCK_TRACEPOINTS = (
-    Attach("block", "block_io_start", "vchk_blk_start", optional=True),
-    Attach("block", "block_rq_issue", "vchk_blk_issue"),
-    Attach("block", "block_rq_requeue", "vchk_blk_requeue", optional=True),
-    Attach("block", "block_rq_complete", "vchk_blk_done"),
+BLOCK_TRACEPOINTS = (   # raw on the CO-RE path: fields read from struct request (block_latency.c)
+    Attach("block", "block_io_start", "vchk_blk_start", optional=True, raw_core=True),
+    Attach("block", "block_rq_issue", "vchk_blk_issue", raw_core=True),
+    Attach("block", "block_rq_requeue", "vchk_blk_requeue", optional=True, raw_core=True),
+    Attach("block", "block_rq_complete", "vchk_blk_done", raw_core=True),
 )
+
+# blk_status_t as the raw completion hook sees it -> (errno name, the kernel's blk_errors[] text);
+# codes 1-13 have kept their numbers since 4.13, later ones were added and renumbered
+BLK_STATUS = {1: ("EOPNOTSUPP", "operation not supported"), 2: ("ETIMEDOUT", "timeout"),
+              3: ("ENOSPC", "critical space allocation"), 4: ("ENOLINK", "recoverable transport"),
+              5: ("EREMOTEIO", "critical target"), 6: ("EBADE", "critical nexus or reservation conflict"),
+              7: ("ENODATA", "critical medium"), 8: ("EILSEQ", "protection"), 9: ("ENOMEM", "kernel resource"),
+              10: ("EIO", "I/O"), 11: ("EREMCHG", "dm internal retry"), 12: ("EAGAIN", "nonblocking retry"),
+              13: ("EBUSY", "device resource")}
+
+
+def completion_error(code: int, raw_status: bool) -> dict[str, object]:
+    """A failed completion's evidence: -errno as the classic record gives it (blk_status_to_errno)
+    and, from the raw hook, the block status it came from."""
+    if not raw_status:
+        return {"error": code}
+    name, text = BLK_STATUS.get(code, ("EIO", ""))
+    return {"error": -getattr(errno, name), "status": f"BLK_STS {code}" + (f" ({text} error)" if text else
+                                                                          " (unknown to vcheck; -EIO)")}
 
 LATENCY_METRICS = (
     MetricSpec(name="block.latency", layer="guest", dimension=TIME, kind="distribution",
@@ -314,7 +334,7 @@ class BlockLatencyCollector(Collector):
               "latency": e.latency_ns / 1e9, "pid": e.pid,
               "comm": e.comm.decode("utf-8", "replace")}
         if e.error:
-            ev["error"] = e.error
+            ev.update(completion_error(e.error, self._prog is not None and self._prog.path == "core"))
         self._owners.setdefault(e.pid, "")
         self._seq += 1
         item = (e.latency_ns, self._seq, ev)

@@ -84,3 +84,15 @@ def test_bio_based_devices_are_told_apart_by_their_mq_directory(tmp_path: Path):
         assert request_based(real, "loop0")
     if Path("/sys/block/zram0").exists():
         assert not request_based(real, "zram0")
+
+
+def test_a_failed_completion_names_its_errno_on_both_paths():
+    import errno
+
+    from vcheck.collectors.disk import completion_error
+    assert completion_error(-5, raw_status=False) == {"error": -5}          # classic: already -errno
+    raw = completion_error(10, raw_status=True)                            # BLK_STS_IOERR
+    assert raw["error"] == -errno.EIO and raw["status"].startswith("BLK_STS 10")
+    assert completion_error(2, raw_status=True)["error"] == -errno.ETIMEDOUT
+    odd = completion_error(42, raw_status=True)                            # a status added later
+    assert odd["error"] == -errno.EIO and "unknown" in odd["status"]
