@@ -73,6 +73,11 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
     return status
 
 
+# pytest's own plugins a policy run has no use for (each costs start-up time): doctests,
+# pastebin uploads, py.path fixtures, --stepwise
+NOT_NEEDED = ("-p", "no:doctest", "-p", "no:pastebin", "-p", "no:legacypath", "-p", "no:stepwise")
+
+
 def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     """pytest's arguments for a hermetic run: an empty ini of our own (no pytest.ini, tox.ini or
     pyproject.toml options from above the policies), no conftest.py, only vcheck's plugin.
@@ -90,7 +95,7 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     cwd = os.getcwd()
     rootdir = cwd if os.path.commonpath([cwd, common]) == cwd else common
     out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin", "--vcheck-cli",
-                            "-p", "no:cacheprovider", "-rfEsx", "-o", "junit_family=xunit1",
+                            "-p", "no:cacheprovider", *NOT_NEEDED, "-rfEsx", "-o", "junit_family=xunit1",
                             "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
     if getattr(args, "junitxml", None):
         out.append(f"--junitxml={private / 'junit.xml'}")

@@ -97,6 +97,8 @@ class CheckItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None):  # type: ignore[override]
         if isinstance(excinfo.value, CheckFailed):
             return self._text()
+        if isinstance(excinfo.value, pytest.fail.Exception) and not excinfo.value.pytrace:
+            return excinfo.value.msg   # a verdict's own text (inconclusive): no traceback to format
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
