@@ -149,16 +149,60 @@ static __always_inline void charge(struct culprit_key *k, u64 ns, const char *co
     __sync_fetch_and_add(&c->ns, ns);
 }
 
+#ifdef VCHECK_CORE
+/* The walk back through the ring as a bpf_loop (5.17+; the raw sched_switch hook needs 5.18
+ * anyway): the verifier checks one step once instead of RING_SLOTS unrolled steps, which was
+ * most of this program's load time. */
+struct walk {
+    u64 since;
+    u64 end;
+    u64 head;
+    u32 cpu;
+    u32 tid;
+    u32 by_cpu;
+    u32 by_task;
+};
+
+static long walk_step(u32 i, void *arg)
+{
+    struct walk *w = arg;
+    u32 zero = 0;
+    struct ring *r = rings.lookup(&zero);   /* this CPU's ring: the caller's, per-CPU */
+    if (!r || w->end <= w->since || (u64)i >= w->head)
+        return 1;
+    struct slice *s = &r->s[(w->head - 1 - i) & (RING_SLOTS - 1)];
+    u64 start = s->start;
+    u64 from = start > w->since ? start : w->since;
+    if (w->end > from && s->pid != w->tid) {
+        struct culprit_key k = {.kind = VICTIM_CPU, .victim = w->cpu, .pid = s->pid};
+        if (w->by_cpu)
+            charge(&k, w->end - from, s->comm);
+        k.kind = VICTIM_TASK;
+        k.victim = w->tid;
+        if (w->by_task)
+            charge(&k, w->end - from, s->comm);
+    }
+    w->end = start < w->end ? start : w->end;
+    return 0;
+}
+#endif
+
 /* Split the wait [since, now] of task `tid`, switched in on `cpu`, among the slices of the
  * CPU's ring; by_cpu/by_task say which victims are charged. */
 static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 since, u64 now,
                                         bool by_cpu, bool by_task)
 {
-    u64 end = now;
-    u64 head = r->head;
     struct culprit_key ck = {.kind = VICTIM_CPU, .victim = cpu};
     struct culprit_key tk = {.kind = VICTIM_TASK, .victim = tid};
     char none[16] = {};
+#ifdef VCHECK_CORE
+    struct walk w = {.since = since, .end = now, .head = r->head, .cpu = cpu, .tid = tid,
+                     .by_cpu = by_cpu, .by_task = by_task};
+    bpf_loop(RING_SLOTS, walk_step, &w, 0);
+    u64 end = w.end;
+#else
+    u64 end = now;
+    u64 head = r->head;
     for (int i = 0; i < RING_SLOTS; i++) {
         if (end <= since || (u64)i >= head)
             break;
@@ -174,6 +218,7 @@ static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 si
         }
         end = start < end ? start : end;
     }
+#endif
     if (end > since) {
         count(COUNTER_UNATTRIBUTED_WAITS);
         ck.pid = tk.pid = UNATTRIBUTED;
