@@ -166,9 +166,9 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _enter(pid: int, privileged: bool) -> None:
-    """In a forked child: join the target's namespaces (pid last: it applies to the children)."""
-    libc = _libc()
+def _enter(pid: int, privileged: bool, libc: ctypes.CDLL) -> None:
+    """In a forked child: join the target's namespaces (pid last: it applies to the children).
+    `libc` is resolved before the fork: dlopen in a child of a threaded process can deadlock."""
     # a library's fork handler (grpc's) may start threads in the child, which share its
     # fs_struct and make setns(mnt) refuse: take a private one first
     if libc.unshare(_CLONE_FS) != 0:
@@ -191,13 +191,14 @@ def run_in_namespaces(pid: int, fn: Callable[..., Any], args: tuple, *, timeout:
     """Fork; the child joins the namespaces, forks again (so it is inside the PID namespace too),
     runs fn and writes {"ok": result} or {"error": text} as JSON to a pipe; the parent waits at
     most `timeout` and kills the children past it."""
+    libc = _libc()
     r, w = os.pipe()
     child = os.fork()
     if child == 0:                                   # pragma: no cover - runs in the child
         status = 1
         try:
             os.close(r)
-            _enter(pid, privileged)
+            _enter(pid, privileged, libc)
             inner = os.fork()
             if inner == 0:
                 try:

@@ -9,6 +9,7 @@ and containers the way a kubelet does, lives in tests/rig/cri_writer.py.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -54,6 +55,9 @@ class ContainerDetail:
 
 class CriClient:
     def __init__(self, socket_path: str, timeout: float = 5.0):
+        # vcheck forks (a Python check's container.call()) and never uses gRPC in the child:
+        # without this, gRPC's fork handlers run in every child and can hang it
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         try:
             import grpc  # type: ignore[import-not-found]
         except ImportError as exc:
