@@ -344,10 +344,11 @@ static __always_inline int on_done(struct rq_info *i)
 }
 
 #ifdef VCHECK_CORE
-/* CO-RE: raw tracepoints, whose argument is the struct request itself (a raw tracepoint
- * detaches in milliseconds, a classic one takes ~75 ms, and each costs less per I/O). The
- * fields are what the classic record's TP_fast_assign computes: dev = disk_devt(q->disk),
- * sector = blk_rq_pos() (0 for passthrough), bytes = blk_rq_bytes(), rwbs from cmd_flags. */
+/* CO-RE: BTF-typed raw tracepoints (tp_btf), whose argument is the struct request itself: a
+ * raw tracepoint detaches in milliseconds (a classic one takes ~75 ms) and, typed, its fields
+ * are plain loads, not probe-read helper calls. The fields are what the classic record's
+ * TP_fast_assign computes: dev = disk_devt(q->disk), sector = blk_rq_pos() (0 for
+ * passthrough), bytes = blk_rq_bytes(), the op and preflush from cmd_flags. */
 #define REQ_OP_MASK_ 0xff   /* REQ_OP_BITS = 8; the op numbers below have not moved since 4.10 */
 #define REQ_OP_READ_ 0
 #define REQ_OP_WRITE_ 1
@@ -359,45 +360,45 @@ static __always_inline int on_done(struct rq_info *i)
 
 static __always_inline void info_of(struct request *rq, struct rq_info *i)
 {
-    struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+    struct gendisk *disk = rq->q->disk;
     if (disk)
-        i->dev = (u32)BPF_CORE_READ(disk, major) << 20 | (u32)BPF_CORE_READ(disk, first_minor);
-    u32 flags = BPF_CORE_READ(rq, cmd_flags);
+        i->dev = (u32)disk->major << 20 | (u32)disk->first_minor;
+    u32 flags = rq->cmd_flags;
     u32 op = flags & REQ_OP_MASK_;
     bool passthrough = op == REQ_OP_DRV_IN_ || op == REQ_OP_DRV_OUT_;
-    i->sector = passthrough ? 0 : BPF_CORE_READ(rq, __sector);
-    i->bytes = BPF_CORE_READ(rq, __data_len);
+    i->sector = passthrough ? 0 : rq->__sector;
+    i->bytes = rq->__data_len;
     /* the flag's bit moved across kernels: its position comes from the running kernel's BTF */
     i->preflush = (flags >> bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH)) & 1;
     i->op = op == REQ_OP_READ_ ? OP_READ : op == REQ_OP_WRITE_ ? OP_WRITE : op == REQ_OP_FLUSH_ ? OP_FLUSH :
             (op == REQ_OP_DISCARD_ || op == REQ_OP_SECURE_ERASE_) ? OP_DISCARD : OP_OTHER;
 }
 
-#define VCHK_BLK_HOOK(fn, handler)                                                             \
-    VCHK_RAW_TP int fn(struct bpf_raw_tracepoint_args *ctx)                                     \
+#define VCHK_BLK_HOOK(fn, event, handler)                                                      \
+    VCHK_BTF_TP(event) int fn(u64 *ctx)                                                         \
     {                                                                                           \
         struct rq_info i = {};                                                                  \
-        info_of((struct request *)ctx->args[0], &i);                                            \
+        info_of((struct request *)ctx[0], &i);                                                  \
         return handler(&i);                                                                     \
     }
 
 #ifdef HAVE_BLOCK_IO_START
-VCHK_BLK_HOOK(vchk_blk_start, on_start)
+VCHK_BLK_HOOK(vchk_blk_start, block_io_start, on_start)
 #endif
-VCHK_BLK_HOOK(vchk_blk_issue, on_issue)
+VCHK_BLK_HOOK(vchk_blk_issue, block_rq_issue, on_issue)
 #ifdef HAVE_BLOCK_RQ_REQUEUE
-VCHK_BLK_HOOK(vchk_blk_requeue, on_requeue)
+VCHK_BLK_HOOK(vchk_blk_requeue, block_rq_requeue, on_requeue)
 #endif
 
 /* block:block_rq_complete(rq, blk_status_t error, unsigned int nr_bytes): the raw status,
  * which user space names (the classic record holds blk_status_to_errno() of it) */
-VCHK_RAW_TP
-int vchk_blk_done(struct bpf_raw_tracepoint_args *ctx)
+VCHK_BTF_TP(block_rq_complete)
+int vchk_blk_done(u64 *ctx)
 {
     struct rq_info i = {};
-    info_of((struct request *)ctx->args[0], &i);
-    i.error = (u8)ctx->args[1];
-    i.nr_sector = (u32)ctx->args[2] >> 9;
+    info_of((struct request *)ctx[0], &i);
+    i.error = (u8)ctx[1];
+    i.nr_sector = (u32)ctx[2] >> 9;
     return on_done(&i);
 }
 #else

@@ -7,8 +7,8 @@
  *   NAME, so NAME.lookup(k) is a direct call once clang has folded the constant (-O2);
  * - tracepoint records are the kernel's trace_event_raw_* structs from vmlinux.h, so field
  *   offsets are relocated against the running kernel's BTF at load;
- * - VCHK_TP / VCHK_RAW_TP put a program in the section libbpf loads as that type (bcc takes
- *   the type from the attach call and needs nothing here);
+ * - VCHK_TP / VCHK_RAW_TP / VCHK_BTF_TP(event) put a program in the section libbpf loads as
+ *   that type (bcc takes the type from the attach call and needs nothing here);
  * - VCHK_HAVE(event) says whether an optional tracepoint is attached: a -D under bcc, a
  *   read-only global that the loader sets before load under CO-RE (the verifier then drops
  *   the dead branch).
@@ -32,6 +32,7 @@ char _vchk_license[] SEC("license") = "GPL";
 
 #define VCHK_TP SEC("tp")
 #define VCHK_RAW_TP SEC("raw_tp")
+#define VCHK_BTF_TP(event) SEC("tp_btf/" #event)   /* typed raw tracepoint (5.5+): plain loads */
 #define VCHK_DECLARE_HAVE(event) const volatile u32 vchk_have_##event = 1
 #define VCHK_HAVE(event) (vchk_have_##event)
 

@@ -96,6 +96,8 @@ def lib() -> ctypes.CDLL:
         _sig(l, "bpf_program__set_autoload", I, P, ctypes.c_bool)
         _sig(l, "bpf_program__attach_tracepoint", P, P, S, S)
         _sig(l, "bpf_program__attach_raw_tracepoint", P, P, S)
+        _sig(l, "bpf_program__attach_trace", P, P)
+        _sig(l, "bpf_program__section_name", S, P)
         _sig(l, "bpf_link__destroy", I, P)
         _sig(l, "bpf_program__fd", I, P)
         _sig(l, "bpf_obj_get_info_by_fd", I, I, VP, ctypes.POINTER(U32))
@@ -523,6 +525,13 @@ class BpfObject:
                      f"{category}:{event}")
 
     def attach_raw_tracepoint(self, fn_name: str, event: str) -> None:
+        """A raw tracepoint; a typed one (section tp_btf/EVENT) names its event itself."""
+        section = (lib().bpf_program__section_name(self.program(fn_name)) or b"").decode()
+        if section.startswith("tp_btf/"):
+            if section != f"tp_btf/{event}":
+                raise LibbpfError(f"{fn_name} is built for {section}, not {event}", errno_mod.EINVAL)
+            self._attach(fn_name, lambda p: lib().bpf_program__attach_trace(p), f"typed raw tracepoint {event}")
+            return
         self._attach(fn_name, lambda p: lib().bpf_program__attach_raw_tracepoint(p, event.encode()),
                      f"raw tracepoint {event}")
 

@@ -209,14 +209,14 @@ checks:
     metric: sched.runq.latency
     per: cpu
     select: {cpu: "1"}
-    expect: "p99 < 1ms"
+    expect: "count(> 2ms) < 10"
 """
 
 
 def test_outlier_check_fails_and_names_the_slow_ios(no_programs_before, run_vcheck, policy_file, bpf_path):
     dev = root_device()
     p = policy_file(OUTLIER_POLICY.replace("DEV", dev))
-    with background_writes(8), cpu_hogs(cpu=1, n=2):
+    with background_writes(8, cpus="0"), cpu_hogs(cpu=1, n=2):
         r = run_vcheck(str(p))
     assert r.returncode == 1, r.stdout + r.stderr
     costs = r.report["cost"]["bpf"]
@@ -232,7 +232,8 @@ def test_outlier_check_fails_and_names_the_slow_ios(no_programs_before, run_vche
     # than any of fio's writes)
     assert "event: " in r.stdout and f"comm={slow['comm']}" in r.stdout, r.stdout[-4000:]
     assert r.result("disk-p99")["outcome"] == "pass"
-    # two busy loops on CPU 1: each waits its turn for several ms
+    # two busy loops on CPU 1: each waits its turn for several ms, hundreds of times. Counted,
+    # not a percentile: the short waits of the I/O load's wakeups there can outnumber them
     runq = r.result("runq")
     assert runq["outcome"] == "fail", runq
     assert vcheck_programs() == []

@@ -58,7 +58,7 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("html")
     policy = d / "html-rig.yaml"
     policy.write_text(POLICY.replace("DEV", root_device()))
-    with background_writes(8), cpu_hogs(cpu=1, n=2):
+    with background_writes(8, cpus="0"), cpu_hogs(cpu=1, n=2):
         time.sleep(0.3)   # the hogs are at full speed before the window opens
         p = _vcheck("run", str(policy), "--json", str(d / "r.json"), "--html", str(d / "live.html"), cwd=d)
     assert p.returncode == 1, p.stdout + p.stderr
