@@ -449,12 +449,12 @@ class BlockLatencyCollector(Collector):
                 o = self.store.series("block.latency", {"device": dev, "op": op}, source)
                 if o.histogram is None:
                     o.histogram = Histogram(scale=1e-9)
-                o.unseen, o.unseen_seconds, n = u.count, u.seconds, u.count
+                o.unseen, o.unseen_seconds = u.count, u.seconds
                 why = ("it is bio-based (device-mapper, md, zram): block_rq_* tracepoints never fire for "
                        "it, its I/O is timed on the devices below" if not request_based(self.roots, dev)
                        else "the kernel did not run the probe for them, or they were in flight when the "
                             "window began")
-                o.notes.append(f"{n} {op} completions /proc/diskstats counted on {dev} were never timed: "
+                o.notes.append(f"{u.count} {op} completions /proc/diskstats counted on {dev} were never timed: "
                                f"{why}; together they took at most {u.seconds * 1000:.3g} ms (diskstats' "
                                f"time, queue included), and a verdict stands only if it holds whatever "
                                f"each took within that")
