@@ -3,7 +3,8 @@
 Per check and entity: outcome, measured value and threshold (base units: seconds, bytes,
 percent, counts). Per run: timestamp, duration, exit status, counts by outcome, and the time
 of the last successful run, carried over from the previous file when this run did not pass,
-so an alert can say "no successful conformance run for 2 h".
+so an alert can say "no successful conformance run for 2 h". Per observation, only when there
+were any: events the kernel counted and no probe timed.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ OUTCOMES = tuple(o.value for o in Outcome)
 # an item's outcome that holds for each of its entities; else an entity's own, in item terms
 _WHOLE_ITEM = (Outcome.SKIP, Outcome.WAIVED, Outcome.ERROR, Outcome.NOT_RUN)
 _FROM_ENTITY = {EntityOutcome.MISSING: Outcome.SKIP, EntityOutcome.INCONCLUSIVE: Outcome.ERROR}
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LAST_SUCCESS = re.compile(r"^vcheck_last_success_timestamp_seconds(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -109,4 +111,12 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
     if last_success is not None:
         family("vcheck_last_success_timestamp_seconds", "gauge", "when the last run that passed ended",
                [(node, last_success)])
+    unseen = [(_labels(node=host, metric=o["metric"],
+                       **{k: v for k, v in sorted((o.get("labels") or {}).items()) if _LABEL_NAME.fullmatch(k)
+                          and k not in ("node", "metric")}), float(o["unseen"]))
+              for o in report.get("observations") or [] if o.get("unseen")]
+    if unseen:   # only when it happened: a blind spot worth an alert, not a zero series per device
+        family("vcheck_unseen_events", "gauge",
+               "events the kernel counted in the window that no probe timed (block completions "
+               "/proc/diskstats counts); checks on them hold whatever those took, or are inconclusive", unseen)
     return "\n".join(lines) + "\n"

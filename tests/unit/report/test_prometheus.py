@@ -18,3 +18,13 @@ def test_prometheus_rendering_escapes_and_carries_last_success():
     assert previous_last_success(render({**REPORT, "exit_status": 0}, 1.0, previous, now=1800000000)) == 1800000000
     for line in text.splitlines():
         assert line.startswith("#") or line.split()[-1].replace(".", "", 1).replace("e+", "").isdigit()
+
+
+def test_unseen_events_get_a_series_only_when_there_were_any():
+    assert "vcheck_unseen_events" not in render(REPORT, 1.0, now=1800000000)
+    observations = [{"metric": "block.latency", "labels": {"device": "vda", "op": "write", "bad-name": "x"},
+                     "unseen": 3, "unseen_seconds": 0.004},
+                    {"metric": "block.latency", "labels": {"device": "vda", "op": "read"}}]
+    text = render({**REPORT, "observations": observations}, 1.0, now=1800000000)
+    assert 'vcheck_unseen_events{node="we\\"ird",metric="block.latency",device="vda",op="write"} 3' in text
+    assert text.count("vcheck_unseen_events{") == 1   # a label name Prometheus refuses is dropped
