@@ -460,6 +460,7 @@ class BpfObject:
             raise LibbpfError(f"opening {path}", _err(), log.text)
         self._obj: int | None = obj
         self._links: list[int] = []
+        self._prog_ids: list[int] = []   # the kernel's ids of the loaded programs: close waits for them
         self._maps: dict[str, Map] = {}
         self.rings = RingBuffers()
         raw_size = ctypes.c_uint32()
@@ -487,13 +488,16 @@ class BpfObject:
                 ctypes.memmove(base + off, value.to_bytes(width, "little", signed=value < 0), width)
         return missing
 
-    def program_names(self) -> list[str]:
-        out, p = [], None
+    def _programs(self) -> Iterator[int]:
+        p = None
         while True:
             p = lib().bpf_object__next_program(self._need(), p)
             if not p:
-                return out
-            out.append(lib().bpf_program__name(p).decode())
+                return
+            yield p
+
+    def program_names(self) -> list[str]:
+        return [lib().bpf_program__name(p).decode() for p in self._programs()]
 
     def program(self, name: str) -> int:
         p = lib().bpf_object__find_program_by_name(self._need(), name.encode())
@@ -509,16 +513,8 @@ class BpfObject:
             rc = lib().bpf_object__load(self._need())
         if rc < 0:
             raise LibbpfError("loading the object", _err(rc), log.text)
-        self._prog_ids = [i for i in map(_prog_id, self._loaded_programs()) if i]
-
-    def _loaded_programs(self) -> list[int]:
-        out, p = [], None
-        while True:
-            p = lib().bpf_object__next_program(self._need(), p)
-            if not p:
-                return out
-            if lib().bpf_program__fd(p) >= 0:
-                out.append(p)
+        # programs left out of the load (set_autoload off) have no fd and no id
+        self._prog_ids = [i for p in self._programs() if lib().bpf_program__fd(p) >= 0 and (i := _prog_id(p))]
 
     def attach_tracepoint(self, fn_name: str, category: str, event: str) -> None:
         self._attach(fn_name, lambda p: lib().bpf_program__attach_tracepoint(p, category.encode(), event.encode()),
@@ -586,7 +582,7 @@ class BpfObject:
         obj, self._obj = self._obj, None
         if obj is not None:
             lib().bpf_object__close(obj)
-        ids, self._prog_ids = getattr(self, "_prog_ids", []), []
+        ids, self._prog_ids = self._prog_ids, []
         _wait_gone(ids)
 
 

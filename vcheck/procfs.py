@@ -6,6 +6,8 @@ node facts (``report/node.py``) describe the machine vcheck itself runs on.
 """
 from __future__ import annotations
 
+import errno
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,13 @@ class HostRoots:
                    cgroup=pick("VCHECK_CGROUP", "/sys/fs/cgroup"), run=pick("VCHECK_RUN", "/run"))
 
 
+PROC_READ_LIMIT = 16 << 20   # far above any /proc or /sys file vcheck reads; VCHECK_PROC may point anywhere
+
+
 def read_text(path: Path) -> str:
+    """A /proc or /sys file, bounded: one over PROC_READ_LIMIT is an OSError, as an unreadable one."""
     with open(path, "rb") as f:
-        return f.read().decode("utf-8", "replace")
+        data = f.read(PROC_READ_LIMIT + 1)
+    if len(data) > PROC_READ_LIMIT:
+        raise OSError(errno.EFBIG, f"larger than {PROC_READ_LIMIT >> 20} MiB", str(path))
+    return data.decode("utf-8", "replace")

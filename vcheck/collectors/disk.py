@@ -291,6 +291,7 @@ class BlockLatencyCollector(Collector):
         stats = self._diskstats()
         self._names = self._dev_names(stats)
         self._disks = whole_disks(self.roots, stats)   # reported on even when idle
+        self._counted_before: dict[str, DiskCounters] = {}   # diskstats at the window's start
         self._prog = prog = BpfProgram("block_latency.c", BLOCK_TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
         for n in prog.notes:
             self.store.note(self.name, n)
@@ -429,9 +430,9 @@ class BlockLatencyCollector(Collector):
             o.events = events.get((dev, op), [])
             o.notes.extend(notes)
         self._file_untimed(hists, counted_after, source)
+        filed = {o.label_dict.get("device") for o in self.store.for_metric("block.latency")}
         for dev in self._disks:
-            if not any(d == dev for d, _ in hists) and not any(
-                    o.label_dict.get("device") == dev for o in self.store.for_metric("block.latency")):
+            if dev not in filed:
                 o = self.store.set_histogram("block.latency", {"device": dev}, Histogram(scale=1e-9), source)
                 o.notes.append(f"no I/O completed on {dev} in the window")
         self.close()
@@ -440,7 +441,7 @@ class BlockLatencyCollector(Collector):
                       source: Mapping[str, str]) -> None:
         """Hold what was timed against what the kernel counted, per device and op: a completion
         no program ran for (the kernel skipped it, or the device is bio-based) is never a pass."""
-        before = getattr(self, "_counted_before", {})
+        before = self._counted_before
         for dev in sorted(set(self._disks) | {d for d, _ in hists}):
             if dev not in before or dev not in counted_after:
                 continue
