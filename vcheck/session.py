@@ -109,13 +109,7 @@ class SamplingSession:
         # collectors are registered before starting so close() reaches them even if the
         # main thread is interrupted while a BPF program is being attached
         self._collectors = pending
-        threads = [threading.Thread(target=start, args=(c,), name=f"start-{c.name}", daemon=True)
-                   for c in pending]
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
+        self._each_concurrently(start, "start")
         self._collectors = [c for c in pending if c in started]
 
     def _sample_window(self) -> None:
@@ -182,8 +176,9 @@ class SamplingSession:
             self.store.mark_unavailable(c.request.metrics, f"{c.name} failed at the end of the window: {exc!r}")
 
     def _each_concurrently(self, fn: Callable[[Collector], None], phase: str) -> None:
-        """fn on every collector, each in its own thread: the final reads and the detaching
-        (a kernel grace period per BPF program) overlap instead of adding up."""
+        """fn on every collector, each in its own thread: BPF loads, final reads and detaching
+        (a kernel grace period per BPF program) overlap instead of adding up. Joined in short
+        waits, so Ctrl-C still reaches the main thread."""
         threads = [threading.Thread(target=fn, args=(c,), name=f"{phase}-{c.name}", daemon=True)
                    for c in self._collectors]
         for t in threads:
