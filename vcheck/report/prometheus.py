@@ -108,6 +108,16 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
                                   "from vcheck's start to the window's first sample")):
         if isinstance(cost.get(key), (int, float)):
             family(name, "gauge", help_text, [(node, float(cost[key]))])
+    # who the node is to the fleet: the version that wrote these series, and each node label
+    # (VCHECK_NODE_LABELS) as key/value, so any label can be a failure domain of the fleet
+    # rules and of `vcheck gate --prometheus --domain-label KEY` (label names such as
+    # topology.kubernetes.io/zone are no Prometheus label names)
+    family("vcheck_run_info", "gauge", "the vcheck version that wrote this file",
+           [(_labels(node=host, version=report.get("vcheck", "")), 1.0)])
+    node_labels = sorted(((report.get("node") or {}).get("labels") or {}).items())
+    if node_labels:
+        family("vcheck_node_label", "gauge", "a node label (VCHECK_NODE_LABELS): a failure domain for the fleet gate",
+               [(_labels(node=host, key=k, value=v), 1.0) for k, v in node_labels])
     if last_success is not None:
         family("vcheck_last_success_timestamp_seconds", "gauge", "when the last run that passed ended",
                [(node, last_success)])

@@ -28,3 +28,13 @@ def test_unseen_events_get_a_series_only_when_there_were_any():
     text = render({**REPORT, "observations": observations}, 1.0, now=1800000000)
     assert 'vcheck_unseen_events{node="we\\"ird",metric="block.latency",device="vda",op="write"} 3' in text
     assert text.count("vcheck_unseen_events{") == 1   # a label name Prometheus refuses is dropped
+
+
+def test_version_and_node_labels_for_the_fleet_rules():
+    report = {**REPORT, "vcheck": "0.1.0",
+              "node": {"hostname": "n1", "labels": {"topology.kubernetes.io/zone": "a", "rack": 'r"7'}}}
+    text = render(report, 1.0, now=1800000000)
+    assert 'vcheck_run_info{node="n1",version="0.1.0"} 1' in text
+    assert 'vcheck_node_label{node="n1",key="topology.kubernetes.io/zone",value="a"} 1' in text
+    assert 'vcheck_node_label{node="n1",key="rack",value="r\\"7"} 1' in text
+    assert "vcheck_node_label" not in render(REPORT, 1.0, now=1800000000)   # no labels, no series
