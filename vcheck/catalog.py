@@ -23,6 +23,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "kvm": ("KvmExitCollector",),
     "cgroups": ("CgroupCollector",),
     "containers.collector": ("ContainerCollector",),
+    "net": ("NetCollector", "ContainerNetCollector"),
 }
 
 

@@ -1,0 +1,133 @@
+"""The network counters (net.*, container.net.*) against real traffic between network
+namespaces the test makes, cross-checked with `ip -s link` and `nstat` over the same window."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import VCHECK
+from tests.rig.net import UdpSink, link_stats, listen_overflow, nstat, udp_send
+from vcheck.collectors.base import CollectContext, CollectRequest
+from vcheck.collectors.net import NODE_METRICS, NetCollector
+from vcheck.observations import ObservationStore
+from vcheck.procfs import HostRoots
+
+pytestmark = pytest.mark.rig
+
+ALL_NODE = frozenset(m.name for m in NODE_METRICS)
+
+
+def collector_in(proc: Path) -> tuple[NetCollector, ObservationStore]:
+    """The node collector reading the namespace of /proc/PID (its /proc/PID/net is /proc/net there)."""
+    store = ObservationStore()
+    return NetCollector(CollectContext(HostRoots(proc=proc), store), CollectRequest(ALL_NODE, 5, 1)), store
+
+
+def total(store: ObservationStore, metric: str, **labels: str) -> float:
+    """What the samples add up to: rate x span for a rate, the counts for a count."""
+    obs = [o for o in store.for_metric(metric) if o.label_dict == labels]
+    assert len(obs) == 1, (metric, labels, [o.labels for o in store.for_metric(metric)])
+    o = obs[0]
+    if metric.endswith(("overflows", "listen_drops", "rcvbuf_errors")):
+        return sum(o.values)
+    return sum(v * s for v, s in zip(o.values, o.spans))
+
+
+def test_interface_counters_agree_with_ip_link(veth_pair):
+    a = veth_pair.a
+    c, store = collector_in(a.proc)
+    c.start()
+    before = link_stats(a.name, veth_pair.dev_a)
+    c.begin(time.monotonic())
+    udp_send(a.name, veth_pair.addr_b, 9, 300, size=500)
+    c.sample(1.0)
+    udp_send(a.name, veth_pair.addr_b, 9, 200, size=100)
+    c.sample(2.0)
+    after = link_stats(a.name, veth_pair.dev_a)
+    dev = veth_pair.dev_a
+    ip_delta = {k: after[k] - before[k] for k in after}
+    assert ip_delta["tx_packets"] == 500                    # the test's datagrams, nothing else
+    assert total(store, "net.tx.packets", interface=dev) == pytest.approx(ip_delta["tx_packets"])
+    assert total(store, "net.tx.bytes", interface=dev) == pytest.approx(ip_delta["tx_bytes"])
+    assert total(store, "net.rx.packets", interface=dev) == pytest.approx(ip_delta["rx_packets"])
+    assert total(store, "net.tx.drops", interface=dev) == pytest.approx(ip_delta["tx_dropped"])
+    # two intervals, each its own rate: 300 then 200 packets
+    tx = next(o for o in store.for_metric("net.tx.packets") if o.label_dict == {"interface": dev})
+    assert [round(v * s) for v, s in zip(tx.values, tx.spans)] == [300, 200]
+
+
+def test_udp_receive_buffer_overflow_counts_as_nstat(veth_pair):
+    b = veth_pair.b
+    sink = UdpSink(b.name, veth_pair.addr_b, 5353)
+    try:
+        c, store = collector_in(b.proc)
+        c.start()
+        ref0 = nstat(b.name)
+        c.begin(time.monotonic())
+        udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 400, size=1000)
+        c.sample(1.0)
+        ref1 = nstat(b.name)
+        queued = sink.drain()
+    finally:
+        sink.close()
+    dropped = ref1["UdpRcvbufErrors"] - ref0["UdpRcvbufErrors"]
+    assert queued + dropped == 400 and dropped > 0, (queued, dropped)
+    assert total(store, "net.udp.rcvbuf_errors") == dropped
+
+
+def test_listen_overflows_count_as_nstat(veth_pair):
+    b = veth_pair.b
+    c, store = collector_in(b.proc)
+    c.start()
+    ref0 = nstat(b.name)
+    c.begin(time.monotonic())
+    listen_overflow(b.name, veth_pair.a.name, veth_pair.addr_b, 8080, clients=8)
+    c.sample(1.0)
+    ref1 = nstat(b.name)
+    overflows = ref1["TcpExtListenOverflows"] - ref0["TcpExtListenOverflows"]
+    assert overflows > 0
+    assert total(store, "net.tcp.listen_overflows") == overflows
+    assert total(store, "net.tcp.listen_drops") == ref1["TcpExtListenDrops"] - ref0["TcpExtListenDrops"]
+
+
+def test_interface_removed_mid_window_is_gone(veth_pair, tmp_path):
+    a = veth_pair.a
+    c, store = collector_in(a.proc)
+    c.start()
+    c.begin(time.monotonic())
+    udp_send(a.name, veth_pair.addr_b, 9, 10)
+    c.sample(1.0)
+    os.system(f"ip netns exec {a.name} ip link del {veth_pair.dev_a}")
+    c.sample(2.0)
+    o = next(o for o in store.for_metric("net.tx.packets") if o.label_dict == {"interface": veth_pair.dev_a})
+    assert o.gone_at == 2.0 and "removed or renamed" in o.gone_reason
+    assert len(o.values) == 1
+
+
+def test_vcheck_run_in_a_namespace_judges_its_drops(veth_pair, policy_file, tmp_path):
+    """End to end: vcheck run inside namespace b, while a UDP sink there overflows."""
+    b = veth_pair.b
+    policy = policy_file("policy: net\ndefaults: {window: 2s, interval: 1s}\nchecks:\n"
+                         "  - {id: udp-rcvbuf, metric: net.udp.rcvbuf_errors, expect: 'sum == 0'}\n"
+                         "  - {id: rx, metric: net.rx.packets, per: interface, expect: '< 1000000/s'}\n")
+    sink = UdpSink(b.name, veth_pair.addr_b, 5353)
+    try:
+        import subprocess
+        import json
+        report = tmp_path / "r.json"
+        run = subprocess.Popen(["ip", "netns", "exec", b.name, *VCHECK, "run", str(policy), "--json", str(report)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        time.sleep(1.2)
+        udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 300, size=1000)
+        out, err = run.communicate(timeout=120)
+    finally:
+        sink.close()
+    assert "Traceback" not in err, err
+    results = {r["check"]: r for r in json.loads(report.read_text())["results"]}
+    assert results["udp-rcvbuf"]["outcome"] == "fail", results["udp-rcvbuf"]
+    rx = [r for r in json.loads(report.read_text())["results"] if r["check"] == "rx"]
+    assert {r["entity"] for r in rx} >= {veth_pair.dev_b, "lo"}, [r["entity"] for r in rx]
+    assert run.returncode == 1

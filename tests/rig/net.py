@@ -1,0 +1,222 @@
+"""Network rig: network namespaces of the test's own, joined by veth pairs, and traffic between
+them with a known count. Addresses are 10.77.x.y inside these namespaces only; IPv6 is off on
+their interfaces and neighbours are static, so the only packets on a link are the test's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import require_root, rig_fail
+
+
+def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        rig_fail(f"{' '.join(cmd)} failed", res.stderr.strip())
+    return res
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    res = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        rig_fail(f"{' '.join(cmd)} in {ns} failed", res.stderr.strip())
+    return res
+
+
+def link_stats(ns: str, dev: str) -> dict[str, int]:
+    """`ip -s link` counters of dev: rx_/tx_ packets, bytes, errors, dropped."""
+    data = json.loads(ip("-j", "-s", "link", "show", "dev", dev, ns=ns).stdout)[0]["stats64"]
+    return {f"{d}_{k}": v for d in ("rx", "tx") for k, v in data[d].items() if isinstance(v, int)}
+
+
+def nstat(ns: str) -> dict[str, int]:
+    """nstat's absolute counters of the namespace (-a: ignore its history file; -z: zeros too)."""
+    res = in_ns(ns, "nstat", "-a", "-z", "-j", "-s")
+    data = json.loads(res.stdout)
+    return {k: int(v) for k, v in data.get("kernel", data).items()}
+
+
+@dataclass
+class Netns:
+    name: str
+    holder: subprocess.Popen      # a process inside, so /proc/PID/net is this namespace
+
+    @property
+    def pid(self) -> int:
+        return self.holder.pid
+
+    @property
+    def proc(self) -> Path:
+        return Path(f"/proc/{self.pid}")
+
+
+@dataclass
+class VethPair:
+    """Namespace a (10.77.0.1 on dev a) <-> namespace b (10.77.0.2 on dev b)."""
+
+    a: Netns
+    b: Netns
+    dev_a: str
+    dev_b: str
+    addr_a: str = "10.77.0.1"
+    addr_b: str = "10.77.0.2"
+    extra: list[str] = field(default_factory=list)
+
+
+def make_netns(tag: str) -> Netns:
+    name = f"vchk-{tag}-{secrets.token_hex(3)}"
+    ip("netns", "add", name)
+    holder = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "3600"], stdin=subprocess.DEVNULL)
+    ns = Netns(name, holder)
+    for _ in range(100):
+        try:
+            if os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    else:
+        rig_fail(f"the holder of {name} never entered it")
+    in_ns(name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+    in_ns(name, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+    ip("link", "set", "lo", "up", ns=name)
+    return ns
+
+
+def remove_netns(ns: Netns) -> None:
+    ns.holder.kill()
+    ns.holder.wait()
+    subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True)
+
+
+def mac(ns: str, dev: str) -> str:
+    return json.loads(ip("-j", "link", "show", "dev", dev, ns=ns).stdout)[0]["address"]
+
+
+def connect_veth(a: Netns, b: Netns) -> VethPair:
+    tag = secrets.token_hex(2)
+    dev_a, dev_b = f"vca{tag}", f"vcb{tag}"
+    ip("link", "add", dev_a, "netns", a.name, "type", "veth", "peer", "name", dev_b, "netns", b.name)
+    pair = VethPair(a, b, dev_a, dev_b)
+    for ns, dev, addr in ((a, dev_a, pair.addr_a), (b, dev_b, pair.addr_b)):
+        ip("addr", "add", f"{addr}/24", "dev", dev, ns=ns.name)
+        ip("link", "set", dev, "up", ns=ns.name)
+    ip("neigh", "replace", pair.addr_b, "lladdr", mac(b.name, dev_b), "dev", dev_a, "nud", "permanent", ns=a.name)
+    ip("neigh", "replace", pair.addr_a, "lladdr", mac(a.name, dev_a), "dev", dev_b, "nud", "permanent", ns=b.name)
+    return pair
+
+
+@pytest.fixture
+def veth_pair():
+    """Two fresh namespaces joined by a veth pair; removed after the test."""
+    require_root()
+    for tool in ("ip", "nstat"):
+        if shutil.which(tool) is None:
+            rig_fail(f"{tool} is not installed (iproute2)")
+    made = []
+    try:
+        a = make_netns("a")
+        made.append(a)
+        b = make_netns("b")
+        made.append(b)
+        yield connect_veth(a, b)
+    finally:
+        for ns in made:
+            remove_netns(ns)
+
+
+# --- traffic: small Python programs run inside a namespace -----------------------------------
+def py_in_ns(ns: str, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return in_ns(ns, sys.executable, "-c", textwrap.dedent(code), *args, timeout=timeout)
+
+
+def udp_send(ns: str, dst: str, port: int, count: int, size: int = 200) -> None:
+    """Send `count` UDP datagrams of `size` bytes from namespace ns; each leaves as one packet."""
+    py_in_ns(ns, """
+        import socket, sys
+        dst, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(count):
+            s.sendto(b"x" * size, (dst, port))
+        """, dst, str(port), str(count), str(size))
+
+
+class UdpSink:
+    """A UDP socket in a namespace that does not read until told: its receive buffer overflows
+    (drops with reason SOCKET_RCVBUFF). .drain() returns how many datagrams it had queued."""
+
+    CODE = """
+        import socket, sys
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind((sys.argv[1], int(sys.argv[2])))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        s.setblocking(False)
+        n = 0
+        while True:
+            try:
+                s.recv(65536)
+            except BlockingIOError:
+                break
+            n += 1
+        print(n, flush=True)
+        """
+
+    def __init__(self, ns: str, addr: str, port: int):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(self.CODE),
+                                      addr, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            rig_fail("the UDP sink did not start")
+
+    def drain(self) -> int:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        n = int(self.proc.stdout.readline())
+        self.proc.wait(10)
+        return n
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def listen_overflow(server_ns: str, client_ns: str, addr: str, port: int, clients: int) -> None:
+    """A listener with backlog 1 that never accepts; `clients` connection attempts from the other
+    namespace fill its queue, and the kernel counts ListenOverflows/ListenDrops for the rest."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", textwrap.dedent("""
+        import socket, sys, time
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
+        print("ready", flush=True); sys.stdin.readline()
+        """), addr, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "ready":
+            rig_fail("the listener did not start")
+        py_in_ns(client_ns, """
+            import socket, sys
+            socks = []
+            for _ in range(int(sys.argv[3])):
+                c = socket.socket(); c.setblocking(False)
+                c.connect_ex((sys.argv[1], int(sys.argv[2])))
+                socks.append(c)
+            import time; time.sleep(1.0)
+            """, addr, str(port), str(clients))
+    finally:
+        server.stdin.write("\n")
+        server.stdin.flush()
+        server.wait(10)
