@@ -4,16 +4,13 @@ by the collectors' own discovery code (no second implementation), read-only.
 ``ContainerView.run()`` is the seed's ``nsenter`` step: a command in a container's namespaces,
 argv only (no shell), with a timeout and a cap on output. By default it runs as nobody with no
 new privileges, so a check can look but not change anything; ``privileged=True`` is the opt-in.
+How the boundary holds (paths resolved in the container's root, nothing left running) is
+vcheck/boundary.py.
 """
 from __future__ import annotations
 
-import ctypes
-import json
+import errno
 import os
-import select
-import signal
-import subprocess
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,12 +20,11 @@ from .collectors.cgroups import CgroupSample, cgroup_mode, proc_cgroups, read_co
 from .collectors.containers.container import Container
 from .collectors.containers.discovery import discover_containers, host_namespaces, namespace_ids, nspid
 from .collectors.vms import VM, discover_vms
+from .boundary import BoundaryError, ContainerCallError, Outcome, call_init, exec_init, parse_call_result, read_in_root, run_contained
 from .errors import Unavailable
 from .procfs import HostRoots, read_text
 
 MAX_OUTPUT = 64 * 1024
-NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
-_NSENTER_FLAG = {"mnt": "--mount", "uts": "--uts", "ipc": "--ipc", "net": "--net", "pid": "--pid", "cgroup": "--cgroup"}
 
 
 @dataclass(frozen=True)
@@ -115,137 +111,53 @@ class ContainerView:
 
     def run(self, argv: Sequence[str], *, timeout: float = 10.0, privileged: bool = False,
             max_output: int = MAX_OUTPUT) -> RunResult:
-        """Run argv in the container's namespaces (mount, uts, ipc, net, pid, cgroup). No shell: argv is
-        passed as is. Unprivileged (nobody, no new privileges) unless the check opts in."""
+        """Run argv in the container's namespaces and cgroups (vcheck.boundary: nothing it starts
+        outlives it, it holds none of vcheck's files). No shell: argv is passed as is.
+        Unprivileged (nobody, no new privileges) unless the check opts in. stdout and stderr
+        together are cut at max_output bytes, and the result then says truncated."""
         if isinstance(argv, str) or not argv:
             raise TypeError("run() takes an argv list such as ['cat', '/etc/hostname'], never a shell string")
-        # no_new_privs is set before nsenter and inherited; nsenter drops to nobody after joining
-        # the namespaces, so the command cannot write what root owns in the container
-        cmd = ([] if privileged else ["setpriv", "--no-new-privs"]) + \
-            ["nsenter", f"--target={self.pid}", *(_NSENTER_FLAG[n] for n in NAMESPACES)]
-        if not privileged:
-            cmd += ["--setuid=65534", "--setgid=65534"]
-        cmd += ["--", *(str(a) for a in argv)]
-        try:
-            p = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                               env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"")[:max_output].decode("utf-8", "replace")
-            return RunResult(tuple(argv), -1, out, f"timed out after {timeout:g}s\n", True)
-        truncated = len(p.stdout) > max_output or len(p.stderr) > max_output
-        return RunResult(tuple(argv), p.returncode, p.stdout[:max_output].decode("utf-8", "replace"),
-                         p.stderr[:max_output].decode("utf-8", "replace"), truncated)
+        out = self._contained(exec_init([str(a) for a in argv], privileged), timeout, max_output)
+        stderr = out.stderr.decode("utf-8", "replace")
+        if out.timed_out:
+            stderr += f"timed out after {timeout:g}s; everything it started was killed\n"
+        elif out.truncated:
+            stderr += f"output cut at {max_output} bytes; the command was stopped\n"
+        elif out.error:
+            stderr += out.error + "\n"
+        code = out.returncode if out.returncode is not None else (-1 if out.timed_out or out.truncated else 127)
+        return RunResult(tuple(str(a) for a in argv), code, out.stdout.decode("utf-8", "replace"), stderr,
+                         out.truncated or out.timed_out)
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0, privileged: bool = False,
              max_output: int = MAX_OUTPUT) -> Any:
-        """fn(*args) inside the container's namespaces (mount, uts, ipc, net, cgroup; pid for the
-        process it runs in), in a child process: as nobody with no new privileges unless the
-        check opts in. The result must be JSON data (no objects cross back); an exception in fn
-        is raised here as ContainerCallError with its message."""
-        return run_in_namespaces(self.pid, fn, args, timeout=timeout, privileged=privileged,
-                                 max_output=max_output)
+        """fn(*args) inside the container's namespaces (pid included) and cgroups, in a child
+        process: as nobody with no new privileges unless the check opts in. The result must be
+        JSON data (no NaN or Infinity, no objects cross back); an exception in fn, a timeout or a
+        result over max_output bytes is raised here as ContainerCallError saying which."""
+        out = self._contained(call_init(fn, args, privileged), timeout, max_output)
+        return parse_call_result(out, timeout, max_output, self.pid)
 
     def read(self, path: str, *, max_output: int = MAX_OUTPUT) -> str:
-        """A file as the container sees it (through its root, no command run)."""
-        target = self.roots.proc / str(self.pid) / "root" / path.lstrip("/")
-        with open(target, "rb") as f:
-            return f.read(max_output).decode("utf-8", "replace")
-
-
-class ContainerCallError(RuntimeError):
-    """A callable run inside a container failed, timed out, or returned what is not JSON."""
-
-
-_CLONE_NEW = {"mnt": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000,
-              "pid": 0x20000000, "cgroup": 0x02000000}
-_PR_SET_NO_NEW_PRIVS = 38
-_CLONE_FS = 0x00000200
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _enter(pid: int, privileged: bool, libc: ctypes.CDLL) -> None:
-    """In a forked child: join the target's namespaces (pid last: it applies to the children).
-    `libc` is resolved before the fork: dlopen in a child of a threaded process can deadlock."""
-    # a library's fork handler (grpc's) may start threads in the child, which share its
-    # fs_struct and make setns(mnt) refuse: take a private one first
-    if libc.unshare(_CLONE_FS) != 0:
-        raise OSError(ctypes.get_errno(), f"unshare(CLONE_FS): {os.strerror(ctypes.get_errno())}")
-    fds = {ns: os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in _CLONE_NEW}
-    for ns in ("cgroup", "ipc", "uts", "net", "mnt", "pid"):   # fds opened first: /proc changes with mnt
-        if libc.setns(fds[ns], _CLONE_NEW[ns]) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({ns}): {os.strerror(ctypes.get_errno())}")
-        os.close(fds[ns])
-    os.chdir("/")
-    if not privileged:
-        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        os.setgroups([])
-        os.setgid(65534)
-        os.setuid(65534)
-
-
-def run_in_namespaces(pid: int, fn: Callable[..., Any], args: tuple, *, timeout: float, privileged: bool,
-                      max_output: int) -> Any:
-    """Fork; the child joins the namespaces, forks again (so it is inside the PID namespace too),
-    runs fn and writes {"ok": result} or {"error": text} as JSON to a pipe; the parent waits at
-    most `timeout` and kills the children past it."""
-    libc = _libc()
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:                                   # pragma: no cover - runs in the child
-        status = 1
+        """A regular file as the container sees it: every symlink resolves inside the container's
+        root, nothing is run, a FIFO or device is refused, the read stops at max_output bytes."""
         try:
-            os.close(r)
-            _enter(pid, privileged, libc)
-            inner = os.fork()
-            if inner == 0:
-                try:
-                    payload = {"ok": fn(*args)}
-                    data = json.dumps(payload).encode()
-                except BaseException as exc:         # anything: it becomes the parent's error
-                    data = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
-                os.write(w, data[:max_output + 64])
-                os._exit(0)
-            status = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
-        except BaseException as exc:
-            os.write(w, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
-        os._exit(status)
-    os.close(w)
-    deadline = time.monotonic() + timeout
-    chunks: list[bytes] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(child, signal.SIGKILL)
-                raise ContainerCallError(f"timed out after {timeout:g}s inside pid {pid}'s namespaces")
-            ready, _, _ = select.select([r], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > max_output + 64:
-                os.kill(child, signal.SIGKILL)
-                raise ContainerCallError(f"result larger than {max_output} bytes")
-    finally:
-        os.close(r)
+            data, _ = read_in_root(self.roots, self.pid, path, max_output)
+        except BoundaryError as exc:
+            raise BoundaryError(exc.errno, f"container {self.entity}: {exc.strerror}") from None
+        except FileNotFoundError:
+            raise BoundaryError(errno.ESRCH, f"container {self.entity}: its process {self.pid} is gone") from None
+        return data.decode("utf-8", "replace")
+
+    def _contained(self, init: Callable[[int, int, int], int], timeout: float, max_output: int) -> Outcome:
+        if not (timeout > 0 and max_output > 0):
+            raise ValueError("timeout and max_output must be positive")
         try:
-            os.waitpid(child, 0)
-        except ChildProcessError:
-            pass
-    try:
-        payload = json.loads(b"".join(chunks) or b"{}")
-    except ValueError:
-        raise ContainerCallError("the callable's result is not JSON data") from None
-    if "error" in payload:
-        raise ContainerCallError(payload["error"])
-    if "ok" not in payload:
-        raise ContainerCallError("the child ended without a result")
-    return payload["ok"]
+            return run_contained(self.roots, self.pid, init, timeout=timeout, max_output=max_output)
+        except FileNotFoundError:
+            raise ContainerCallError(f"container {self.entity}: its process {self.pid} is gone") from None
+        except BoundaryError as exc:
+            raise ContainerCallError(f"container {self.entity}: {exc.strerror}") from None
 
 
 class NodeModel:

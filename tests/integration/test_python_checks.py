@@ -128,7 +128,8 @@ def test_nsenter_fixture_reads_from_inside_and_cannot_write(containerd, tmp_path
         look = next(c for c in NodeModel(HostRoots()).containers if c.name == "look")
         status = look.run(["cat", "/proc/self/status"])
         nspid = next(ln for ln in status.stdout.splitlines() if ln.startswith("NSpid:")).split()[1:]
-        assert status.returncode == 0 and len(nspid) == 1 and int(nspid[0]) > 1   # its own PID namespace
+        # the container's PID namespace (a pid there > 1), and below it the run's own (pid 1's children)
+        assert status.returncode == 0 and len(nspid) == 2 and int(nspid[0]) > 1
         hostname = look.run(["hostname"])
         assert hostname.returncode == 0 and hostname.stdout.strip()
         denied = look.run(["touch", "/etc/vcheck-was-here"])
