@@ -290,7 +290,8 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
     ordered = [k for k in spec.labels if k in o.label_dict] + sorted(set(o.label_dict) - set(spec.labels))
     ev = EntityEvidence(entity=entity_name(o.label_dict, ordered), labels=o.label_dict, info=dict(o.info),
                         outcome=EntityOutcome.PASS, samples=len(view.values), expected_samples=_expected(check, window),
-                        observed_seconds=sum(view.spans), notes=list(o.notes), culprits=list(o.culprits))
+                        observed_seconds=sum(view.spans), notes=list(o.notes), culprits=list(o.culprits),
+                        events=list(o.events))   # a count's evidence: what was counted (net.drops)
     if view.values:
         ev.series = {"min": min(view.values), "max": max(view.values),
                      "mean": view.stat("mean", window).value}
@@ -319,6 +320,9 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
         ev.outcome, ev.reason = EntityOutcome.INCONCLUSIVE, o.blind
     elif o.gone_at is not None:
         ev.outcome, ev.reason = EntityOutcome.MISSING, f"gone at +{o.gone_at:.1f}s ({o.gone_reason})"
+    elif not o.values and o.notes:
+        # the source holds no figure for this entity and said why ("not in the memory hierarchy")
+        ev.outcome, ev.reason = EntityOutcome.MISSING, o.notes[0]
     elif not spec.sparse and ev.samples < max(1, math.ceil(MIN_COVERAGE * ev.expected_samples)):
         ev.outcome = EntityOutcome.INCONCLUSIVE
         ev.reason = f"{ev.entity}: {ev.samples} of {ev.expected_samples} expected samples"

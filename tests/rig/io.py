@@ -6,10 +6,13 @@ loop device of the rig's own over such a file.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -174,3 +177,50 @@ def cpu_hogs(cpu: int, n: int) -> Iterator[list[subprocess.Popen]]:
             p.kill()
         for p in procs:
             p.wait()
+
+
+LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81
+
+
+@contextmanager
+def fresh_loop_device(mib: int = 32) -> Iterator[str]:
+    """A loop device made for this test (LOOP_CTL_ADD at an unused index) and removed after, so
+    its request queue is new: no blk-throttle rule was ever set on it. loop_device() reuses
+    loop0.. whose queues keep whatever earlier tests did to them."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        for _ in range(20):
+            index = random.randrange(4096, 1 << 19)
+            try:
+                index = fcntl.ioctl(ctl, LOOP_CTL_ADD, index)
+                break
+            except OSError:
+                continue
+        else:
+            rig_fail("LOOP_CTL_ADD found no free loop index")
+        node = Path(f"/dev/loop{index}")
+        for _ in range(100):      # devtmpfs makes the node asynchronously
+            if node.exists():
+                break
+            time.sleep(0.01)
+        fd, name = tempfile.mkstemp(prefix="vcheck-loop-", dir=IO_DIR)
+        os.close(fd)
+        try:
+            os.truncate(name, mib << 20)
+            proc = subprocess.run(["losetup", str(node), name], capture_output=True, text=True)
+            if proc.returncode != 0:
+                rig_fail(f"losetup could not attach {node}", proc.stderr.strip())
+            try:
+                yield node.name
+            finally:
+                subprocess.run(["losetup", "--detach", str(node)], capture_output=True)
+        finally:
+            os.unlink(name)
+            for _ in range(50):
+                try:
+                    fcntl.ioctl(ctl, LOOP_CTL_REMOVE, index)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+    finally:
+        os.close(ctl)

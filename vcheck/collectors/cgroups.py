@@ -17,13 +17,17 @@ I/O                io.stat rbytes wbytes rios wios             blkio.throttle.io
 =================  ==========================================  =====================================
 
 A container's cgroup is found from its init process (``/proc/PID/cgroup``), so it resolves the
-same way for every runtime and cgroup driver.
+same way for every runtime and cgroup driver. On v1 each controller is its own tree and a cgroup
+may be in some only: each figure comes from the controller that owns it, and one the cgroup is
+not in has no figure ("not in the memory hierarchy"), never a zero. v1 blkio counts nothing on a
+device no throttle rule was ever set on (this kernel): ``BlkioBlindness`` finds that in the
+window and marks the I/O figures blind.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -38,25 +42,58 @@ from .guest import parse_pressure
 
 @dataclass(frozen=True)
 class CgroupSample:
-    cpu_ns: int
-    periods: int
-    throttled_periods: int
-    throttled_ns: int
+    """One reading of a cgroup. A figure is None where its controller does not hold the cgroup
+    (``absent`` says why): on v1 every controller is its own tree, and a cgroup may be in some
+    of them only. Never a zero for what was not read."""
+
+    cpu_ns: int | None
+    periods: int | None
+    throttled_periods: int | None
+    throttled_ns: int | None
     cpu_limit: float | None         # CPUs (quota / period), None: no limit
-    memory_bytes: int               # working set
+    memory_bytes: int | None        # working set
     memory_limit: int | None
-    oom_kills: int
-    pids: int
+    oom_kills: int | None
+    pids: int | None
     pids_limit: int | None
-    io_bytes: int
-    io_ops: int
+    io_bytes: int | None
+    io_ops: int | None
     # PSI stall totals (us) per cgroup: v2 only; None where the kernel has none for cgroups
     psi: dict[str, int] | None = None
+    # figure (as figures() names it) -> why this cgroup has none: "not in the memory hierarchy"
+    absent: Mapping[str, str] = field(default_factory=dict)
+
+
+# which controller owns each figure: what the cgroup must be in for the figure to exist
+V1_OWNER = {"cpu": "cpuacct", "cpu.throttled": "cpu", "cpu.throttled_time": "cpu", "memory": "memory",
+            "memory.limit_pct": "memory", "oom_kills": "memory", "pids": "pids", "pids.limit_pct": "pids",
+            "io.bytes": "blkio", "io.ops": "blkio"}
+V2_OWNER = {**V1_OWNER, "cpu": "", "io.bytes": "io", "io.ops": "io"}   # v2 usage_usec is always there
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+
+
+def _absent(owner: Mapping[str, str], missing: Mapping[str, str]) -> dict[str, str]:
+    """figure -> reason, for the figures whose controller is in `missing` (controller -> reason)."""
+    return {fig: missing[c] for fig, c in owner.items() if c in missing}
 
 
 def cgroup_mode(root: Path) -> str:
     """'v2' (unified), else 'v1' (also on hybrid nodes, whose v2 mount has no controllers)."""
     return "v2" if (root / "cgroup.controllers").exists() else "v1"
+
+
+def v1_mount(root: Path, controller: str) -> Path | None:
+    """The v1 hierarchy that holds `controller`: root/cpu, or a co-mounted root/cpu,cpuacct."""
+    if (root / controller).is_dir():
+        return root / controller
+    try:
+        with os.scandir(root) as it:
+            for e in it:
+                if controller in e.name.split(",") and e.is_dir():
+                    return Path(e.path)
+    except OSError:
+        pass
+    return None
 
 
 def proc_cgroups(roots: HostRoots, pid: int) -> dict[str, str]:
@@ -97,28 +134,49 @@ def _opt(path: Path) -> str | None:
         return None
 
 
+def _int_opt(path: Path) -> int | None:
+    text = _opt(path)
+    return None if text is None else int(text.strip())
+
+
 def read_v2(directory: Path) -> CgroupSample:
-    """One v2 cgroup directory."""
+    """One v2 cgroup directory. A controller not enabled for it (no memory.current, no
+    nr_periods in cpu.stat) gives no figure, not a zero."""
     cpu = _kv(_read(directory / "cpu.stat"))
+    missing = {}
     quota_text = _opt(directory / "cpu.max")
     cpu_limit = None
     if quota_text:
         quota, period = quota_text.split()
         cpu_limit = None if quota == "max" else int(quota) / int(period)
-    mem_stat = _kv(_opt(directory / "memory.stat") or "")
-    current = int((_opt(directory / "memory.current") or "0").strip())
-    working = max(current - mem_stat.get("inactive_file", 0), 0)
+    if "nr_periods" not in cpu:
+        missing["cpu"] = "the cpu controller is not enabled for it"
+    current = _int_opt(directory / "memory.current")
+    working = None
+    if current is None:
+        missing["memory"] = "the memory controller is not enabled for it"
+    else:
+        mem_stat = _kv(_opt(directory / "memory.stat") or "")
+        working = max(current - mem_stat.get("inactive_file", 0), 0)
     mem_max = _opt(directory / "memory.max")
     events = _kv(_opt(directory / "memory.events") or "")
+    pids = _int_opt(directory / "pids.current")
+    if pids is None:
+        missing["pids"] = "the pids controller is not enabled for it"
     pids_max = _opt(directory / "pids.max")
-    io_bytes = io_ops = 0
-    for line in (_opt(directory / "io.stat") or "").splitlines():
-        for field in line.split()[1:]:
-            k, _, v = field.partition("=")
-            if k in ("rbytes", "wbytes"):
-                io_bytes += int(v)
-            elif k in ("rios", "wios"):
-                io_ops += int(v)
+    io_text = _opt(directory / "io.stat")
+    io_bytes = io_ops = None
+    if io_text is None:
+        missing["io"] = "the io controller is not enabled for it"
+    else:
+        io_bytes = io_ops = 0
+        for line in io_text.splitlines():
+            for fld in line.split()[1:]:
+                k, _, v = fld.partition("=")
+                if k in ("rbytes", "wbytes"):
+                    io_bytes += int(v)
+                elif k in ("rios", "wios"):
+                    io_ops += int(v)
     psi: dict[str, int] | None = {}
     for resource in ("cpu", "memory", "io"):
         text = _opt(directory / f"{resource}.pressure")
@@ -127,51 +185,131 @@ def read_v2(directory: Path) -> CgroupSample:
             break
         for kind, total in parse_pressure(text).items():
             psi[f"{resource}.{kind}"] = total
+    has_cpu = "cpu" not in missing
     return CgroupSample(
-        psi=psi,
-        cpu_ns=cpu.get("usage_usec", 0) * 1000, periods=cpu.get("nr_periods", 0),
-        throttled_periods=cpu.get("nr_throttled", 0), throttled_ns=cpu.get("throttled_usec", 0) * 1000,
+        psi=psi, absent=_absent(V2_OWNER, missing),
+        cpu_ns=cpu.get("usage_usec", 0) * 1000, periods=cpu.get("nr_periods") if has_cpu else None,
+        throttled_periods=cpu.get("nr_throttled", 0) if has_cpu else None,
+        throttled_ns=cpu.get("throttled_usec", 0) * 1000 if has_cpu else None,
         cpu_limit=cpu_limit, memory_bytes=working,
-        memory_limit=_int_or_max(mem_max) if mem_max else None, oom_kills=events.get("oom_kill", 0),
-        pids=int((_opt(directory / "pids.current") or "0").strip()),
-        pids_limit=_int_or_max(pids_max) if pids_max else None, io_bytes=io_bytes, io_ops=io_ops)
+        memory_limit=_int_or_max(mem_max) if mem_max and current is not None else None,
+        oom_kills=events.get("oom_kill", 0) if current is not None else None,
+        pids=pids, pids_limit=_int_or_max(pids_max) if pids_max and pids is not None else None,
+        io_bytes=io_bytes, io_ops=io_ops)
 
 
 V1_NO_LIMIT = 1 << 62   # memory.limit_in_bytes when unlimited is PAGE_COUNTER_MAX * page size
 
 
-def read_v1(root: Path, paths: dict[str, str]) -> CgroupSample:
-    """A container's cgroups across the v1 hierarchies (paths as /proc/PID/cgroup gives them)."""
-    def d(controller: str, mount: str) -> Path:
-        return root / mount / paths.get(controller, "/").lstrip("/")
+def v1_dirs(root: Path, paths: Mapping[str, str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Per v1 controller the cgroup's directory, and for the controllers that do not hold it
+    why (controller -> "not in the memory hierarchy")."""
+    dirs, missing = {}, {}
+    for c in V1_CONTROLLERS:
+        mount = v1_mount(root, c)
+        if mount is None or c not in paths:
+            missing[c] = f"the {c} controller is not mounted"
+            continue
+        d = mount / paths[c].lstrip("/")
+        if d.is_dir():
+            dirs[c] = d
+        else:
+            missing[c] = f"not in the {c} hierarchy"
+    return dirs, missing
 
-    cpu_dir, acct_dir = d("cpu", "cpu"), d("cpuacct", "cpuacct")
-    mem_dir, pids_dir, blk_dir = d("memory", "memory"), d("pids", "pids"), d("blkio", "blkio")
-    cpu = _kv(_opt(cpu_dir / "cpu.stat") or "")
-    quota = int((_opt(cpu_dir / "cpu.cfs_quota_us") or "-1").strip())
-    period = int((_opt(cpu_dir / "cpu.cfs_period_us") or "100000").strip())
-    mem_stat = _kv(_opt(mem_dir / "memory.stat") or "")
-    usage = int((_opt(mem_dir / "memory.usage_in_bytes") or "0").strip())
-    limit = int((_opt(mem_dir / "memory.limit_in_bytes") or str(V1_NO_LIMIT)).strip())
-    oom = _kv(_opt(mem_dir / "memory.oom_control") or "")
-    pids_max = _opt(pids_dir / "pids.max")
-    io_bytes = io_ops = 0
-    for name, is_bytes in (("blkio.throttle.io_service_bytes", True), ("blkio.throttle.io_serviced", False)):
-        for line in (_opt(blk_dir / name) or "").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1] in ("Read", "Write"):
-                if is_bytes:
-                    io_bytes += int(parts[2])
-                else:
-                    io_ops += int(parts[2])
+
+def read_v1(root: Path, paths: Mapping[str, str]) -> CgroupSample:
+    """A cgroup across the v1 hierarchies (paths as /proc/PID/cgroup gives them), each figure
+    from the controller that owns it; one in none of them is gone (FileNotFoundError)."""
+    dirs, missing = v1_dirs(root, paths)
+    if not dirs:
+        raise FileNotFoundError(f"cgroup {paths.get('cpu') or paths.get('memory') or '?'} is in no hierarchy")
+    cpu_ns = periods = throttled = throttled_ns = cpu_limit = None
+    memory = mem_limit = oom = pids = pids_limit = io_bytes = io_ops = None
+    if "cpuacct" in dirs:
+        cpu_ns = int(_read(dirs["cpuacct"] / "cpuacct.usage").strip())
+    if "cpu" in dirs:
+        cpu = _kv(_read(dirs["cpu"] / "cpu.stat"))
+        periods, throttled, throttled_ns = (cpu.get("nr_periods", 0), cpu.get("nr_throttled", 0),
+                                            cpu.get("throttled_time", 0))
+        quota = int((_opt(dirs["cpu"] / "cpu.cfs_quota_us") or "-1").strip())
+        period = int((_opt(dirs["cpu"] / "cpu.cfs_period_us") or "100000").strip())
+        cpu_limit = quota / period if quota > 0 else None
+    if "memory" in dirs:
+        mem_stat = _kv(_opt(dirs["memory"] / "memory.stat") or "")
+        usage = int(_read(dirs["memory"] / "memory.usage_in_bytes").strip())
+        memory = max(usage - mem_stat.get("total_inactive_file", 0), 0)
+        limit = int((_opt(dirs["memory"] / "memory.limit_in_bytes") or str(V1_NO_LIMIT)).strip())
+        mem_limit = None if limit >= V1_NO_LIMIT else limit
+        oom = _kv(_opt(dirs["memory"] / "memory.oom_control") or "").get("oom_kill", 0)
+    if "pids" in dirs:
+        pids = int(_read(dirs["pids"] / "pids.current").strip())
+        pids_max = _opt(dirs["pids"] / "pids.max")
+        pids_limit = _int_or_max(pids_max) if pids_max else None
+    if "blkio" in dirs:
+        io_bytes, io_ops = (sum(blkio_by_device(_opt(dirs["blkio"] / name) or "").values())
+                            for name in ("blkio.throttle.io_service_bytes", "blkio.throttle.io_serviced"))
     return CgroupSample(
-        cpu_ns=int(_read(acct_dir / "cpuacct.usage").strip()), periods=cpu.get("nr_periods", 0),
-        throttled_periods=cpu.get("nr_throttled", 0), throttled_ns=cpu.get("throttled_time", 0),
-        cpu_limit=quota / period if quota > 0 else None,
-        memory_bytes=max(usage - mem_stat.get("total_inactive_file", 0), 0),
-        memory_limit=None if limit >= V1_NO_LIMIT else limit, oom_kills=oom.get("oom_kill", 0),
-        pids=int((_opt(pids_dir / "pids.current") or "0").strip()),
-        pids_limit=_int_or_max(pids_max) if pids_max else None, io_bytes=io_bytes, io_ops=io_ops)
+        cpu_ns=cpu_ns, periods=periods, throttled_periods=throttled, throttled_ns=throttled_ns,
+        cpu_limit=cpu_limit, memory_bytes=memory, memory_limit=mem_limit, oom_kills=oom,
+        pids=pids, pids_limit=pids_limit, io_bytes=io_bytes, io_ops=io_ops,
+        absent=_absent(V1_OWNER, missing))
+
+
+def blkio_by_device(text: str) -> dict[str, int]:
+    """A v1 blkio.throttle.io_service_bytes / io_serviced file: device -> reads + writes."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in ("Read", "Write"):
+            out[parts[0]] = out.get(parts[0], 0) + int(parts[2])
+    return out
+
+
+class BlkioBlindness:
+    """Whether v1 blkio.throttle.* counters can be believed on this node, judged in the window.
+
+    On recent kernels (6.18 here, measured) blk-throttle starts on a device only when a throttle
+    rule is first set for it, and until then no cgroup's blkio counters move for that device: a
+    cgroup's 0 B/s may be a blind zero. The kernel's own count of what each disk moved (/proc/diskstats) is set
+    against what blkio counted for it at the hierarchy's root (all cgroups) since begin()."""
+
+    def __init__(self, roots: HostRoots):
+        self.roots = roots
+        self._root_file = (v1_mount(roots.cgroup, "blkio") or roots.cgroup / "blkio") / \
+            "blkio.throttle.io_service_bytes_recursive"
+        self._base = self._read()
+
+    def _read(self) -> tuple[dict[str, int], dict[str, int], dict[str, str]] | None:
+        try:
+            stats = read_text(self.roots.proc / "diskstats")
+            counted = blkio_by_device(read_text(self._root_file))
+        except OSError:
+            return None
+        disks, names = {}, {}
+        for line in stats.splitlines():
+            p = line.split()
+            # whole disks only (blkio counts per disk): sectors read, written, discarded
+            if len(p) >= 14 and (self.roots.sys / "block" / p[2]).exists():
+                dev = f"{p[0]}:{p[1]}"
+                disks[dev] = 512 * (int(p[5]) + int(p[9]) + (int(p[16]) if len(p) > 16 else 0))
+                names[dev] = p[2]
+        return disks, counted, names
+
+    def reason(self) -> str:
+        """Why blkio's figures are blind since begin() ('' when they are not): a disk that
+        moved bytes while blkio counted none for it."""
+        now = self._read()
+        if now is None or self._base is None:
+            return ""
+        (d0, c0, _), (d1, c1, names) = self._base, now
+        for dev, moved in sorted(d1.items()):
+            moved -= d0.get(dev, moved)
+            if moved > 0 and c1.get(dev, 0) - c0.get(dev, 0) <= 0:
+                return (f"blkio counted none of the {moved / 1048576:.1f} MiB that {names.get(dev, dev)} "
+                        f"moved in the window (/proc/diskstats): this kernel counts a device's I/O in "
+                        f"blkio.throttle.* only once a throttle rule is set on it")
+        return ""
 
 
 def read_container(roots: HostRoots, mode: str, paths: dict[str, str]) -> CgroupSample:
@@ -182,25 +320,39 @@ def read_container(roots: HostRoots, mode: str, paths: dict[str, str]) -> Cgroup
 
 def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
     """The per-interval figures of one cgroup between two readings `wall` seconds apart; the
-    container and the host cgroup layers both report these (prefixed container. / cgroup.)."""
-    periods = b.periods - a.periods
-    out: dict[str, float] = {
-        "cpu": 100.0 * max(b.cpu_ns - a.cpu_ns, 0) / (wall * 1e9),
-        "cpu.throttled": 100.0 * max(b.throttled_periods - a.throttled_periods, 0) / periods if periods > 0 else 0.0,
-        "cpu.throttled_time": min(100.0, 100.0 * max(b.throttled_ns - a.throttled_ns, 0) / (wall * 1e9)),
-        "memory": float(b.memory_bytes),
-        "oom_kills": float(max(b.oom_kills - a.oom_kills, 0)),
-        "pids": float(b.pids),
-        "io.bytes": max(b.io_bytes - a.io_bytes, 0) / wall,
-        "io.ops": max(b.io_ops - a.io_ops, 0) / wall,
-    }
+    container and the host cgroup layers both report these (prefixed container. / cgroup.).
+    A figure whose controller does not hold the cgroup is left out (b.absent says why)."""
+    def delta(x: int | None, y: int | None) -> int | None:
+        return None if x is None or y is None else max(y - x, 0)
+
+    out: dict[str, float] = {}
+    cpu = delta(a.cpu_ns, b.cpu_ns)
+    if cpu is not None:
+        out["cpu"] = 100.0 * cpu / (wall * 1e9)
+    periods, throttled = delta(a.periods, b.periods), delta(a.throttled_periods, b.throttled_periods)
+    if periods is not None and throttled is not None:
+        out["cpu.throttled"] = 100.0 * throttled / periods if periods > 0 else 0.0
+    throttled_ns = delta(a.throttled_ns, b.throttled_ns)
+    if throttled_ns is not None:
+        out["cpu.throttled_time"] = min(100.0, 100.0 * throttled_ns / (wall * 1e9))
+    if b.memory_bytes is not None:
+        out["memory"] = float(b.memory_bytes)
+    oom = delta(a.oom_kills, b.oom_kills)
+    if oom is not None:
+        out["oom_kills"] = float(oom)
+    if b.pids is not None:
+        out["pids"] = float(b.pids)
+    for key, x, y in (("io.bytes", a.io_bytes, b.io_bytes), ("io.ops", a.io_ops, b.io_ops)):
+        d = delta(x, y)
+        if d is not None:
+            out[key] = d / wall
     if a.psi is not None and b.psi is not None:
         for key in ("cpu.some", "memory.some", "memory.full", "io.some", "io.full"):
             if key in a.psi and key in b.psi:
                 out[f"psi.{key}"] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
-    if b.memory_limit:
+    if b.memory_limit and b.memory_bytes is not None:
         out["memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
-    if b.pids_limit:
+    if b.pids_limit and b.pids is not None:
         out["pids.limit_pct"] = 100.0 * b.pids / b.pids_limit
     return out
 
@@ -229,11 +381,9 @@ def unit_of(path: str) -> str:
     return ""
 
 
-def walk(roots: HostRoots, depth: int) -> list[str]:
-    """Cgroup paths from the hierarchy root down to `depth` levels ('/' included): the v2 tree,
-    or on v1 the cpu controller's (every v1 controller is read at the same path)."""
-    base = roots.cgroup if cgroup_mode(roots.cgroup) == "v2" else roots.cgroup / "cpu"
-    out, frontier = ["/"], [("", base)]
+def _tree(base: Path, depth: int) -> list[str]:
+    """Directory paths under `base` down to `depth` levels, breadth first ('/' not included)."""
+    out, frontier = [], [("", base)]
     for _ in range(max(0, min(depth, MAX_TREE_DEPTH))):
         nxt = []
         for rel, d in frontier:
@@ -249,10 +399,24 @@ def walk(roots: HostRoots, depth: int) -> list[str]:
     return out
 
 
+def walk(roots: HostRoots, depth: int) -> list[str]:
+    """Cgroup paths from the hierarchy root down to `depth` levels ('/' included): the v2 tree,
+    or on v1 the union of every read controller's tree (each is its own tree there, and a
+    cgroup may be in some of them only), shallow ones first."""
+    if cgroup_mode(roots.cgroup) == "v2":
+        return ["/"] + _tree(roots.cgroup, depth)
+    seen = {"/": None}
+    for c in V1_CONTROLLERS:
+        mount = v1_mount(roots.cgroup, c)
+        if mount is not None:
+            seen.update(dict.fromkeys(_tree(mount, depth)))
+    return sorted(seen, key=lambda p: (p.count("/") if p != "/" else 0, ))
+
+
 def read_cgroup(roots: HostRoots, mode: str, path: str) -> CgroupSample:
     if mode == "v2":
         return read_v2(roots.cgroup / path.lstrip("/"))
-    return read_v1(roots.cgroup, {c: path for c in ("cpu", "cpuacct", "memory", "pids", "blkio")})
+    return read_v1(roots.cgroup, {c: path for c in V1_CONTROLLERS})
 
 
 def _cg_spec(name: str, dim: str, desc: str, natural: str = "max") -> MetricSpec:
@@ -301,7 +465,7 @@ class CgroupCollector(Collector):
         selections = self.request.selections or [()]
         self._paths = [p for p in walk(self.roots, depth)
                        if any(all(s.matches(p) for s in sel if s.label == "cgroup") for sel in selections)]
-        if len(self._paths) <= 1 and not (self.roots.cgroup / "cpu").exists() and self._mode == "v1":
+        if self._mode == "v1" and not any(v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS):
             raise Unavailable(f"no cgroup hierarchy under {self.roots.cgroup}")
         psi = {m for m in self.request.metrics if m.startswith("cgroup.psi.")}
         if psi and self._mode != "v2":
@@ -312,6 +476,9 @@ class CgroupCollector(Collector):
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
         self._gone: set[str] = set()
+        self._noted: set[tuple[str, str]] = set()
+        io = {m for m in self.request.metrics if m in ("cgroup.io.bytes", "cgroup.io.ops")}
+        self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
     def _read(self, path: str) -> CgroupSample | None:
         try:
@@ -342,5 +509,29 @@ class CgroupCollector(Collector):
                 metric = f"cgroup.{key}"
                 if metric in self.request.metrics:
                     self.store.add_sample(metric, {"cgroup": path}, t, value, span, info)
+            note_absent(self.store, self._noted, "cgroup.", {"cgroup": path}, b, self.request.metrics, info)
         self._prev.update(cur)
         self._prev_mono, self._prev_t = mono, t
+        if self._blkio is not None:
+            mark_blkio_blind(self.store, self._blkio, ("cgroup.io.bytes", "cgroup.io.ops"))
+
+
+def note_absent(store, noted: set, prefix: str, labels: Mapping[str, str], b: CgroupSample,
+                metrics: frozenset[str], info: Mapping[str, str]) -> None:
+    """File, once per entity and metric, why a cgroup has no figure: an empty series whose note
+    the verdict reads ("no data: not in the memory hierarchy"), never a zero."""
+    for key, why in b.absent.items():
+        metric = prefix + key
+        tag = (metric, repr(sorted(labels.items())))
+        if metric in metrics and tag not in noted:
+            noted.add(tag)
+            store.series(metric, labels, info).notes.append(why)
+
+
+def mark_blkio_blind(store, blkio: BlkioBlindness, metrics: tuple[str, ...]) -> None:
+    """Every I/O series of the window is blind once blkio has missed what a disk moved."""
+    why = blkio.reason()
+    if why:
+        for m in metrics:
+            for o in store.for_metric(m):
+                o.blind = o.blind or why

@@ -65,3 +65,46 @@ def test_v1_hierarchies(tmp_path):
     assert s.cpu_limit == 0.5 and s.memory_limit is None and s.memory_bytes == 40_000_000
     assert s.oom_kills == 3 and s.pids == 4 and s.pids_limit == 100
     assert s.io_bytes == 12288 and s.io_ops == 3 and s.psi is None
+
+
+def test_v1_cgroup_in_some_controllers_only(tmp_path):
+    """Each figure from the controller that owns it; the others absent with the reason, never 0;
+    the walk lists a cgroup whichever trees hold it."""
+    from vcheck.collectors.cgroups import figures, read_cgroup, walk
+    cg = tmp_path / "cgroup"
+    (cg / "cpu" / "a").mkdir(parents=True)
+    (cg / "cpu" / "a" / "cpu.stat").write_text("nr_periods 10\nnr_throttled 10\nthrottled_time 5\n")
+    (cg / "cpuacct").mkdir()
+    (cg / "memory" / "b").mkdir(parents=True)
+    (cg / "memory" / "b" / "memory.usage_in_bytes").write_text("1000\n")
+    (cg / "memory" / "b" / "memory.stat").write_text("total_inactive_file 100\n")
+    roots = HostRoots(cgroup=cg)
+    assert walk(roots, 2) == ["/", "/a", "/b"]
+    a = read_cgroup(roots, "v1", "/a")
+    assert a.cpu_ns is None and a.memory_bytes is None and a.pids is None and a.io_bytes is None
+    assert a.absent["cpu"] == "not in the cpuacct hierarchy"
+    assert a.absent["memory"] == "not in the memory hierarchy"
+    assert a.absent["pids"] == "the pids controller is not mounted"
+    assert "cpu.throttled" not in a.absent
+    assert figures(a, a, 1.0) == {"cpu.throttled": 0.0, "cpu.throttled_time": 0.0}
+    b = read_cgroup(roots, "v1", "/b")
+    assert figures(b, b, 1.0) == {"memory": 900.0, "oom_kills": 0.0}
+    assert b.absent["cpu.throttled"] == "not in the cpu hierarchy"
+
+
+def test_v2_controller_not_enabled_is_absent_not_zero(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "cpu.stat").write_text("usage_usec 10\nuser_usec 5\nsystem_usec 5\n")
+    s = read_v2(d)
+    assert s.cpu_ns == 10_000 and s.periods is None and s.memory_bytes is None and s.pids is None
+    assert s.absent["memory"] == "the memory controller is not enabled for it"
+    assert s.absent["cpu.throttled"] == "the cpu controller is not enabled for it"
+    assert "cpu" not in s.absent
+
+
+def test_co_mounted_v1_controllers_are_found(tmp_path):
+    from vcheck.collectors.cgroups import v1_mount
+    (tmp_path / "cpu,cpuacct").mkdir()
+    assert v1_mount(tmp_path, "cpuacct") == tmp_path / "cpu,cpuacct"
+    assert v1_mount(tmp_path, "memory") is None

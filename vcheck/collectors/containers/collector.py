@@ -16,7 +16,8 @@ from ...model import MetricSpec
 from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
-from ..cgroups import CgroupSample, cgroup_mode, figures, limits, proc_cgroups, read_container
+from ..cgroups import (BlkioBlindness, CgroupSample, cgroup_mode, figures, limits, mark_blkio_blind, note_absent,
+                       proc_cgroups, read_container)
 from .container import Container
 from .docker import docker_sockets
 from .discovery import cri_sockets, discover_containers, host_namespaces, namespace_ids, nspid
@@ -132,6 +133,9 @@ class ContainerCollector(Collector):
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
         self._gone: set[str] = set()
+        self._noted: set[tuple[str, str]] = set()
+        io = {m for m in self.request.metrics if m in ("container.io.bytes", "container.io.ops")}
+        self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
     def _read(self, cid: str) -> CgroupSample | None:
         _, paths, _ = self._containers[cid]
@@ -169,5 +173,8 @@ class ContainerCollector(Collector):
             for m in want:
                 if m in values:
                     self.store.add_sample(m, c.identity, t, values[m], span, public)
+            note_absent(self.store, self._noted, "container.", c.identity, b, want, public)
         self._prev.update(cur)
         self._prev_mono, self._prev_t = mono, t
+        if self._blkio is not None:
+            mark_blkio_blind(self.store, self._blkio, ("container.io.bytes", "container.io.ops"))
