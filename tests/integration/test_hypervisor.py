@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -229,6 +230,40 @@ def test_late_exits_are_backfilled_and_prove_kvm_exit_blind(tiny_vm):
 
 def by_name_of_pid(pid: int) -> str:
     return next(vm.name for vm in discover_vms(HostRoots()) if vm.pid == pid)
+
+
+def _thread_ticks(pid: int, tid: int) -> tuple[int, int, int]:
+    """(utime, stime, guest_time) of one thread, from the kernel's own stat file."""
+    f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]), int(f[12]), int(f[40])
+
+
+def test_guest_time_of_a_spinning_vcpu_is_true_or_blind(spinning_vm, policy_file, tmp_path):
+    """The spinning guest runs guest code all the time. Where the kernel books that as guest
+    time, vcpu.guest shows it; where it books it as system time (nested PVM here: stime grows,
+    guest_time does not), vcpu.guest is inconclusive with the reason, never 0 %."""
+    name = by_name_of_pid(spinning_vm.pid)
+    vm = by_name()[name]
+    tid = vm.vcpus[0].tid
+    policy = policy_file("policy: guest\ndefaults: {window: 3s, interval: 1s}\nchecks:\n"
+                         "  - {id: guest, metric: vcpu.guest, per: vcpu, expect: 'mean > 30%'}\n"
+                         "  - {id: low, metric: vcpu.guest, per: vcpu, expect: 'max < 5%'}\n")
+    report = tmp_path / "guest.json"
+    before = _thread_ticks(vm.pid, tid)
+    r = subprocess.run(VCHECK + ["run", str(policy), "--json", str(report)], capture_output=True, text=True,
+                       timeout=120)
+    after = _thread_ticks(vm.pid, tid)
+    assert "Traceback" not in r.stderr, r.stderr
+    results = {(x["check"], x["entity"]): x for x in json.loads(report.read_text())["results"]}
+    utime, stime, guest = (y - x for x, y in zip(before, after))
+    assert utime + stime > 50, (before, after)      # the vCPU thread ran
+    for check in ("guest", "low"):
+        res = results[(check, f"{name}-vcpu0")]
+        if guest > 0:       # booked as guest time: judged on it
+            assert res["outcome"] == ("pass" if check == "guest" else "fail"), res
+        else:               # booked as system time: neither a pass nor a fail from the zeros
+            assert res["outcome"] == "error", res
+            assert "booked none as guest time" in res["reason"] and f"task/{tid}/stat" in res["reason"], res
 
 
 def test_spinning_vm_without_exits_is_blind(spinning_vm):

@@ -28,6 +28,8 @@ from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCp
                   discover_vms, find_vcpu_threads, parse_stat, vm_identity)
 
 
+BUSY_TICKS = 5   # CPU ticks a vCPU thread must use in the window before its guest time must move
+
 # --- per-thread figures -------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskTimes:
@@ -145,11 +147,13 @@ class HypervisorCollector(Collector):
 
     def begin(self, t0: float) -> None:
         self._t_prev = 0.0
-        self._prev = self._read_all(self._vms.values())
+        self._prev = self._base = self._read_all(self._vms.values())
         if self._runq is not None:
             self._runq.clear("culprits", "counters")
 
     def stop(self, t: float) -> None:
+        if "vcpu.guest" in self.request.metrics:
+            self._file_blind_guest_time()
         prog = self._runq
         if prog is None:
             return
@@ -167,6 +171,27 @@ class HypervisorCollector(Collector):
                 o.notes.extend(notes)
         if full:
             self.store.note(self.name, f"{full} vCPU waits were not split among culprits: the culprit map was full")
+
+    def _file_blind_guest_time(self) -> None:
+        """vcpu.guest is blind for a vCPU thread that ran in the window without one tick booked
+        as guest time: a host that books guest time as system time (nested paravirtual KVM such
+        as PVM) shows 0 % for a vCPU in guest code all the time. Its zeros are withdrawn, so no
+        verdict is drawn from them either way (the kvm_exit rule)."""
+        window_ticks = max(self._t_prev, 1e-9) * CLK_TCK
+        for pid, vm in self._vms.items():
+            for v in vm.vcpus:
+                a, b = self._base.get((pid, v.tid)), self._prev.get((pid, v.tid))
+                if a is None or b is None:
+                    continue
+                used = b.cpu_ticks - a.cpu_ticks
+                if b.guest_ticks - a.guest_ticks > 0 or used < max(BUSY_TICKS, 0.1 * window_ticks):
+                    continue
+                o = self.store.series("vcpu.guest", {"vm": vm.name, "vcpu": str(v.index)})
+                o.times.clear(), o.values.clear(), o.spans.clear(), o.weights.clear()
+                o.blind = (f"vCPU thread {v.tid} of {vm.name} used {used} ticks of CPU "
+                           f"({100.0 * used / window_ticks:.0f}%) in the window and the kernel booked none "
+                           f"as guest time (/proc/{pid}/task/{v.tid}/stat guest_time did not move): this "
+                           f"host books guest time as system time, so vcpu.guest cannot be measured here")
 
     def close(self) -> None:
         prog, self._runq = getattr(self, "_runq", None), None
