@@ -324,6 +324,21 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    """merge's fleet gate on the fleet's current vcheck series in Prometheus (report/gate_prometheus.py)."""
+    from .report.gate_prometheus import GateQuery, run_gate
+    from .units import UnitError, parse_duration
+
+    try:
+        spec = _failing_nodes_spec(args.max_failing_nodes) if args.max_failing_nodes is not None else None
+        q = GateQuery(args.prometheus, args.domain_label, parse_duration(args.stale_after),
+                      parse_duration(args.lookback), parse_duration(args.timeout, maximum=3600))
+    except (ValueError, UnitError) as exc:
+        print(printable(f"vcheck: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    return run_gate(q, spec, args.json, args.junitxml, args.html)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Symptom -> entity -> culprit -> owner, from the saved report alone (no sampling)."""
     from .report.explain import explain
@@ -434,6 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("--max-failing-nodes", metavar="N|P%", help="fail when more nodes than this fail (e.g. 2%%)")
     mrg.add_argument("--domain-label", metavar="KEY", help="apply the gate within each value of this node label")
     mrg.set_defaults(func=cmd_merge)
+
+    gat = sub.add_parser("gate", help="the fleet gate of merge, on the fleet's vcheck series in Prometheus")
+    gat.add_argument("--prometheus", metavar="URL", required=True, help="Prometheus' base URL, e.g. http://prometheus:9090")
+    gat.add_argument("--max-failing-nodes", metavar="N|P%", help="fail when more nodes than this fail (e.g. 2%%)")
+    gat.add_argument("--domain-label", metavar="KEY", help="apply the gate within each value of this node label")
+    gat.add_argument("--stale-after", metavar="DURATION", default="15m", help="an older result fails its node (default 15m)")
+    gat.add_argument("--lookback", metavar="DURATION", default="1h", help="a node gone within this long fails (default 1h)")
+    gat.add_argument("--timeout", metavar="DURATION", default="10s", help="give up on Prometheus after this long: exit 4")
+    gat.add_argument("--json", metavar="FILE", help="write the fleet JSON report here")
+    gat.add_argument("--junitxml", metavar="FILE", help="write one JUnit file with a suite per node")
+    gat.add_argument("--html", metavar="FILE", help="write the fleet page")
+    gat.set_defaults(func=cmd_gate)
 
     rep = sub.add_parser("report", help="render a saved JSON report as HTML (no sampling, no judging)")
     rep.add_argument("report", help="a JSON report written by vcheck run --json")

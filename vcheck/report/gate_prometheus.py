@@ -1,0 +1,312 @@
+"""`vcheck gate --prometheus URL`: the fleet gate of `vcheck merge`, judged from the series the
+fleet's cron runs already write (`vcheck run --prom-textfile`, scraped through node_exporter's
+textfile collector) instead of from report files.
+
+Each node becomes a merge.NodeResult and merge.gate decides, so the same runs give the same
+failing set and the same verdict either way. A node fails as in merge (a check failed or was
+inconclusive, the run was interrupted or ended in an error, nothing was judged) and also when
+its result is stale (older than --stale-after by vcheck's run timestamp or the textfile's
+mtime), when its series are gone (seen within --lookback, not now), or when a target of a job
+that carries vcheck series has none (named by its instance). Prometheus that cannot be asked
+is an error, never a pass.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..errors import EXIT_FAILED, EXIT_NO_TESTS, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, VcheckError
+from ..evidence import printable, redact
+from .output import write_output
+from .merge import NOT_HEALTHY_EXITS, NodeResult, fleet_html, fleet_json, fleet_junit, gate
+
+MAX_RESPONSE_BYTES = 256 << 20      # a 10,000-node fleet's answers are a few MiB
+TEXTFILE = 'node_textfile_mtime_seconds{file=~"(.*/)?vcheck[^/]*[.]prom"}'
+
+
+class PrometheusUnreachable(VcheckError):
+    """Prometheus could not be asked or did not answer as its query API does."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoVcheckSeries(VcheckError):
+    """Prometheus answered but holds no vcheck series: nothing to gate on."""
+
+    exit_code = EXIT_NO_TESTS
+
+
+@dataclass(frozen=True)
+class GateQuery:
+    url: str                        # Prometheus' base URL (http or https)
+    domain_label: str | None = None
+    stale_after: float = 900.0      # 3 runs of a 5-minute timer
+    lookback: float = 3600.0        # a node whose series went within this long still counts
+    timeout: float = 10.0           # the whole exchange, all queries together
+
+
+@dataclass
+class FleetSeries:
+    """What the gate read, besides the nodes: for notes and the fleet JSON."""
+
+    nodes: list[NodeResult]
+    versions: dict[str, int] = field(default_factory=dict)
+    at: float = 0.0
+
+
+def shown_url(url: str) -> str:
+    return redact(url)
+
+
+def check_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PrometheusUnreachable(f"--prometheus {shown_url(url)!r}: expected an http:// or https:// URL of Prometheus")
+    return url.rstrip("/")
+
+
+def promql_string(text: str) -> str:
+    """A PromQL double-quoted string literal (Go escapes) holding TEXT."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class _Client:
+    """Instant queries against /api/v1/query, all at one evaluation time, within one deadline."""
+
+    def __init__(self, q: GateQuery, at: float):
+        self.base = check_url(q.url)
+        self.at = at
+        self.timeout = q.timeout
+        self.deadline = time.monotonic() + q.timeout
+
+    def _fail(self, why: str) -> PrometheusUnreachable:
+        return PrometheusUnreachable(f"Prometheus at {shown_url(self.base)}: {why}")
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._fail(f"no answer within {self.timeout:g}s (--timeout)")
+        url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
+        req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": f"vcheck/{__version__}"})
+        try:
+            with urllib.request.urlopen(req, timeout=left) as resp:
+                body = self._read(resp)
+        except urllib.error.HTTPError as exc:
+            raise self._fail(f"HTTP {exc.code} {self._error_text(exc)}".rstrip()) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                raise self._fail(f"no answer within {self.timeout:g}s (--timeout)") from None
+            raise self._fail(f"cannot connect ({getattr(reason, 'strerror', None) or reason})") from None
+        except TimeoutError:
+            raise self._fail(f"no answer within {self.timeout:g}s (--timeout)") from None
+        except OSError as exc:
+            raise self._fail(f"cannot read the answer ({exc.strerror or exc})") from None
+        return self._vector(body, promql)
+
+    def _read(self, resp: Any) -> bytes:
+        chunks, size = [], 0
+        while True:
+            if time.monotonic() > self.deadline:    # a server trickling bytes is as slow as a silent one
+                raise self._fail(f"no answer within {self.timeout:g}s (--timeout)")
+            chunk = resp.read(1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise self._fail(f"an answer larger than {MAX_RESPONSE_BYTES >> 20} MiB")
+            chunks.append(chunk)
+
+    @staticmethod
+    def _error_text(exc: urllib.error.HTTPError) -> str:
+        try:
+            doc = json.loads(exc.read(1 << 16))
+            return str(doc.get("error", ""))[:200] if isinstance(doc, dict) else ""
+        except (ValueError, OSError, RecursionError):
+            return ""
+
+    def _vector(self, body: bytes, promql: str) -> list[tuple[dict[str, str], float]]:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise self._fail("the answer is not JSON (is the URL Prometheus' own?)") from None
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            err = doc.get("error") if isinstance(doc, dict) else None
+            raise self._fail(f"query {promql!r} refused: {str(err)[:200]}" if err else "not a Prometheus query API answer")
+        data = doc.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+            raise self._fail("not a Prometheus query API answer (no instant vector)")
+        out = []
+        for s in data["result"]:
+            metric, value = (s.get("metric"), s.get("value")) if isinstance(s, dict) else (None, None)
+            if not isinstance(metric, dict) or not isinstance(value, list) or len(value) != 2:
+                raise self._fail("not a Prometheus query API answer (a malformed sample)")
+            try:
+                v = float(value[1])
+            except (TypeError, ValueError):
+                raise self._fail("not a Prometheus query API answer (a sample that is no number)") from None
+            out.append(({str(k): str(x) for k, x in metric.items()}, v))
+        return out
+
+
+def _item_name(labels: dict[str, str]) -> str:
+    """policy::check[entity], as the node's own report names the item (a node-wide check has
+    no entity in brackets)."""
+    base = f"{labels.get('policy', '?')}::{labels.get('check', '?')}"
+    entity = labels.get("entity", "node")
+    return base if entity == "node" else f"{base}[{entity}]"
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
+    """The fleet's nodes as merge sees nodes, from Prometheus' current vcheck series."""
+    at = time.time() if now is None else now
+    c = _Client(q, at)
+    lookback = f"{max(int(q.lookback), 1)}s"
+
+    live = c.query("max by (node, instance, job) (vcheck_run_timestamp_seconds)")
+    seen = c.query(f"max by (node, instance, job) (last_over_time(vcheck_run_timestamp_seconds[{lookback}]))")
+    if not live and not seen:
+        raise NoVcheckSeries(f"Prometheus at {shown_url(c.base)} holds no vcheck series (vcheck_run_timestamp_seconds) "
+                             f"now or in the last {_ago(q.lookback)}: is node_exporter's textfile directory where "
+                             "`vcheck run --prom-textfile` writes, and is it scraped?")
+    counts = c.query("max by (node, outcome) (vcheck_run_checks > 0)")
+    nothing = c.query("max by (node) (vcheck_run_checks)")      # a node whose every count is 0 judged nothing
+    status = c.query("max by (node) (vcheck_run_exit_status)")
+    interrupted = c.query("max by (node) (vcheck_run_interrupted)")
+    failing = c.query('vcheck_check_status{outcome=~"fail|error"}')
+    mtimes = c.query(f"min by (instance, job) ({TEXTFILE})")
+    versions = c.query("count by (version) (max by (node, version) (vcheck_run_info))")
+    domains: list[tuple[dict[str, str], float]] = []
+    gone_domains: list[tuple[dict[str, str], float]] = []
+    if q.domain_label:
+        key = promql_string(q.domain_label)
+        domains = c.query(f"max by (node, value) (vcheck_node_label{{key={key}}})")
+        gone_domains = c.query(f"max by (node, value) (last_over_time(vcheck_node_label{{key={key}}}[{lookback}]))")
+    jobs = sorted({m.get("job", "") for m, _ in seen})
+    targets = c.query("up{job=~" + promql_string("|".join(re.escape(j) for j in jobs)) + "}") if jobs else []
+
+    nodes: dict[str, NodeResult] = {}
+    instances: dict[str, set[tuple[str, str]]] = {}
+    last_run: dict[str, float] = {}
+    for m, v in live:
+        name = m.get("node", "")
+        last_run[name] = max(v, last_run.get(name, -math.inf))
+        instances.setdefault(name, set()).add((m.get("instance", ""), m.get("job", "")))
+    mtime_of = {(m.get("instance", ""), m.get("job", "")): v for m, v in mtimes}
+    label_of = {m.get("node", ""): m.get("value", "") for m, _ in sorted(gone_domains, key=lambda s: s[0].get("value", ""))}
+    label_of.update({m.get("node", ""): m.get("value", "") for m, _ in domains})
+
+    def node(name: str, source: str) -> NodeResult:
+        if name not in nodes:
+            labels = {q.domain_label: label_of[name]} if q.domain_label and name in label_of else {}
+            nodes[name] = NodeResult(name=name, source=source, labels=labels)
+        return nodes[name]
+
+    for name in sorted(last_run):
+        where = ", ".join(sorted(f"{i} (job {j})" for i, j in instances[name]))
+        node(name, f"{shown_url(c.base)}: {where}")
+    for m, v in failing:
+        if m.get("node", "") in nodes:
+            nodes[m["node"]].failed.append(_item_name(m))
+    for m, v in counts:
+        if m.get("node", "") in nodes:
+            nodes[m["node"]].counts[m.get("outcome", "error")] = int(v)
+    for n in nodes.values():
+        n.failed = sorted(set(n.failed))
+        judged_bad = n.counts.get("fail", 0) + n.counts.get("error", 0)
+        if judged_bad and not n.failed:
+            n.failed.append(f"({judged_bad} checks failed or were inconclusive)")
+    # the run as merge reads it from a JSON report
+    stat = {m.get("node", ""): v for m, v in status}
+    cut = {m.get("node", ""): v for m, v in interrupted}
+    judged = {m.get("node", ""): v for m, v in nothing}
+    for name, n in nodes.items():
+        code = stat.get(name)
+        if cut.get(name, 0) >= 1 or code == 2:
+            n.failed.append("(run interrupted)")
+        elif code is not None and int(code) in NOT_HEALTHY_EXITS:
+            n.failed.append(f"(exit {int(code)}: {NOT_HEALTHY_EXITS[int(code)]})")
+        elif judged.get(name, 0) <= 0:
+            n.failed.append("(no check was judged)")
+        # stale: vcheck's own timestamp, or the file node_exporter read, older than allowed
+        ages = [at - last_run[name]] + [at - mtime_of[i] for i in instances[name] if i in mtime_of]
+        age = max(ages)
+        if age > q.stale_after:
+            n.failed.append(f"(stale: its result is {_ago(age)} old, more than --stale-after {_ago(q.stale_after)})")
+    # gone: reported within the lookback, no series now
+    for m, v in sorted(seen, key=lambda s: s[0].get("node", "")):
+        name = m.get("node", "")
+        if name not in last_run:
+            n = node(name, f"{shown_url(c.base)}: {m.get('instance', '')} (job {m.get('job', '')})")
+            if not n.failed:
+                n.failed.append(f"(no vcheck series now; its last run was {_ago(at - v)} ago)")
+    # a target of those jobs with no vcheck series at all: named by its instance
+    known = {i for pairs in instances.values() for i in pairs} | {(m.get("instance", ""), m.get("job", "")) for m, _ in seen}
+    for m, v in sorted(targets, key=lambda s: s[0].get("instance", "")):
+        pair = (m.get("instance", ""), m.get("job", ""))
+        if pair in known:
+            continue
+        n = node(pair[0], f"{shown_url(c.base)}: {pair[0]} (job {pair[1]})")
+        n.failed.append("(target down: no vcheck series)" if v < 1 else "(target up, but no vcheck series: vcheck "
+                        "does not write its textfile there)")
+        known.add(pair)
+    return FleetSeries(nodes=[nodes[k] for k in sorted(nodes)],
+                       versions={m.get("version", ""): int(v) for m, v in versions}, at=at)
+
+
+def version_note(versions: dict[str, int]) -> str | None:
+    """Nodes written by several vcheck versions (a rollout of vcheck itself): said, not refused;
+    each node is judged on its own series, which one version wrote."""
+    if len(versions) <= 1:
+        return None
+    return "vcheck: the fleet's series come from " + str(len(versions)) + " vcheck versions: " + ", ".join(
+        f"{v or '(unknown)'} ({n} node{'s' if n != 1 else ''})" for v, n in sorted(versions.items()))
+
+
+def run_gate(q: GateQuery, max_failing: str | None, json_out: str | None = None, junit_out: str | None = None,
+             html_out: str | None = None) -> int:
+    """Print the gate's lines as `vcheck merge` does and write the same outputs; the exit code
+    is merge's (0 passed, 1 the gate failed, 7 an output lost) or the error's (4, 5)."""
+    try:
+        fleet = read_fleet(q)
+    except (PrometheusUnreachable, NoVcheckSeries) as exc:
+        print(printable(f"vcheck: {exc}"), file=sys.stderr)
+        return exc.exit_code
+    g = gate(fleet.nodes, max_failing, q.domain_label)
+    for line in g.lines:
+        print(printable(line))
+    note = version_note(fleet.versions)
+    if note:
+        print(printable(note), file=sys.stderr)
+    rc = EXIT_OK if g.passed else EXIT_FAILED
+    outputs = []
+    if json_out:
+        doc = fleet_json(fleet.nodes, g, max_failing, q.domain_label)
+        doc["source"] = {"prometheus": shown_url(q.url), "at": fleet.at, "stale_after": q.stale_after,
+                         "lookback": q.lookback, "versions": fleet.versions}
+        outputs.append((json_out, (json.dumps(doc, indent=1) + "\n").encode()))
+    if junit_out:
+        outputs.append((junit_out, fleet_junit(fleet.nodes)))
+    if html_out:
+        outputs.append((html_out, fleet_html(fleet.nodes, g, q.domain_label)))
+    for path, data in outputs:
+        try:
+            write_output(path, data)
+        except OutputError as exc:
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
+            rc = EXIT_OUTPUT if rc == EXIT_OK else rc
+    return rc
