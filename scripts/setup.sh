@@ -22,6 +22,7 @@ PACKAGES=(
   containerd runc busybox-static                                    # container rig
   python3-grpcio gcc libc6-dev                                      # CRI client; tinykvm and the BPF header test
   prometheus-node-exporter                                          # textfile collector test
+  iproute2                                                          # network rig: ip netns, veth, nstat, ss
   prometheus ansible-core openssh-server openssh-client             # fleet: rules (promtool), playbook over sshd
   chromium chromium-driver python3-selenium                         # HTML report test: a real headless browser
 )

@@ -24,6 +24,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "cgroups": ("CgroupCollector",),
     "containers.collector": ("ContainerCollector",),
     "net": ("NetCollector", "ContainerNetCollector"),
+    "net_drops": ("NetDropsCollector",),
 }
 
 

@@ -312,6 +312,7 @@ class ContainerNetCollector(Collector):
 
     name = "container.net"
     METRICS = CONTAINER_METRICS
+    NEEDS = Needs(files=(("proc", "self/net/dev", "a namespace's counters (read per container as /proc/PID/net)"),))
 
     @classmethod
     def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:

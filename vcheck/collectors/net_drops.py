@@ -1,0 +1,341 @@
+"""Packets the kernel dropped, by its own reason, per network namespace (BPF, bpf/net_drops.c).
+
+skb:kfree_skb names why (``enum skb_drop_reason``, 5.17+) and where (the dropping function).
+The program counts per (namespace, reason, function) in the kernel; this collector reads the
+counts once per interval and files:
+
+* ``net.drops`` {netns, reason}: drops per interval, with the reason's kernel name (a code
+  this vcheck does not know is reported by number, ``reason 131``), the functions and the
+  interface that dropped, and the namespace's owner (the host, a container, a VM, the
+  processes in it, or the ``ip netns`` name that keeps it), plus the socket's owner where a
+  socket was involved, all through identity.py;
+* ``net.drops`` {} (node): the drops a check counts by default per interval: every reason but
+  the normal-life ones below, with the largest (namespace, reason, function) as evidence.
+
+Normal life (``NORMAL_REASONS``), filed but left out of the node figure, and marked
+``normal: yes`` for select:. Each is a packet the kernel was right to throw away on a healthy
+node: NOT_SPECIFIED (older paths that never say why, many of them not drops at all),
+NO_SOCKET (a packet for a port nobody listens on: scans, late replies), SOCKET_CLOSE and
+UNIX_DISCONNECT (data a closing socket never read), SOCKET_FILTER (a packet socket's filter,
+tcpdump's), OTHERHOST (a frame for another host's MAC seen in promiscuous mode),
+IPV6DISABLED, UNHANDLED_PROTO and IP_NOPROTO (protocols nobody here speaks: LLDP, STP),
+QUEUE_PURGE and TCP_CLOSE (queues emptied as a socket or device goes away).
+
+A kernel whose skb:kfree_skb has no reason field (before 5.17) makes every net.drops check
+inconclusive, never a pass.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..identity import Resolver
+from ..model import MetricSpec
+from ..probes import Attach, BpfProgram, ensure_tracefs, tracefs_root
+from ..procfs import HostRoots, read_text
+from ..units import COUNT
+from .base import Collector, Needs
+
+NORMAL_REASONS = frozenset({"NOT_SPECIFIED", "NO_SOCKET", "SOCKET_CLOSE", "UNIX_DISCONNECT", "SOCKET_FILTER",
+                            "OTHERHOST", "IPV6DISABLED", "UNHANDLED_PROTO", "IP_NOPROTO", "QUEUE_PURGE",
+                            "TCP_CLOSE"})
+DROPS_TRACEPOINTS = (Attach("skb", "kfree_skb", "vchk_kfree_skb"),)
+EVIDENCE_KEPT = 20      # (namespace, reason, function) rows in the node figure's evidence
+
+DROPS_METRICS = (
+    MetricSpec(name="net.drops", layer="guest", dimension=COUNT, kind="series", labels=("netns", "reason"),
+               discoverable=(), entity="netns", natural_stat="sum", attributes=("owner", "normal"),
+               source="BPF skb:kfree_skb counted per (netns, reason, function) (bpf/net_drops.c)",
+               description="packets the kernel dropped per interval, by its own reason (SOCKET_RCVBUFF, "
+                           "QDISC_DROP, NETFILTER_DROP...) and network namespace; the node figure "
+                           "leaves out normal-life reasons (NOT_SPECIFIED, NO_SOCKET... see "
+                           "docs/network.md); evidence names the function, interface and owner"),
+)
+
+_SYMBOL = re.compile(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*,\s*\"([^\"]+)\"\s*\}")
+
+
+def parse_drop_reasons(format_text: str) -> dict[int, str]:
+    """Reason code -> name from the kfree_skb format's print fmt (``__print_symbolic(REC->reason,
+    { 2, "NOT_SPECIFIED" }, ...)``); empty when the record has no reason."""
+    fmt = format_text[format_text.find("print fmt:"):]
+    at = fmt.find("REC->reason")
+    return {int(v, 0): name for v, name in _SYMBOL.findall(fmt[at:])} if at >= 0 else {}
+
+
+def has_reason_field(format_text: str) -> bool:
+    return re.search(r"field:[^;]*\breason;", format_text) is not None
+
+
+def reason_name(code: int, names: Mapping[int, str]) -> str:
+    """The kernel's name, or 'reason N' for a code this kernel's table (or vcheck) lacks; the
+    high 16 bits name a subsystem's own reasons (mac80211, openvswitch)."""
+    if code in names:
+        return names[code]
+    sub = code >> 16
+    return f"reason {code}" if not sub else f"subsystem {sub} reason {code & 0xFFFF}"
+
+
+class Kallsyms:
+    """Kernel text addresses -> 'function+0xoff', read once on first use (root sees addresses)."""
+
+    def __init__(self, proc: Path):
+        self._proc = proc
+        self._addrs: list[int] | None = None
+        self._names: list[str] = []
+
+    def _load(self) -> None:
+        addrs, names = [], []
+        try:
+            text = read_text(self._proc / "kallsyms")
+        except OSError:
+            text = ""
+        pairs = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in ("t", "T"):
+                a = int(parts[0], 16)
+                if a:
+                    pairs.append((a, parts[2]))
+        pairs.sort()
+        for a, n in pairs:
+            addrs.append(a)
+            names.append(n)
+        self._addrs, self._names = addrs, names
+
+    def name(self, addr: int) -> str:
+        if self._addrs is None:
+            self._load()
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or not addr:
+            return f"{addr:#x}"
+        return f"{self._names[i]}+{addr - self._addrs[i]:#x}"
+
+
+def netns_inode(link: str) -> str:
+    """'net:[4026531840]' -> '4026531840'."""
+    return link[link.find("[") + 1: link.rfind("]")] if "[" in link else link
+
+
+@dataclass
+class NamespaceOwners:
+    """Who a network namespace belongs to, as evidence says it."""
+
+    roots: HostRoots
+    resolver: Resolver
+    host: str = ""
+    _members: dict[str, list[int]] | None = None
+    _cache: dict[str, str] = field(default_factory=dict)
+
+    def _scan(self) -> dict[str, list[int]]:
+        members: dict[str, list[int]] = {}
+        for d in os.scandir(self.roots.proc):
+            if not d.name.isdigit():
+                continue
+            try:
+                members.setdefault(netns_inode(os.readlink(f"{d.path}/ns/net")), []).append(int(d.name))
+            except OSError:
+                continue
+        return members
+
+    def members(self, netns: str) -> list[int]:
+        if self._members is None or netns not in self._members:
+            self._members = self._scan()
+        return self._members.get(netns, [])
+
+    def owner(self, netns: str) -> str:
+        if netns not in self._cache:
+            self._cache[netns] = self._owner(netns)
+        return self._cache[netns]
+
+    def _owner(self, netns: str) -> str:
+        if netns == "0":
+            return "unknown (the namespace was not readable on this BPF path)"
+        if netns == self.host:
+            return "the host"
+        pids = sorted(self.members(netns))
+        named = _ip_netns_name(self.roots, netns)
+        if not pids:
+            return f"ip netns {named} (no process in it)" if named else "no process (the namespace is gone)"
+        ids = [self.resolver.resolve(p) for p in pids[:50]]
+        for kind in ("container", "vm"):
+            hit = next((i for i in ids if i.kind == kind), None)
+            if hit is not None:
+                return hit.owner
+        first = ids[0]
+        more = f" and {len(pids) - 1} more" if len(pids) > 1 else ""
+        return (f"ip netns {named}: " if named else "") + first.describe() + more
+
+    def socket_owner(self, netns: str, ino: int) -> str:
+        """The process holding socket inode `ino`, looked for among the namespace's processes."""
+        if not ino:
+            return ""
+        want = f"socket:[{ino}]"
+        for pid in self.members(netns) or []:
+            try:
+                for fd in os.scandir(self.roots.proc / str(pid) / "fd"):
+                    if os.readlink(fd.path) == want:
+                        return self.resolver.resolve(pid).describe()
+            except OSError:
+                continue
+        return f"socket inode {ino} (no process holds it now)"
+
+
+def _ip_netns_name(roots: HostRoots, netns: str) -> str:
+    """The `ip netns` name bind-mounted on this namespace, if any."""
+    try:
+        for d in os.scandir(roots.run / "netns"):
+            try:
+                if str(os.stat(d.path).st_ino) == netns:
+                    return d.name
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return ""
+
+
+def read_kfree_skb_format() -> str | None:
+    root = tracefs_root()
+    if root is None:
+        return None
+    try:
+        return (root / "events" / "skb" / "kfree_skb" / "format").read_text()
+    except OSError:
+        return None
+
+
+class NetDropsCollector(Collector):
+    name = "guest.net.drops"
+    METRICS = DROPS_METRICS
+    NEEDS = Needs(program=("net_drops.c", DROPS_TRACEPOINTS, ()), what="net.drops (BPF)")
+
+    def start(self) -> None:
+        self._prog: BpfProgram | None = None
+        self._blind = ""
+        self._prev: dict[tuple, int] = {}
+        self._prev_t = 0.0
+        self._rows: dict[tuple[str, str], dict] = {}     # (netns, reason) -> evidence
+        ensure_tracefs()
+        fmt = read_kfree_skb_format()
+        if fmt is not None and not has_reason_field(fmt):
+            # nothing to load: every net.drops check is inconclusive, never a pass
+            self._blind = (f"skb:kfree_skb on kernel {platform.release()} has no reason field (added in "
+                           "5.17): drops cannot be told apart by reason")
+            return
+        self._prog = prog = BpfProgram("net_drops.c", DROPS_TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
+        for n in prog.notes:
+            self.store.note(self.name, n)
+        self._names = parse_drop_reasons(fmt or read_kfree_skb_format() or "")
+        self._kallsyms = Kallsyms(self.roots.proc)
+        resolver = Resolver(self.roots)
+        try:
+            host = netns_inode(os.readlink(self.roots.proc / "1" / "ns" / "net"))
+        except OSError:
+            host = netns_inode(os.readlink("/proc/self/ns/net"))
+        self._owners = NamespaceOwners(self.roots, resolver, host)
+
+    def begin(self, t0: float) -> None:
+        if self._prog is not None:
+            self._prog.clear("drops", "counters")
+        self._prev = {}
+        self._prev_t = 0.0
+
+    def _read(self) -> dict[tuple, tuple[int, int, str]]:
+        out = {}
+        for k, v in self._prog["drops"].items():
+            out[(int(k.netns), int(k.reason), int(k.location))] = (
+                int(v.count), int(v.sock_ino), bytes(v.ifname).split(b"\0")[0].decode("utf-8", "replace"))
+        return out
+
+    def sample(self, t: float) -> None:
+        if self._blind:
+            self.store.series("net.drops", {}).blind = self._blind
+            return
+        if self._prog is None:
+            return
+        span = t - self._prev_t
+        self._prev_t = t
+        cur = self._read()
+        per_key: dict[tuple[str, str], int] = {k: 0 for k in self._rows}
+        counted = 0
+        for (netns, code, loc), (count, ino, ifname) in cur.items():
+            d = count - self._prev.get((netns, code, loc), 0)
+            if d < 0:
+                d = count
+            self._prev[(netns, code, loc)] = count
+            reason = reason_name(code, self._names)
+            key = (str(netns), reason)
+            per_key[key] = per_key.get(key, 0) + d
+            row = self._rows.get(key)
+            if row is None:
+                row = self._rows[key] = {"netns": key[0], "reason": reason, "code": code,
+                                         "owner": self._owners.owner(key[0]), "functions": {},
+                                         "interfaces": set(), "socket_owner": "", "count": 0}
+            if d:
+                fn = self._kallsyms.name(loc)
+                row["functions"][fn] = row["functions"].get(fn, 0) + d
+                row["count"] += d
+                if ifname:
+                    row["interfaces"].add(ifname)
+                if ino and not row["socket_owner"]:
+                    row["socket_owner"] = self._owners.socket_owner(key[0], ino)
+            if reason not in NORMAL_REASONS:
+                counted += d
+        for key, d in per_key.items():
+            row = self._rows[key]
+            self.store.add_sample("net.drops", {"netns": key[0], "reason": key[1]}, t, float(d), span,
+                                  self._info(row))
+        self.store.add_sample("net.drops", {}, t, float(counted), span,
+                              {"left_out": "normal-life reasons: " + ", ".join(sorted(NORMAL_REASONS))})
+
+    def _info(self, row: dict) -> dict[str, str]:
+        fns = sorted(row["functions"].items(), key=lambda kv: -kv[1])
+        info = {"owner": row["owner"], "normal": "yes" if row["reason"] in NORMAL_REASONS else "no",
+                "reason_code": str(row["code"]),
+                "functions": ", ".join(f"{fn} ({n})" for fn, n in fns[:5])}
+        if row["interfaces"]:
+            info["interfaces"] = ", ".join(sorted(row["interfaces"]))
+        if row["socket_owner"]:
+            info["socket_owner"] = row["socket_owner"]
+        return info
+
+    def stop(self, t: float) -> None:
+        if self._blind:
+            self.store.series("net.drops", {}).blind = self._blind
+        if self._prog is None:
+            return
+        if t - self._prev_t > 1e-3 or not self._prev_t:
+            self.sample(t)
+        counters = self._prog.counters()
+        node = self.store.series("net.drops", {})
+        if counters.get("map_full"):
+            node.notes.append(f"{counters['map_full']} drops were not counted: the (namespace, reason, "
+                              "function) table was full")
+        if self._prog.path == "bcc":
+            node.notes.append("loaded through bcc: the namespace, interface and socket of a drop are not "
+                              "read on this path (netns 0)")
+        rows = sorted((r for r in self._rows.values() if r["count"]), key=lambda r: -r["count"])
+        node.events = [{"netns": r["netns"], "reason": r["reason"], "count": r["count"], "owner": r["owner"],
+                        "normal": r["reason"] in NORMAL_REASONS,
+                        "function": max(r["functions"], key=r["functions"].get) if r["functions"] else "",
+                        "interfaces": sorted(r["interfaces"]), "socket_owner": r["socket_owner"]}
+                       for r in rows[:EVIDENCE_KEPT]]
+        for r in rows:
+            o = self.store.series("net.drops", {"netns": r["netns"], "reason": r["reason"]})
+            o.info.update(self._info(r))
+        self.close()
+
+    def close(self) -> None:
+        prog, self._prog = getattr(self, "_prog", None), None
+        if prog is not None:
+            prog.close()
+
+    @property
+    def polls(self) -> bool:
+        return True
