@@ -1,0 +1,181 @@
+"""The cron mode across a fleet, on the real servers: node_exporters on loopback ports, each
+with its own textfile directory written by real `vcheck run` invocations under different node
+names and labels; a real Prometheus scraping them with the shipped rules; its HTTP API shows
+the failing node's alert and the fleet gate, and `vcheck gate --prometheus` decides as
+`vcheck merge` does on the same runs' JSON reports."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.rig.common import VCHECK
+from tests.rig.fleet import tuned_rules
+
+pytestmark = pytest.mark.rig
+
+PASSING = """\
+policy: ops
+defaults: {window: 1s, interval: 1s}
+checks:
+  - {id: idle-ok, metric: cpu.idle, expect: "<= 100%"}
+"""
+
+FAILING = """\
+policy: ops
+defaults: {window: 1s, interval: 1s}
+checks:
+  - {id: idle-ok, metric: cpu.idle, expect: "<= 100%"}
+  - {id: never, metric: cpu.idle, per: cpu, expect: "< 0%"}
+"""
+
+NODES = (("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"))
+
+
+def vcheck(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(VCHECK + list(args), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def observed(policy_file, tmp_path) -> Path:
+    """One real run's observations; each node's runs below judge them again (--replay), so
+    four nodes cost one window."""
+    report = tmp_path / "observed.json"
+    r = vcheck("run", str(policy_file(PASSING, "observe.yaml")), "--json", str(report))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return report
+
+
+def run_node(name: str, zone: str, policy: Path, observed: Path, textfile: Path, report: Path) -> int:
+    """`vcheck run` as a node's cron job runs it: the textfile for node_exporter and the JSON."""
+    r = vcheck("run", str(policy), "--replay", str(observed), "--prom-textfile", str(textfile), "--json", str(report),
+               env={"VCHECK_NODE_NAME": name, "VCHECK_NODE_LABELS": f"zone={zone},rack=r-{name}"})
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode
+
+
+def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporters, prometheus_server, policy_file,
+                                                                     observed, tmp_path):
+    passing, failing = policy_file(PASSING, "pass.yaml"), policy_file(FAILING, "fail.yaml")
+    exporters = node_exporters(len(NODES) + 1)       # the last one's node never ran vcheck
+    reports = {}
+    for (name, zone), ne in zip(NODES, exporters):
+        reports[name] = tmp_path / f"{name}.json"
+        assert run_node(name, zone, passing, observed, ne.textfile, reports[name]) == 0
+    prom = prometheus_server([ne.target for ne in exporters],
+                             tuned_rules(stale_after=120, max_failing_ratio=0.25))
+    prom.wait_for("the four nodes' vcheck series",
+                  lambda: len(prom.query("vcheck:node_failing == 0")) == 4 and prom.query("vcheck:fleet_nodes"))
+    assert prom.alerts("VcheckCheckFailing") == [] and prom.alerts("VcheckFleetGate") == []
+
+    # n3's next run fails: its alert fires, from the change (not before it)
+    changed = time.time()
+    assert run_node("n3", "b", failing, observed, exporters[2].textfile, reports["n3"]) == 1
+    changed = min(changed, exporters[2].textfile.stat().st_mtime)
+    alerts = prom.wait_for("n3's VcheckCheckFailing alert", lambda: prom.alerts("VcheckCheckFailing"))
+    assert {a["labels"]["node"] for a in alerts} == {"n3"}
+    assert {a["labels"]["entity"] for a in alerts} == {f"cpu{i}" for i in range(os.cpu_count() or 1)}
+    assert all(a["labels"]["check"] == "never" and a["labels"]["instance"] == exporters[2].target for a in alerts)
+    active_at = min(_rfc3339(a["activeAt"]) for a in alerts)
+    assert active_at >= changed - 1.0, (active_at, changed)     # became active after the textfile changed
+    print(f"\nVcheckCheckFailing active {active_at - changed:.2f} s after n3's textfile changed (scrape and "
+          "evaluation interval 1 s)")
+
+    # the gate: zone b has 1 of 2 nodes failing (50% > 25%); zone a and the fleet (25%) do not
+    domain = prom.wait_for("the zone b gate alert", lambda: prom.alerts("VcheckDomainGate"))
+    assert {(a["labels"]["key"], a["labels"]["value"]) for a in domain} >= {("zone", "b")}
+    assert ("zone", "a") not in {(a["labels"]["key"], a["labels"]["value"]) for a in domain}
+    assert prom.alerts("VcheckFleetGate") == []
+    ratio = {(s["metric"]["key"], s["metric"]["value"]): float(s["value"][1])
+             for s in prom.query("vcheck:domain_failing_ratio")}
+    assert ratio[("zone", "a")] == 0 and ratio[("zone", "b")] == 0.5 and ratio[("rack", "r-n3")] == 1
+
+    # vcheck gate on Prometheus and vcheck merge on the same runs' reports decide alike; the
+    # node_exporter without vcheck is a fifth node, failing, named by its address
+    gate = vcheck("gate", "--prometheus", prom.url, "--max-failing-nodes", "25%", "--domain-label", "zone",
+                  "--json", str(tmp_path / "gate.json"))
+    merge = vcheck("merge", *[str(reports[n]) for n, _ in NODES], "--max-failing-nodes", "25%",
+                   "--domain-label", "zone", "--json", str(tmp_path / "merge.json"))
+    assert merge.returncode == 1 and gate.returncode == 1, gate.stdout + gate.stderr
+    g, m = json.loads((tmp_path / "gate.json").read_text()), json.loads((tmp_path / "merge.json").read_text())
+    silent = exporters[-1].target
+    assert {n["name"] for n in g["nodes"] if n["failing"]} == {n["name"] for n in m["nodes"] if n["failing"]} | {silent}
+    assert "zone=b: 1 of 2 nodes failing (allowed 0) - GATE FAILED: n3" in gate.stdout
+    assert "zone=b: 1 of 2 nodes failing (allowed 0) - GATE FAILED: n3" in merge.stdout
+    assert "zone=a: 0 of 2 nodes failing (allowed 0)" in gate.stdout
+    assert f"(no label): 1 of 1 nodes failing (allowed 0) - GATE FAILED: {silent}" in gate.stdout
+    n3 = next(n for n in g["nodes"] if n["name"] == "n3")
+    assert n3["failed"] == sorted(f"ops::never[cpu{i}]" for i in range(os.cpu_count() or 1))
+    assert n3["counts"] == {"pass": 1, "fail": os.cpu_count()} == next(
+        n for n in m["nodes"] if n["name"] == "n3")["counts"]
+
+    # n4's textfile is old (node_exporter's mtime): its result is stale, and the gate fails it
+    old = time.time() - 3600
+    os.utime(exporters[3].textfile, (old, old))
+    stale = prom.wait_for("n4's VcheckResultStale alert", lambda: prom.alerts("VcheckResultStale"))
+    assert {a["labels"]["node"] for a in stale} == {"n4"}
+    # n2's node_exporter stops: its series go, and it still counts, as failing
+    exporters[1].stop()
+    prom.wait_for("n2 gone", lambda: prom.query('up{instance="%s"} == 0' % exporters[1].target))
+    gate = vcheck("gate", "--prometheus", prom.url, "--max-failing-nodes", "1", "--json", str(tmp_path / "gate2.json"))
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    failed = {n["name"]: n["failed"] for n in json.loads((tmp_path / "gate2.json").read_text())["nodes"] if n["failing"]}
+    assert set(failed) == {"n2", "n3", "n4", silent}, failed
+    assert failed["n2"][0].startswith("(no vcheck series now") and failed["n4"][0].startswith("(stale:")
+    prom.wait_for("the rules counting n2 as failing", lambda: prom.query("vcheck:node_failing{node='n2'} == 1"))
+
+
+def test_gate_refuses_to_pass_without_an_answer(prometheus_server, node_exporters, silent_server, tmp_path):
+    # a Prometheus that never answers: one line, exit 4, within the timeout
+    t = time.monotonic()
+    r = vcheck("gate", "--prometheus", silent_server, "--timeout", "1s", "--max-failing-nodes", "100%")
+    assert r.returncode == 4 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"vcheck: Prometheus at {silent_server}: no answer within 1s (--timeout)"
+    assert time.monotonic() - t < 60
+    # nothing listening
+    (ne,) = node_exporters(1)
+    port = ne.port
+    ne.stop()
+    r = vcheck("gate", "--prometheus", f"http://127.0.0.1:{port}")
+    assert r.returncode == 4 and "cannot connect" in r.stderr and r.stderr.count("\n") == 1
+    # something that is not Prometheus' API (node_exporter's own web server)
+    (ne,) = node_exporters(1)
+    r = vcheck("gate", "--prometheus", f"http://{ne.target}")
+    assert r.returncode == 4 and "the answer is not JSON" in r.stderr and r.stderr.count("\n") == 1
+    # a real Prometheus that holds no vcheck series: nothing to gate, exit 5
+    prom = prometheus_server([ne.target])
+    prom.wait_for("a scrape", lambda: prom.query("up == 1"))
+    r = vcheck("gate", "--prometheus", prom.url, "--max-failing-nodes", "100%")
+    assert r.returncode == 5 and "holds no vcheck series" in r.stderr and r.stdout == ""
+
+
+def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_server, policy_file, observed, tmp_path):
+    passing = policy_file(PASSING, "pass.yaml")
+    a, b = node_exporters(2)
+    run_node("n1", "a", passing, observed, a.textfile, tmp_path / "n1.json")
+    run_node("n2", "a", passing, observed, b.textfile, tmp_path / "n2.json")
+    # n2's file as an older vcheck wrote it (its version label)
+    text = b.textfile.read_text()
+    tmp = b.textdir / ".vcheck.prom.tmp"          # node_exporter reads *.prom only
+    tmp.write_text(text.replace('version="', 'version="0.0.1-old'))
+    tmp.rename(b.textfile)
+    prom = prometheus_server([a.target, b.target])
+    prom.wait_for("two versions", lambda: len(prom.query("count by (version) (vcheck_run_info)")) == 2)
+    r = vcheck("gate", "--prometheus", prom.url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fleet: 0 of 2 nodes failing" in r.stdout
+    assert "come from 2 vcheck versions" in r.stderr and "0.0.1-old" in r.stderr
+
+
+def _rfc3339(text: str) -> float:
+    """Prometheus' activeAt (RFC 3339 with nanoseconds, UTC) as unix time."""
+    import datetime as dt
+
+    base, _, frac = text.rstrip("Z").partition(".")
+    t = dt.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+    return t + (float("0." + frac.split("+")[0]) if frac else 0.0)
