@@ -25,6 +25,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "containers.collector": ("ContainerCollector",),
     "net": ("NetCollector", "ContainerNetCollector"),
     "net_drops": ("NetDropsCollector",),
+    "net_tcp": ("TcpLatencyCollector",),
 }
 
 

@@ -220,3 +220,94 @@ def listen_overflow(server_ns: str, client_ns: str, addr: str, port: int, client
         server.stdin.write("\n")
         server.stdin.flush()
         server.wait(10)
+
+
+# --- an impaired link: TUN devices and a userspace relay (tests/rig/tun_relay.py) ------------
+@dataclass
+class ImpairedLink:
+    a: Netns
+    b: Netns
+    relay: subprocess.Popen
+    delay_ms: float
+    drop_every: int
+    addr_a: str = "10.78.0.1"
+    addr_b: str = "10.78.0.2"
+
+
+@pytest.fixture
+def impaired_link(request):
+    """Namespaces a and b joined through tun_relay.py; parametrize indirectly with
+    (delay_ms one way, drop every Nth A->B TCP payload packet; 0: none)."""
+    require_root()
+    delay_ms, drop_every = getattr(request, "param", (20, 0))
+    if not Path("/dev/net/tun").exists():
+        rig_fail("/dev/net/tun is missing: the TUN relay cannot start")
+    made = []
+    relay = None
+    try:
+        a = make_netns("ta")
+        made.append(a)
+        b = make_netns("tb")
+        made.append(b)
+        relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tun_relay.py")), a.name, b.name,
+                                  str(delay_ms), str(drop_every)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+        if relay.stdout.readline().strip() != "ready":
+            rig_fail("the TUN relay did not start")
+        yield ImpairedLink(a, b, relay, delay_ms, drop_every)
+    finally:
+        if relay is not None:
+            relay.stdin.close()
+            try:
+                relay.wait(10)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait()
+        for ns in made:
+            remove_netns(ns)
+
+
+class TcpSink:
+    """A TCP server in a namespace that reads whatever it is sent until the peer closes."""
+
+    def __init__(self, ns: str, addr: str, port: int):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent("""
+            import socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+            print("ready", flush=True)
+            while True:
+                c, _ = s.accept()
+                while c.recv(1 << 16):
+                    pass
+                c.close()
+            """), addr, str(port)], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            rig_fail("the TCP sink did not start")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def tcp_send(ns: str, addr: str, port: int, nbytes: int, chunk: int = 16384, pause: float = 0.0,
+             linger: float = 0.0) -> subprocess.Popen:
+    """Start a client in ns that sends nbytes to addr:port (pausing between chunks), prints
+    "sent" when the peer has it all, keeps the connection `linger` seconds more, then closes."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent("""
+        import socket, sys, time
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+        left, chunk, pause = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+        while left > 0:
+            n = min(chunk, left); c.sendall(b"x" * n); left -= n
+            if pause: time.sleep(pause)
+        c.shutdown(socket.SHUT_WR); c.recv(1)
+        print("sent", flush=True); time.sleep(float(sys.argv[6])); c.close()
+        """), addr, str(port), str(nbytes), str(chunk), str(pause), str(linger)], stdout=subprocess.PIPE, text=True)
+
+
+def ss_rtts(ns: str, port: int) -> list[float]:
+    """srtt (seconds) of the namespace's established TCP sockets to port, as `ss -ti` shows it."""
+    out = in_ns(ns, "ss", "-tin", "state", "established", f"dport = :{port}", check=False).stdout
+    import re
+    return [float(m) / 1000 for m in re.findall(r"\brtt:([0-9.]+)/", out)]

@@ -129,6 +129,10 @@ INTERFACE_FIGURES: dict[str, tuple[str, str, str]] = {
     "tx.drops": ("tx_drop", RATE, "packets dropped on transmit per second (sar txdrop/s)"),
 }
 
+# an interval that sent fewer segments gives no retransmit share: 1 retransmission of 3
+# segments is not "33 % loss" (METRICS.md: judge a count and a share together)
+MIN_SEGMENTS_FOR_SHARE = 100
+
 # metric suffix -> (proto, counter, dimension, natural stat, what it is); per-interval counts
 # are COUNT (natural: sum over the window), per-second figures RATE
 PROTO_FIGURES: dict[str, tuple[str, str, str, str, str]] = {
@@ -171,9 +175,14 @@ def proto_figures(a: NetnsCounters, b: NetnsCounters, wall: float) -> dict[str, 
             out[suffix] = d / wall if dim == RATE else float(d)
     sent = delta(a.proto.get("Tcp"), b.proto.get("Tcp"), "OutSegs")
     retrans = delta(a.proto.get("Tcp"), b.proto.get("Tcp"), "RetransSegs")
-    if sent and retrans is not None:
+    if sent is not None and sent >= MIN_SEGMENTS_FOR_SHARE and retrans is not None:
         out["tcp.retrans_share"] = min(100.0 * retrans / sent, 100.0)
     return out
+
+
+def segments_sent(a: NetnsCounters, b: NetnsCounters) -> int:
+    """What a retransmit-share sample stands for: the window's mean is segment-weighted."""
+    return delta(a.proto.get("Tcp"), b.proto.get("Tcp"), "OutSegs") or 0
 
 
 def _specs(prefix: str, layer: str, labels: tuple[str, ...], entity: str, where: str,
@@ -191,9 +200,10 @@ def _specs(prefix: str, layer: str, labels: tuple[str, ...], entity: str, where:
     specs.append(MetricSpec(name=f"{prefix}.tcp.retrans_share", dimension=PERCENT, kind="series",
                             natural_stat="max", sparse=True,
                             source=f"{where}/snmp Tcp RetransSegs / OutSegs per interval (as sar -n ETCP)",
-                            description="share of TCP segments sent that were retransmissions; intervals "
-                                        "without TCP traffic have no value (judge it beside a count: a "
-                                        "few segments make a noisy share)", **plain))
+                            description="share of TCP segments sent that were retransmissions; an "
+                                        f"interval that sent fewer than {MIN_SEGMENTS_FOR_SHARE} segments "
+                                        "has no value (a few segments make a noisy share); the mean is "
+                                        "weighted by segments sent", **plain))
     return tuple(specs)
 
 
@@ -293,8 +303,10 @@ class NetCollector(Collector):
         iface = {n: interface_figures(a.devices[n], b.devices[n], wall)
                  for n in b.devices if n in a.devices and n not in reset}
         wanted = self.request.metrics
+        sent = float(segments_sent(a, b))
         for metric, labels, v in _prefix_figures("net", iface, proto_figures(a, b, wall), wanted):
-            self.store.add_sample(metric, labels, t, v, wall)
+            self.store.add_sample(metric, labels, t, v, wall,
+                                  weight=sent if metric == "net.tcp.retrans_share" else None)
         for metric, col in (("net.softnet.drops", "dropped"), ("net.softnet.squeezes", "squeezed")):
             if metric not in wanted:
                 continue
@@ -382,5 +394,7 @@ class ContainerNetCollector(Collector):
                 self.store.mark_gone({**identity, "interface": n}, t, f"interface {n} was removed or renamed")
             iface = {n: interface_figures(a.devices[n], b.devices[n], wall)
                      for n in b.devices if n in a.devices and n not in reset}
+            sent = float(segments_sent(a, b))
             for metric, labels, v in _prefix_figures("container.net", iface, proto_figures(a, b, wall), wanted):
-                self.store.add_sample(metric, {**identity, **labels}, t, v, wall, info)
+                self.store.add_sample(metric, {**identity, **labels}, t, v, wall, info,
+                                      weight=sent if metric.endswith("retrans_share") else None)

@@ -46,6 +46,8 @@ def _ns(mono, tcp, udp=None):
 
 def test_retransmit_share_needs_segments_sent():
     a = _ns(0, {"OutSegs": 100, "RetransSegs": 1, "OutRsts": 0, "EstabResets": 0})
+    few = _ns(1, {"OutSegs": 103, "RetransSegs": 2, "OutRsts": 0, "EstabResets": 0})
+    assert "tcp.retrans_share" not in proto_figures(a, few, 1.0)   # 3 segments: no share
     b = _ns(2, {"OutSegs": 300, "RetransSegs": 5, "OutRsts": 4, "EstabResets": 0})
     f = proto_figures(a, b, 2.0)
     assert f["tcp.retrans_share"] == pytest.approx(2.0) and f["tcp.retrans_segs"] == pytest.approx(2.0)
