@@ -9,13 +9,18 @@
  *
  * Culprits (-DVCHK_CULPRITS, -DVCHK_WATCH): each wait is split among the tasks that ran on that
  * CPU during it, summed in the kernel; no per-switch record reaches user space.
- *  - Every sched_switch on CPU c appends {next pid, comm, time} to c's history ring: the last
- *    RING_SLOTS slices of c. Only c's own sched_switch reads or writes c's ring (preemption is
- *    off there and tracepoint programs do not nest on a CPU), so it needs no lock.
+ *  - Each CPU keeps a history ring of RING_SLOTS segments: a segment is a stretch of the CPU's
+ *    time with the run time of each of at most SEGMENT_TASKS distinct tasks in it (ns, summed over
+ *    all their turns). A switch adds the outgoing turn to the current segment; a new segment
+ *    starts when the incoming task is not in it and it is full, or it is SEGMENT_NS old. Turns
+ *    of the same few tasks (a pipe ping-pong, 67k switches/s) fold into one segment: the history
+ *    holds RING_SLOTS segments, not RING_SLOTS turns. Only c's own sched_switch reads or writes
+ *    c's ring (preemption is off there and tracepoint programs do not nest on a CPU): no lock.
  *  - When a task that waited since W is switched in on c at T, c's ring is walked back from T
- *    to W and each slice's overlap with [W, T] is added to culprits{victim, slice's pid}. The
- *    walk costs the slices the wait spanned (one or two for most waits), at most RING_SLOTS;
- *    what a longer wait leaves uncovered is charged to UNATTRIBUTED, idle slices to pid 0.
+ *    to W: a segment wholly inside [W, T] charges each of its tasks its run time there; the
+ *    segment W falls in charges its overlap with the wait among its tasks (the waiter itself
+ *    excepted) in proportion to their run time in it (an estimate within SEGMENT_NS). What the
+ *    ring no longer covers is charged to UNATTRIBUTED, idle time to pid 0.
  *  - Victims, told apart by the key's kind: the CPU (VICTIM_CPU, every task: what
  *    sched.runq.latency per CPU is made of, with VCHK_CULPRITS), and with VCHK_WATCH the task
  *    itself when user space put its tid in `watched` (VICTIM_TASK: vCPU threads).
@@ -46,22 +51,37 @@ BPF_HASH(stats, struct cpu_key, struct vcheck_stats, 1024);
 #if defined(VCHK_CULPRITS) || defined(VCHK_WATCH)
 #define VCHK_RING 1
 #define RING_SLOTS 64                  /* a power of two: the index is masked */
+#define SEGMENT_TASKS 4                /* distinct tasks a segment sums */
+#define SEGMENT_NS 4000000ull          /* a segment is closed at its first switch after 4 ms */
+#ifndef BCC_WALK
+#define BCC_WALK 32                    /* segments the bcc path walks (no bpf_loop there; 64 is too complex) */
+#endif
 #define UNATTRIBUTED 0xFFFFFFFFu       /* no pid_t: the part of a wait older than the ring */
 #define COUNTER_CULPRITS_FULL 0
 #define COUNTER_UNATTRIBUTED_WAITS 1
 #define VICTIM_CPU 0
 #define VICTIM_TASK 1
 
-struct slice {
-    u64 start;
+struct entry {
+    u64 ns;                            /* run time of the task in the segment */
     u32 pid;
     u32 pad;
     char comm[16];
 };
 
+struct segment {
+    u64 start;
+    u32 n;                             /* entries used */
+    u32 pad;
+    struct entry e[SEGMENT_TASKS];
+};
+
 struct ring {
-    u64 head;                          /* slices ever written on this CPU */
-    struct slice s[RING_SLOTS];
+    u64 head;                          /* segments ever started on this CPU */
+    u64 last;                          /* the last switch on this CPU */
+    u32 cur;                           /* the running task's entry in the newest segment */
+    u32 pad;
+    struct segment s[RING_SLOTS];
 };
 
 struct culprit_key {
@@ -149,10 +169,41 @@ static __always_inline void charge(struct culprit_key *k, u64 ns, const char *co
     __sync_fetch_and_add(&c->ns, ns);
 }
 
+/* Charge one segment's part of a wait: all of each task's run time when the segment lies in
+ * the wait (part == 0), else `part` ns split among its tasks other than the waiter by their
+ * run time in it. */
+static __always_inline void charge_segment(struct segment *g, u32 cpu, u32 tid, u64 part,
+                                           bool by_cpu, bool by_task)
+{
+    u64 others = 0;
+    if (part) {
+        for (int j = 0; j < SEGMENT_TASKS; j++)
+            if (j < g->n && g->e[j].pid != tid)
+                others += g->e[j].ns;
+        if (!others)
+            return;
+    }
+    for (int j = 0; j < SEGMENT_TASKS; j++) {
+        if (j >= g->n)
+            break;
+        struct entry *e = &g->e[j];
+        if (e->pid == tid || !e->ns)
+            continue;
+        /* in 1/1024ths of the part: no 64-bit overflow for any realistic segment */
+        u64 ns = part ? (e->ns * 1024 / others) * part / 1024 : e->ns;
+        struct culprit_key k = {.kind = VICTIM_CPU, .victim = cpu, .pid = e->pid};
+        if (by_cpu)
+            charge(&k, ns, e->comm);
+        k.kind = VICTIM_TASK;
+        k.victim = tid;
+        if (by_task)
+            charge(&k, ns, e->comm);
+    }
+}
+
 #ifdef VCHECK_CORE
 /* The walk back through the ring as a bpf_loop (5.17+; the raw sched_switch hook needs 5.18
- * anyway): the verifier checks one step once instead of RING_SLOTS unrolled steps, which was
- * most of this program's load time. */
+ * anyway): the verifier checks one step once instead of RING_SLOTS unrolled steps. */
 struct walk {
     u64 since;
     u64 end;
@@ -170,25 +221,16 @@ static long walk_step(u32 i, void *arg)
     struct ring *r = rings.lookup(&zero);   /* this CPU's ring: the caller's, per-CPU */
     if (!r || w->end <= w->since || (u64)i >= w->head)
         return 1;
-    struct slice *s = &r->s[(w->head - 1 - i) & (RING_SLOTS - 1)];
-    u64 start = s->start;
-    u64 from = start > w->since ? start : w->since;
-    if (w->end > from && s->pid != w->tid) {
-        struct culprit_key k = {.kind = VICTIM_CPU, .victim = w->cpu, .pid = s->pid};
-        if (w->by_cpu)
-            charge(&k, w->end - from, s->comm);
-        k.kind = VICTIM_TASK;
-        k.victim = w->tid;
-        if (w->by_task)
-            charge(&k, w->end - from, s->comm);
-    }
+    struct segment *g = &r->s[(w->head - 1 - i) & (RING_SLOTS - 1)];
+    u64 start = g->start;
+    charge_segment(g, w->cpu, w->tid, start >= w->since ? 0 : w->end - w->since, w->by_cpu, w->by_task);
     w->end = start < w->end ? start : w->end;
     return 0;
 }
 #endif
 
-/* Split the wait [since, now] of task `tid`, switched in on `cpu`, among the slices of the
- * CPU's ring; by_cpu/by_task say which victims are charged. */
+/* Split the wait [since, now] of task `tid`, switched in on `cpu`, among the segments of the
+ * CPU's ring (the newest brought up to `now`); by_cpu/by_task say which victims are charged. */
 static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 since, u64 now,
                                         bool by_cpu, bool by_task)
 {
@@ -201,21 +243,16 @@ static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 si
     bpf_loop(RING_SLOTS, walk_step, &w, 0);
     u64 end = w.end;
 #else
+    /* bcc cannot pass bpf_loop a callback, and RING_SLOTS unrolled copies of a segment's
+     * charges exceed the verifier's complexity limit: it walks the newest BCC_WALK segments */
     u64 end = now;
     u64 head = r->head;
-    for (int i = 0; i < RING_SLOTS; i++) {
+    for (int i = 0; i < BCC_WALK; i++) {
         if (end <= since || (u64)i >= head)
             break;
-        struct slice *s = &r->s[(head - 1 - i) & (RING_SLOTS - 1)];
-        u64 start = s->start;
-        u64 from = start > since ? start : since;
-        if (end > from && s->pid != tid) {
-            ck.pid = tk.pid = s->pid;
-            if (by_cpu)
-                charge(&ck, end - from, s->comm);
-            if (by_task)
-                charge(&tk, end - from, s->comm);
-        }
+        struct segment *g = &r->s[(head - 1 - i) & (RING_SLOTS - 1)];
+        u64 start = g->start;
+        charge_segment(g, cpu, tid, start >= since ? 0 : end - since, by_cpu, by_task);
         end = start < end ? start : end;
     }
 #endif
@@ -227,6 +264,54 @@ static __always_inline void charge_wait(struct ring *r, u32 cpu, u32 tid, u64 si
         if (by_task)
             charge(&tk, end - since, none);
     }
+}
+
+/* The CPU switches to `pid` at `now`: the outgoing turn is added to the newest segment (done by
+ * the caller before any wait is charged), and the incoming task gets its entry there, or a new
+ * segment when it has no room or is SEGMENT_NS old. */
+static __always_inline void account_turn(struct ring *r, u64 now)
+{
+    if (!r->head)
+        return;
+    struct segment *g = &r->s[(r->head - 1) & (RING_SLOTS - 1)];
+    u32 cur = r->cur;
+    if (cur < SEGMENT_TASKS && now > r->last)
+        g->e[cur & (SEGMENT_TASKS - 1)].ns += now - r->last;
+}
+
+static __always_inline void place(struct ring *r, u64 now, u32 pid, const char *comm)
+{
+    r->last = now;
+    if (r->head) {
+        struct segment *g = &r->s[(r->head - 1) & (RING_SLOTS - 1)];
+        if (now - g->start <= SEGMENT_NS) {
+            for (int j = 0; j < SEGMENT_TASKS; j++) {
+                if (j < g->n && g->e[j].pid == pid) {
+                    r->cur = j;
+                    return;
+                }
+            }
+            u32 n = g->n;
+            if (n < SEGMENT_TASKS) {
+                struct entry *e = &g->e[n & (SEGMENT_TASKS - 1)];
+                e->ns = 0;
+                e->pid = pid;
+                /* a copy out of a CO-RE relocated record must go through a helper (verifier) */
+                bpf_probe_read_kernel(e->comm, sizeof(e->comm), comm);
+                g->n = n + 1;
+                r->cur = n;
+                return;
+            }
+        }
+    }
+    struct segment *g = &r->s[r->head & (RING_SLOTS - 1)];
+    g->start = now;
+    g->n = 1;
+    g->e[0].ns = 0;
+    g->e[0].pid = pid;
+    bpf_probe_read_kernel(g->e[0].comm, sizeof(g->e[0].comm), comm);
+    r->cur = 0;
+    r->head++;
 }
 #endif
 
@@ -244,6 +329,7 @@ static __always_inline void on_switch(u32 prev_pid, bool prev_runnable, u32 pid,
     struct ring *r = rings.lookup(&zero);
     if (!r)
         return;
+    account_turn(r, now);
 #endif
     u64 *since = pid ? runnable_since.lookup(&pid) : NULL;
     if (since) {
@@ -273,12 +359,7 @@ static __always_inline void on_switch(u32 prev_pid, bool prev_runnable, u32 pid,
 #endif
     }
 #ifdef VCHK_RING
-    struct slice *s = &r->s[r->head & (RING_SLOTS - 1)];
-    s->start = now;
-    s->pid = pid;
-    /* a copy out of a CO-RE relocated record must go through a helper (verifier) */
-    bpf_probe_read_kernel(s->comm, sizeof(s->comm), comm);
-    r->head++;
+    place(r, now, pid, comm);
 #endif
 }
 

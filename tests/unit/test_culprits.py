@@ -11,7 +11,7 @@ import pytest
 
 from vcheck.probes import source_path
 from vcheck.catalog import Catalog
-from vcheck.collectors.sched import RING_SLOTS, UNATTRIBUTED, culprits, merge_charges
+from vcheck.collectors.sched import BCC_WALK, RING_SLOTS, SEGMENT_MS, SEGMENT_TASKS, UNATTRIBUTED, culprits, merge_charges
 from vcheck.errors import ReportFormatError
 from vcheck.evidence import merge_culprits, render
 from vcheck.histogram import Histogram
@@ -54,8 +54,8 @@ def test_top_culprits_with_shares_owners_and_what_is_left_out():
     assert culprits({}, FakeResolver()) == ([], [])
     (only,), notes = culprits({6000: ("nginx", 1), UNATTRIBUTED: ("", 10_000)}, FakeResolver())
     assert only["nspid"] == [6000, 7] and "PID 7 inside" in only["describe"]   # the largest, however small
-    assert notes == ["100.0% of the wait is not attributed: more than 64 tasks ran on the CPU during a wait "
-                     "(or it began before vcheck attached)"]
+    assert notes == ["100.0% of the wait is not attributed: it began before the CPU's kept history (64 "
+                     "stretches of at most 4 distinct tasks or 4 ms each), or before vcheck attached"]
 
 
 def test_the_node_merges_every_cpus_charges():
@@ -66,6 +66,9 @@ def test_the_node_merges_every_cpus_charges():
 def test_python_and_the_bpf_program_agree_on_the_ring():
     src = source_path("runq_latency.c").read_text()
     assert int(re.search(r"#define RING_SLOTS (\d+)", src).group(1)) == RING_SLOTS
+    assert int(re.search(r"#define SEGMENT_TASKS (\d+)", src).group(1)) == SEGMENT_TASKS
+    assert int(re.search(r"#define BCC_WALK (\d+)", src).group(1)) == BCC_WALK
+    assert int(re.search(r"#define SEGMENT_NS (\d+)ull", src).group(1)) == SEGMENT_MS * 1_000_000
     assert int(re.search(r"#define UNATTRIBUTED (0x[0-9A-Fa-f]+)u", src).group(1), 16) == UNATTRIBUTED
 
 

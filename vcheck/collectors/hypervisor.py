@@ -23,7 +23,7 @@ from ..observations import labels_of
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
 from .base import Collector, Needs, Unavailable
-from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver
+from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver, walked
 from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCpu,  # noqa: F401 - re-exported
                   discover_vms, find_vcpu_threads, parse_stat, vm_identity)
 
@@ -159,6 +159,7 @@ class HypervisorCollector(Collector):
             return
         charges = read_charges(prog, VICTIM_TASK)
         full = prog.counters().get("culprits_full", 0)
+        history = walked(prog)
         self.close()
         observed = {o.labels: o for o in self.store.for_metric("vcpu.run_delay")}
         resolver = task_resolver(self.roots, list(self._vms.values()))
@@ -167,7 +168,7 @@ class HypervisorCollector(Collector):
                 o = observed.get(labels_of({"vm": vm.name, "vcpu": str(v.index)}))
                 if o is None or v.tid not in charges:
                     continue
-                o.culprits, notes = culprits(charges[v.tid], resolver)
+                o.culprits, notes = culprits(charges[v.tid], resolver, history=history)
                 o.notes.extend(notes)
         if full:
             self.store.note(self.name, f"{full} vCPU waits were not split among culprits: the culprit map was full")

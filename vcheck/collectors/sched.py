@@ -30,7 +30,15 @@ CULPRIT_FLAGS = ("-DVCHK_CULPRITS",)                 # per-CPU victims, beside t
 WATCH_FLAGS = ("-DVCHK_WATCH", "-DVCHK_NO_HIST")    # watched tids only (vCPU threads)
 UNATTRIBUTED = 0xFFFFFFFF   # bpf/runq_latency.c: the part of a wait older than the CPU's history
 VICTIM_CPU, VICTIM_TASK = 0, 1   # bpf/runq_latency.c: whose wait a culprit's time is
-RING_SLOTS = 64             # bpf/runq_latency.c: slices of history kept per CPU
+RING_SLOTS = 64             # bpf/runq_latency.c: segments of history kept per CPU
+SEGMENT_TASKS = 4           # bpf/runq_latency.c: distinct tasks one segment sums
+SEGMENT_MS = 4              # bpf/runq_latency.c: a segment closes at its first switch after this
+BCC_WALK = 32               # bpf/runq_latency.c: segments the bcc path walks back (no bpf_loop there)
+
+
+def walked(prog: BpfProgram) -> int:
+    """Segments of a CPU's history a wait is split over, on the path the program loaded by."""
+    return RING_SLOTS if prog.path == "core" else BCC_WALK
 CULPRITS_KEPT = 5           # per entity; the rest are summed in a note
 CULPRIT_MIN_SHARE = 0.01    # smaller parts are summed in the note too (the largest is always kept)
 
@@ -85,6 +93,7 @@ class RunqLatencyCollector(Collector):
         per_cpu = prog.histograms(lambda k: k.cpu)
         charges = read_charges(prog, VICTIM_CPU) if self._culprits else {}
         counters = prog.counters() if self._culprits else {}
+        history = walked(prog)
         self.close()
         resolver = task_resolver(self.roots)
         source = {"source": "BPF sched tracepoints"}
@@ -92,12 +101,12 @@ class RunqLatencyCollector(Collector):
         for cpu, h in sorted(per_cpu.items()):
             o = self.store.set_histogram("sched.runq.latency", {"cpu": str(cpu)}, h, source)
             if cpu in charges:
-                o.culprits, notes = culprits(charges[cpu], resolver)
+                o.culprits, notes = culprits(charges[cpu], resolver, history=history)
                 o.notes.extend(notes)
             node = node.merge(h)
         o = self.store.set_histogram("sched.runq.latency", {}, node, source)
         if charges:
-            o.culprits, notes = culprits(merge_charges(charges.values()), resolver)
+            o.culprits, notes = culprits(merge_charges(charges.values()), resolver, history=history)
             o.notes.extend(notes)
         if counters.get("culprits_full"):
             self.store.note(self.name, f"{counters['culprits_full']} waits were not split among culprits: "
@@ -150,7 +159,8 @@ def culprit_entry(pid: int, comm: str, ns: int, total: int, resolver: Any) -> di
             "describe": ident.describe(), "cgroup": ident.cgroup, "nspid": list(ident.nspid)}
 
 
-def culprits(charges: Charges, resolver: Any, keep: int = CULPRITS_KEPT) -> tuple[list[dict[str, Any]], list[str]]:
+def culprits(charges: Charges, resolver: Any, keep: int = CULPRITS_KEPT,
+             history: int = RING_SLOTS) -> tuple[list[dict[str, Any]], list[str]]:
     """The top `keep` tasks by wait taken from the victim, each with its share of the whole wait,
     and notes on the rest (tasks not kept, wait older than the CPU's history)."""
     total = sum(ns for _, ns in charges.values())
@@ -166,6 +176,7 @@ def culprits(charges: Charges, resolver: Any, keep: int = CULPRITS_KEPT) -> tupl
         notes.append(f"{len(rest)} more tasks took {sum(ns for ns, _, _ in rest) / total:.1%} of the wait")
     lost = charges.get(UNATTRIBUTED, ("", 0))[1]
     if lost >= 0.001 * total:
-        notes.append(f"{lost / total:.1%} of the wait is not attributed: more than {RING_SLOTS} tasks ran on "
-                     "the CPU during a wait (or it began before vcheck attached)")
+        notes.append(f"{lost / total:.1%} of the wait is not attributed: it began before the CPU's kept "
+                     f"history ({history} stretches of at most {SEGMENT_TASKS} distinct tasks or "
+                     f"{SEGMENT_MS} ms each), or before vcheck attached")
     return out, notes
