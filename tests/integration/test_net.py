@@ -131,3 +131,45 @@ def test_vcheck_run_in_a_namespace_judges_its_drops(veth_pair, policy_file, tmp_
     rx = [r for r in json.loads(report.read_text())["results"] if r["check"] == "rx"]
     assert {r["entity"] for r in rx} >= {veth_pair.dev_b, "lo"}, [r["entity"] for r in rx]
     assert run.returncode == 1
+
+
+def test_container_figures_come_from_its_own_namespace(veth_pair, monkeypatch, tmp_path):
+    """A runc container with its own network namespace, a veth into it from a namespace of the
+    test's; and one sharing the host's (hostNetwork), which is said to, not repeated."""
+    from tests.rig.common import remove_cgroup_tree
+    from tests.rig.net import link_stats_of_pid, start_runc, stop_runc, veth_into
+    from vcheck.collectors.net import CONTAINER_METRICS, ContainerNetCollector
+    root = tmp_path / "runc"
+    root.mkdir()
+    own = host = None
+    try:
+        own = start_runc(root, "vchk-netown", own_netns=True)
+        host = start_runc(root, "vchk-nethost", own_netns=False)
+        dev_a, dev_c = veth_into(veth_pair.a, own.pid)
+        monkeypatch.setenv("VCHECK_RUNC_ROOT", str(own.state))
+        monkeypatch.setenv("VCHECK_CRI_SOCKETS", "")
+        store = ObservationStore()
+        c = ContainerNetCollector(CollectContext(HostRoots(), store),
+                                  CollectRequest(frozenset(m.name for m in CONTAINER_METRICS), 5, 1))
+        c.start()
+        before = link_stats_of_pid(own.pid, dev_c)
+        c.begin(time.monotonic())
+        udp_send(veth_pair.a.name, "10.79.0.2", 9, 250, size=300)
+        c.sample(1.0)
+        after = link_stats_of_pid(own.pid, dev_c)
+        own_netns = os.readlink(f"/proc/{own.pid}/ns/net")
+    finally:
+        for x in (own, host):
+            if x is not None:
+                stop_runc(x)
+        remove_cgroup_tree("vcheck-rig")
+    assert after["rx_packets"] - before["rx_packets"] == 250
+    rx = [o for o in store.for_metric("container.net.rx.packets") if o.label_dict.get("container") == "vchk-netown"]
+    by_dev = {o.label_dict["interface"]: o for o in rx}
+    assert set(by_dev) == {"lo", dev_c}                         # its own interfaces, not the node's
+    o = by_dev[dev_c]
+    assert sum(v * s for v, s in zip(o.values, o.spans)) == pytest.approx(250)
+    assert o.info["netns"] == own_netns
+    shared = [o for o in store.for_metric("container.net.rx.packets") if o.label_dict.get("container") == "vchk-nethost"]
+    assert len(shared) == 1 and not shared[0].values
+    assert "shares the host's network namespace" in shared[0].notes[0]

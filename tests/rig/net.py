@@ -311,3 +311,76 @@ def ss_rtts(ns: str, port: int) -> list[float]:
     out = in_ns(ns, "ss", "-tin", "state", "established", f"dport = :{port}", check=False).stdout
     import re
     return [float(m) / 1000 for m in re.findall(r"\brtt:([0-9.]+)/", out)]
+
+
+# --- a plain runc container with a network namespace of its own ------------------------------
+@dataclass
+class RuncContainer:
+    id: str
+    pid: int
+    state: Path
+
+
+def start_runc(root: Path, cid: str, own_netns: bool) -> RuncContainer:
+    """A busybox `sleep` under runc; with own_netns its network namespace is new (only lo),
+    without it the container shares the host's (hostNetwork)."""
+    from tests.rig.containerd import BUSYBOX
+    if shutil.which("runc") is None:
+        rig_fail("runc is not installed (scripts/setup.sh installs it)")
+    bundle = root / cid
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    for d in ("proc", "dev", "sys", "tmp"):
+        (bundle / "rootfs" / d).mkdir()
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/sleep", "3600"]
+    spec["linux"]["cgroupsPath"] = f"/vcheck-rig/{cid}"
+    if not own_netns:
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    state = root / "state"
+    with open(root / f"{cid}.log", "w+") as log:
+        res = subprocess.run(["runc", "--root", str(state), "run", "-d", "--bundle", str(bundle), cid],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=30)
+        if res.returncode != 0:
+            log.seek(0)
+            rig_fail("runc run -d failed", log.read())
+    st = json.loads(subprocess.run(["runc", "--root", str(state), "state", cid], capture_output=True,
+                                   text=True, check=True).stdout)
+    return RuncContainer(cid, int(st["pid"]), state)
+
+
+def stop_runc(c: RuncContainer) -> None:
+    subprocess.run(["runc", "--root", str(c.state), "delete", "--force", c.id], capture_output=True)
+
+
+def veth_into(ns: Netns, pid: int) -> tuple[str, str]:
+    """A veth pair from namespace ns (10.79.0.1) into the network namespace of `pid` (10.79.0.2):
+    (device in ns, device in the process's namespace)."""
+    tag = secrets.token_hex(2)
+    dev_a, dev_c = f"vna{tag}", f"vnc{tag}"
+    ip("link", "add", dev_a, "netns", ns.name, "type", "veth", "peer", "name", dev_c, "netns", str(pid))
+    enter = ["nsenter", "-t", str(pid), "-n"]
+    for cmd in (["ip", "addr", "add", "10.79.0.2/24", "dev", dev_c], ["ip", "link", "set", dev_c, "up"],
+                ["ip", "link", "set", "lo", "up"], ["sysctl", "-q", "-w", f"net.ipv6.conf.{dev_c}.disable_ipv6=1"]):
+        res = subprocess.run(enter + cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            rig_fail(f"{' '.join(cmd)} in the container's namespace failed", res.stderr)
+    ip("addr", "add", "10.79.0.1/24", "dev", dev_a, ns=ns.name)
+    ip("link", "set", dev_a, "up", ns=ns.name)
+    c_mac = json.loads(subprocess.run(enter + ["ip", "-j", "link", "show", "dev", dev_c], capture_output=True,
+                                      text=True).stdout)[0]["address"]
+    ip("neigh", "replace", "10.79.0.2", "lladdr", c_mac, "dev", dev_a, "nud", "permanent", ns=ns.name)
+    subprocess.run(enter + ["ip", "neigh", "replace", "10.79.0.1", "lladdr", mac(ns.name, dev_a), "dev", dev_c,
+                            "nud", "permanent"], check=True)
+    return dev_a, dev_c
+
+
+def link_stats_of_pid(pid: int, dev: str) -> dict[str, int]:
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "-s", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)[0]["stats64"]
+    return {f"{d}_{k}": v for d in ("rx", "tx") for k, v in data[d].items() if isinstance(v, int)}
