@@ -54,6 +54,9 @@ class Observed:
     entities: list[str] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    # what each sample weighs in a mean, as the judge weighs it: the I/Os a per-interval mean
+    # latency averages over, else the seconds it covers (Observation.weights / .spans)
+    weights: list[float] = field(default_factory=list)
     histogram: Histogram | None = None
     notes: list[str] = field(default_factory=list)
     info: dict[str, str] = field(default_factory=dict)
@@ -86,7 +89,8 @@ class Observed:
                             f"to lie in [{span[0]:.6g}, {span[1]:.6g}]: judge observed.bounds({name!r})",
                             pytrace=False)
         else:
-            o = Observation(self.metric, (), times=self.times, values=self.values, spans=[1.0] * len(self.values))
+            weights = self.weights if len(self.weights) == len(self.values) else [1.0] * len(self.values)
+            o = Observation(self.metric, (), times=self.times, values=self.values, spans=weights, weights=weights)
             view = SeriesView(o, float("inf"))
         value = view.stat(name, self.window).value
         if value is None:
@@ -140,7 +144,7 @@ class Observed:
             return f"{self.metric} [{', '.join(self.entities) or 'node'}]: no samples ({'; '.join(self.notes)})"
         return (f"{self.metric} [{', '.join(self.entities)}] over {self.window:g}s: {len(self.values)} samples, "
                 f"min {format_value(min(self.values), self.dimension)}, "
-                f"mean {format_value(sum(self.values) / len(self.values), self.dimension)}, "
+                f"mean {format_value(self._stat('mean'), self.dimension)}, "
                 f"max {format_value(max(self.values), self.dimension)}")
 
 
@@ -160,6 +164,8 @@ def merge_observations(metric: str, dimension: str, window: float, parts: Iterab
         if o.histogram is not None:
             out.histogram = o.histogram if out.histogram is None else out.histogram.merge(o.histogram)
         keep = [i for i, t in enumerate(o.times) if t <= window + 0.5]
+        weights = o.weights if len(o.weights) == len(o.values) else o.spans
         out.values.extend(o.values[i] for i in keep)
         out.times.extend(o.times[i] for i in keep)
+        out.weights.extend(weights[i] if i < len(weights) else 1.0 for i in keep)
     return out

@@ -176,7 +176,7 @@ def result_record(item: pytest.Item, report: pytest.TestReport | None) -> dict[s
             "outcome": {Outcome.PASS: "pass", Outcome.FAIL: "fail"}.get(outcome, "inconclusive"),
             "reason": reason, "samples": len(observed.values) or (observed.histogram.count if observed.histogram else 0),
             "expected_samples": 0, "observed_seconds": observed.window, "measurements": [],
-            "series": ({"min": min(observed.values), "mean": sum(observed.values) / len(observed.values),
+            "series": ({"min": min(observed.values), "mean": observed.mean,
                         "max": max(observed.values), "longest_violation": None} if observed.values else None),
             "events": [], "notes": observed.notes}]
     return record

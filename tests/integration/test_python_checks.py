@@ -167,3 +167,36 @@ def test_a_python_check_is_waived_like_a_yaml_one(tmp_path):
     res = by_id(report)["test_never"]
     assert res["outcome"] == "waived" and res["layer"] == "guest"
     assert 'check="test_never"' in prom.read_text() and 'outcome="waived"' in prom.read_text()
+
+
+MEAN_CHECK = '''\
+from vcheck import observe
+
+
+@observe("block.latency.mean", per="device", select={{"device": "{dev}"}}, window="3s")
+def test_mean(observed):
+    open("{out}", "w").write(repr(observed.mean))
+'''
+
+
+def test_python_mean_of_block_latency_mean_is_the_yaml_checks(tmp_path):
+    """block.latency.mean per interval is Δms / Δios; over the window it is I/O-weighted (as
+    iostat's await), in YAML and in Python alike, on real block I/O."""
+    from tests.rig.io import background_writes, root_device
+    dev = root_device()
+    out = tmp_path / "mean.txt"
+    (tmp_path / "test_mean.py").write_text(MEAN_CHECK.format(dev=dev, out=out))
+    (tmp_path / "m.yaml").write_text("policy: m\ndefaults: {window: 3s, interval: 1s}\nchecks:\n"
+                                     f"  - {{id: mean, metric: block.latency.mean, per: device, "
+                                     f"select: {{device: {dev}}}, expect: 'mean < 1h'}}\n")
+    report = tmp_path / "r.json"
+    with background_writes(8):
+        vcheck("test_mean.py", "m.yaml", "--json", str(report), cwd=tmp_path)
+    data = json.loads(report.read_text())
+    (o,) = [o for o in data["observations"] if o["metric"] == "block.latency.mean" and o["labels"] == {"device": dev}]
+    assert len(o["weights"]) == len(o["values"]) >= 2, o
+    weighted = sum(v * w for v, w in zip(o["values"], o["weights"])) / sum(o["weights"])
+    yaml_mean = by_id(report)[f"mean[{dev}]"]["entities"][0]["series"]["mean"]
+    python_mean = float(out.read_text())
+    assert python_mean == pytest.approx(yaml_mean, rel=1e-9) == pytest.approx(weighted, rel=1e-9)
+    assert by_id(report)[f"test_mean[{dev}]"]["entities"][0]["series"]["mean"] == pytest.approx(weighted, rel=1e-9)
