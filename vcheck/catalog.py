@@ -23,7 +23,7 @@ COLLECTOR_MODULES: dict[str, tuple[str, ...]] = {
     "kvm": ("KvmExitCollector",),
     "cgroups": ("CgroupCollector",),
     "containers.collector": ("ContainerCollector",),
-    "net": ("NetCollector", "ContainerNetCollector"),
+    "net": ("NetCollector", "ContainerNetCollector", "VmNetCollector"),
     "net_drops": ("NetDropsCollector",),
     "net_tcp": ("TcpLatencyCollector",),
 }

@@ -384,3 +384,50 @@ def link_stats_of_pid(pid: int, dev: str) -> dict[str, int]:
                          capture_output=True, text=True, check=True).stdout
     data = json.loads(out)[0]["stats64"]
     return {f"{d}_{k}": v for d in ("rx", "tx") for k, v in data[d].items() if isinstance(v, int)}
+
+
+# --- a qemu VM with a tap NIC, inside a namespace of the test's -------------------------------
+@dataclass
+class TapVM:
+    name: str
+    ns: Netns
+    tap: str
+    proc: subprocess.Popen
+    guest_mac: str = "52:54:00:12:34:56"
+    host_addr: str = "10.80.0.1"
+    guest_addr: str = "10.80.0.2"
+
+
+@pytest.fixture
+def tap_vm():
+    """A qemu guest (SeaBIOS, no disk: it never drives its NIC) with `-netdev tap` in a fresh
+    namespace; the tap is addressed on the host side with a static neighbour for the guest, so
+    packets sent to the guest's address go into the tap, where nobody drains them."""
+    from tests.rig.kvm import _qemu
+    qemu = _qemu()
+    ns = make_netns("vm")
+    tap = f"vchktap{secrets.token_hex(2)}"
+    name = f"vchk-net-{secrets.token_hex(2)}"
+    proc = subprocess.Popen(["ip", "netns", "exec", ns.name, qemu, "-accel", "kvm", "-name", f"guest={name},debug-threads=on",
+                             "-m", "32", "-smp", "1", "-display", "none", "-monitor", "none", "-nodefaults",
+                             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                             "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    vm = TapVM(name, ns, tap, proc)
+    try:
+        deadline = time.monotonic() + 10
+        while ip("link", "show", "dev", tap, ns=ns.name, check=False).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                rig_fail("qemu with a tap NIC did not start", proc.stderr.read().decode(errors="replace")[-500:]
+                         if proc.poll() is not None else "no tap after 10 s")
+            time.sleep(0.05)
+        in_ns(ns.name, "sysctl", "-q", "-w", f"net.ipv6.conf.{tap}.disable_ipv6=1")
+        ip("addr", "add", f"{vm.host_addr}/24", "dev", tap, ns=ns.name)
+        ip("link", "set", tap, "up", ns=ns.name)
+        ip("neigh", "replace", vm.guest_addr, "lladdr", vm.guest_mac, "dev", tap, "nud", "permanent", ns=ns.name)
+        yield vm
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        remove_netns(ns)

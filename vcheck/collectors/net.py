@@ -17,6 +17,7 @@ for that interval and is noted.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,3 +399,138 @@ class ContainerNetCollector(Collector):
             for metric, labels, v in _prefix_figures("container.net", iface, proto_figures(a, b, wall), wanted):
                 self.store.add_sample(metric, {**identity, **labels}, t, v, wall, info,
                                       weight=sent if metric.endswith("retrans_share") else None)
+
+
+# --- VMs: each VM's tap devices, seen from the host ------------------------------------------
+# guest's view -> the tap's host-side counter: what the host sends into the tap the guest
+# receives, so vm.net.rx.* is the tap's tx (and a tap tx drop is a packet the guest never got
+# because the VMM did not drain the tap)
+VM_FIGURES: dict[str, tuple[str, str, str]] = {
+    "rx.packets": ("tx_packets", RATE, "packets the guest received through this NIC per second (tap tx)"),
+    "tx.packets": ("rx_packets", RATE, "packets the guest sent through this NIC per second (tap rx)"),
+    "rx.bytes": ("tx_bytes", BYTE_RATE, "bytes the guest received per second (tap tx)"),
+    "tx.bytes": ("rx_bytes", BYTE_RATE, "bytes the guest sent per second (tap rx)"),
+    "rx.drops": ("tx_drop", RATE, "packets for the guest the host dropped per second (tap tx drops: the "
+                                  "VMM or vhost did not drain the tap; the guest never saw them)"),
+    "tx.drops": ("rx_drop", RATE, "packets from the guest the host dropped per second (tap rx drops)"),
+}
+
+VM_METRICS = tuple(
+    MetricSpec(name=f"vm.net.{s}", layer="hypervisor", dimension=dim, kind="series", labels=("vm", "interface"),
+               discoverable=("vm",), entity="vm", natural_stat="max", attributes=("pid", "vmm"),
+               source="the VMM's tap fds (/proc/PID/fdinfo iff:), their /proc/PID/net/dev counters",
+               description=desc)
+    for s, (_, dim, desc) in VM_FIGURES.items())
+
+
+def vm_taps(proc: Path, pid: int) -> list[str]:
+    """Names of the tap/macvtap devices the process holds open: each /dev/net/tun (or
+    /dev/tapN) fd's fdinfo says its interface on an ``iff:`` line."""
+    out = []
+    try:
+        fds = os.listdir(proc / str(pid) / "fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(proc / str(pid) / "fd" / fd)
+        except OSError:
+            continue
+        if target != "/dev/net/tun" and not target.startswith("/dev/tap"):
+            continue
+        try:
+            for line in read_text(proc / str(pid) / "fdinfo" / fd).splitlines():
+                if line.startswith("iff:"):
+                    name = line.split(":", 1)[1].strip()
+                    if name and name not in out:
+                        out.append(name)
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def vhost_workers(proc: Path, pid: int) -> int:
+    """Threads named vhost-PID: the kernel's vhost-net workers moving this VM's packets."""
+    n = 0
+    try:
+        for d in os.scandir(proc):
+            if d.name.isdigit():
+                try:
+                    if read_text(Path(d.path) / "comm").strip() == f"vhost-{pid}":
+                        n += 1
+                except OSError:
+                    continue
+        for tid in os.listdir(proc / str(pid) / "task"):     # 6.4+: vhost tasks are the VMM's threads
+            try:
+                if read_text(proc / str(pid) / "task" / tid / "comm").strip().startswith(f"vhost-{pid}"):
+                    n += 1
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return n
+
+
+class VmNetCollector(Collector):
+    """vm.net.*: each VM's taps, found from its VMM's own fds, counters in the guest's view."""
+
+    name = "hypervisor.net"
+    METRICS = VM_METRICS
+    NEEDS = Needs(files=(("proc", "self/fdinfo", "a VMM's tap devices (iff: lines)"),))
+
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        from .vms import discover_vms
+        return [{"vm": vm.name} for vm in discover_vms(roots) if vm_taps(roots.proc, vm.pid)]
+
+    def start(self) -> None:
+        from .vms import discover_vms
+        self._vms: dict[int, tuple[str, dict[str, str], list[str], NamespaceReader]] = {}
+        for vm in discover_vms(self.roots):
+            taps = vm_taps(self.roots.proc, vm.pid)
+            if not taps:
+                continue
+            workers = vhost_workers(self.roots.proc, vm.pid)
+            info = {"pid": str(vm.pid), "vmm": vm.vmm, "taps": ", ".join(taps),
+                    "vhost": f"{workers} vhost worker thread(s)" if workers else
+                             "no vhost worker: the VMM's own threads move the packets (no vhost-net)"}
+            try:
+                reader = NamespaceReader(self.roots.proc / str(vm.pid) / "net")
+            except OSError:
+                continue
+            self._vms[vm.pid] = (vm.name, info, taps, reader)
+        if not self._vms:
+            raise Unavailable("no VM with a tap device on this host")
+        self._gone: set[int] = set()
+
+    def begin(self, t0: float) -> None:
+        for _, _, _, reader in self._vms.values():
+            try:
+                reader.prev = read_netns(reader.netdir)
+            except OSError:
+                pass
+
+    def sample(self, t: float) -> None:
+        wanted = self.request.metrics
+        for pid, (name, info, taps, reader) in self._vms.items():
+            if pid in self._gone:
+                continue
+            try:
+                a, b, wall, gone, new, reset = reader.step()
+            except OSError:
+                self._gone.add(pid)
+                self.store.mark_gone({"vm": name}, t, f"VM {name} (pid {pid}) exited")
+                continue
+            if wall <= 0:
+                continue
+            for tap in taps:
+                if tap not in b.devices:
+                    self.store.mark_gone({"vm": name, "interface": tap}, t, f"tap {tap} was removed")
+                    continue
+                if tap not in a.devices or tap in reset:
+                    continue
+                for suffix, (field_, _, _) in VM_FIGURES.items():
+                    m = f"vm.net.{suffix}"
+                    if m in wanted:
+                        self.store.add_sample(m, {"vm": name, "interface": tap}, t,
+                                              delta(a.devices[tap], b.devices[tap], field_) / wall, wall, info)
