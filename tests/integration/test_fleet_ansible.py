@@ -87,13 +87,19 @@ def test_the_gate_stops_the_roll_at_the_batch_that_fails_it(sshd_hosts, policies
     ops, strict = str(policies["ops"]), str(policies["strict"])
     inv = inventory(rig, tmp_path, {"*": [ops], "n3": [ops, strict]})      # n3 is the node that fails
     reports = tmp_path / "roll"
-    r = playbook(tmp_path, inv, reports, vcheck_serial=2, vcheck_max_failing_nodes="0")
+    upgrade = tmp_path / "upgrade.yml"      # the operator's upgrade, on each host of a batch before its check
+    upgraded = tmp_path / "upgraded"
+    upgraded.mkdir()
+    upgrade.write_text(f"- ansible.builtin.copy: {{dest: '{upgraded}/{{{{ inventory_hostname }}}}', content: done}}\n")
+    r = playbook(tmp_path, inv, reports, vcheck_serial=2, vcheck_max_failing_nodes="0",
+                 vcheck_upgrade_tasks=str(upgrade))
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     # batch 1 (n1, n2) passed the gate; batch 2 (n3, n4) failed it; batch 3 (n5) never ran
     assert "fleet: 0 of 2 nodes failing (allowed 0)" in out
     assert "fleet: 1 of 4 nodes failing (allowed 0) - GATE FAILED: n3" in out
     assert sorted(p.name for p in (reports / "nodes").iterdir()) == ["n1.json", "n2.json", "n3.json", "n4.json"]
+    assert sorted(p.name for p in upgraded.iterdir()) == ["n1", "n2", "n3", "n4"]     # n5 was not upgraded
     # each host answered as its own node, with its labels
     for name in ("n1", "n2", "n3", "n4"):
         node = json.loads((reports / "nodes" / f"{name}.json").read_text())["node"]
