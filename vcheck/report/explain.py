@@ -42,7 +42,13 @@ def explain(report: dict[str, Any], item: str | None = None) -> str:
                 continue
             info = e.get("info") or {}
             out.append(f"  entity: {e.get('entity')} ({e.get('outcome')})"
-                       + (f": {_fmt_info(info, ('pid', 'vmm', 'cgroup', 'image', 'pid_map'))}" if info else ""))
+                       + (f": {_fmt_info(info, ('pid', 'vmm', 'cgroup', 'image', 'pid_map', 'netns', 'taps'))}"
+                          if info else ""))
+            if info.get("owner") and "reason_code" in info:      # a net.drops entity: who, where
+                out.append(f"    dropped in {info.get('functions', '?')}"
+                           + (f" on {info['interfaces']}" if info.get("interfaces") else "")
+                           + f"; namespace of {info['owner']}"
+                           + (f"; socket of {info['socket_owner']}" if info.get("socket_owner") else ""))
             for m in e.get("measurements") or []:
                 if m.get("passed") is False:
                     out.append(f"    measured {m.get('statistic')} = {m.get('measured_text')} "
@@ -60,12 +66,36 @@ def explain(report: dict[str, Any], item: str | None = None) -> str:
                     out.append(f"      owner: {c['owner']}" + (f"; {_fmt_info(c, ('cgroup', 'nspid'))}"
                                                                if c.get("cgroup") or c.get("nspid") else ""))
             for ev in (e.get("events") or [])[:3]:
+                net = _net_event(ev)
+                if net:
+                    out.extend(net)
+                    continue
                 task = f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else ""
                 who = f"{task} ({ev['owner']})" if task and ev.get("owner") else task or ev.get("owner", "")
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("owner", "pid", "comm"))
                 out.append(f"    event: {detail}" + (f"; issued by {who}" if who else ""))
-            if not culprits and not e.get("events"):
+            if not culprits and not e.get("events") and "reason_code" not in info:
                 out.append("    culprit: none recorded (this metric carries no culprit or event evidence)")
             for n in (e.get("notes") or [])[:3]:
                 out.append(f"    note: {n}")
     return "\n".join(printable(line) for line in out)
+
+
+def _net_event(ev: dict[str, Any]) -> list[str]:
+    """A network event's lines: a drop (reason, function, interface, owners) or a TCP flow."""
+    if "reason" in ev and "function" in ev:
+        where = f" on {', '.join(ev['interfaces'])}" if ev.get("interfaces") else ""
+        lines = [f"    dropped: {ev.get('count')} x {ev['reason']} in {ev['function']}{where} "
+                 f"(netns {ev.get('netns')})", f"      namespace of: {ev.get('owner', '?')}"]
+        if ev.get("socket_owner"):
+            lines.append(f"      socket of: {ev['socket_owner']}")
+        return lines
+    if "remote" in ev and "local" in ev:
+        what = (f"{ev['count']} segments retransmitted" if "count" in ev else
+                f"srtt up to {format_duration(ev['latency'])}" if isinstance(ev.get("latency"), (int, float)) else "")
+        lines = [f"    flow {ev['local']} -> {ev['remote']}: {what} (netns {ev.get('netns')})",
+                 f"      namespace of: {ev.get('owner', '?')}"]
+        if ev.get("socket_owner"):
+            lines.append(f"      socket of: {ev['socket_owner']}")
+        return lines
+    return []
