@@ -16,9 +16,7 @@
  */
 #include "vcheck_compat.h"
 
-#ifdef VCHECK_CORE
-#define tracepoint__skb__kfree_skb trace_event_raw_kfree_skb
-#else
+#ifndef VCHECK_CORE
 #include <linux/skbuff.h>   /* enum skb_drop_reason, which bcc's record of kfree_skb names */
 #endif
 
@@ -40,30 +38,10 @@ struct drop_val {
 BPF_HASH(drops, struct drop_key, struct drop_val, 8192);
 BPF_ARRAY(counters, u64, 1);
 
-VCHK_TP
-int vchk_kfree_skb(struct tracepoint__skb__kfree_skb *args)
+static __always_inline int count_drop(struct drop_key *key, u64 ino, const char *ifname)
 {
-    struct drop_key key = {.location = (u64)args->location, .reason = args->reason};
-    u64 ino = 0;
-    char ifname[16] = {};
-#ifdef VCHECK_CORE
-    struct sk_buff *skb = (struct sk_buff *)args->skbaddr;
-    struct sock *sk = BPF_CORE_READ(skb, sk);
-    if (!sk && bpf_core_field_exists(args->rx_sk))
-        sk = (struct sock *)BPF_CORE_READ(args, rx_sk);
-    struct net_device *dev = BPF_CORE_READ(skb, dev);
-    if (sk) {
-        key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-        ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
-    }
-    if (dev) {
-        if (!key.netns)
-            key.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
-        bpf_probe_read_kernel_str(ifname, sizeof(ifname), dev->name);
-    }
-#endif
     struct drop_val zero = {};
-    struct drop_val *v = drops.lookup_or_try_init(&key, &zero);
+    struct drop_val *v = drops.lookup_or_try_init(key, &zero);
     if (!v) {
         u32 idx = COUNTER_MAP_FULL;
         u64 *n = counters.lookup(&idx);
@@ -75,6 +53,48 @@ int vchk_kfree_skb(struct tracepoint__skb__kfree_skb *args)
     if (ino)
         v->sock_ino = ino;
     if (ifname[0])
-        __builtin_memcpy(v->ifname, ifname, sizeof(ifname));
+        __builtin_memcpy(v->ifname, ifname, 16);
     return 0;
 }
+
+#ifdef VCHECK_CORE
+/* CO-RE: a typed raw tracepoint, kfree_skb(skb, location, reason[, rx_sk]): no record is
+ * formatted, it detaches in milliseconds (a classic one ~75 ms), and the socket's and device's
+ * fields are plain loads. rx_sk (6.12+) is an argument only on kernels that have it: the
+ * VCHK_RX_SK variant reads it, the loader picks that variant from the tracepoint's format. */
+VCHK_BTF_TP(kfree_skb)
+int vchk_kfree_skb(u64 *ctx)
+{
+    struct sk_buff *skb = (struct sk_buff *)ctx[0];
+    struct drop_key key = {.location = ctx[1], .reason = (u32)ctx[2]};
+    u64 ino = 0;
+    char ifname[16] = {};
+    struct sock *sk = skb->sk;
+#ifdef VCHK_RX_SK
+    if (!sk)
+        sk = (struct sock *)ctx[3];
+#endif
+    struct net_device *dev = skb->dev;
+    if (sk) {
+        key.netns = sk->__sk_common.skc_net.net->ns.inum;
+        struct socket *so = sk->sk_socket;
+        if (so && so->file)
+            ino = so->file->f_inode->i_ino;
+    }
+    if (dev) {
+        if (!key.netns)
+            key.netns = dev->nd_net.net->ns.inum;
+        bpf_probe_read_kernel_str(ifname, sizeof(ifname), dev->name);
+    }
+    return count_drop(&key, ino, ifname);
+}
+#else
+/* bcc: the classic record; its pointers are not followed (no BTF for this kernel's layout) */
+VCHK_TP
+int vchk_kfree_skb(struct tracepoint__skb__kfree_skb *args)
+{
+    struct drop_key key = {.location = (u64)args->location, .reason = args->reason};
+    char ifname[16] = {};
+    return count_drop(&key, 0, ifname);
+}
+#endif

@@ -44,7 +44,8 @@ from .base import Collector, Needs
 NORMAL_REASONS = frozenset({"NOT_SPECIFIED", "NO_SOCKET", "SOCKET_CLOSE", "UNIX_DISCONNECT", "SOCKET_FILTER",
                             "OTHERHOST", "IPV6DISABLED", "UNHANDLED_PROTO", "IP_NOPROTO", "QUEUE_PURGE",
                             "TCP_CLOSE"})
-DROPS_TRACEPOINTS = (Attach("skb", "kfree_skb", "vchk_kfree_skb"),)
+DROPS_TRACEPOINTS = (Attach("skb", "kfree_skb", "vchk_kfree_skb", raw_core=True),)
+RX_SK_FLAGS = ("-DVCHK_RX_SK",)   # the variant that reads kfree_skb's rx_sk argument (6.12+)
 EVIDENCE_KEPT = 20      # (namespace, reason, function) rows in the node figure's evidence
 
 DROPS_METRICS = (
@@ -70,6 +71,11 @@ def parse_drop_reasons(format_text: str) -> dict[int, str]:
 
 def has_reason_field(format_text: str) -> bool:
     return re.search(r"field:[^;]*\breason;", format_text) is not None
+
+
+def has_rx_sk(format_text: str) -> bool:
+    """kfree_skb passes the receiving socket (6.12+): the raw hook may read a fourth argument."""
+    return re.search(r"field:[^;]*\brx_sk;", format_text) is not None
 
 
 def reason_name(code: int, names: Mapping[int, str]) -> str:
@@ -228,7 +234,9 @@ class NetDropsCollector(Collector):
             self._blind = (f"skb:kfree_skb on kernel {platform.release()} has no reason field (added in "
                            "5.17): drops cannot be told apart by reason")
             return
-        self._prog = prog = BpfProgram("net_drops.c", DROPS_TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
+        cflags = RX_SK_FLAGS if fmt is not None and has_rx_sk(fmt) else ()
+        self._prog = prog = BpfProgram("net_drops.c", DROPS_TRACEPOINTS, cflags,
+                                       cost_sink=self.store.bpf_cost).load()
         for n in prog.notes:
             self.store.note(self.name, n)
         self._names = parse_drop_reasons(fmt or read_kfree_skb_format() or "")

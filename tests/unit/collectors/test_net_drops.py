@@ -62,3 +62,8 @@ def test_a_kernel_without_the_reason_field_is_inconclusive(monkeypatch, tmp_path
     c.stop(2.0)
     node = store.for_metric("net.drops")[0]
     assert "no reason field" in node.blind and not node.values
+
+
+def test_rx_sk_argument_is_read_only_where_the_kernel_passes_it():
+    from vcheck.collectors.net_drops import has_rx_sk
+    assert has_rx_sk(FORMAT) and not has_rx_sk(OLD_FORMAT)
