@@ -17,7 +17,9 @@
 #include "vcheck_compat.h"
 
 #ifndef VCHECK_CORE
-#include <linux/skbuff.h>   /* enum skb_drop_reason, which bcc's record of kfree_skb names */
+/* bcc's record of kfree_skb names the enum; its values come from the format file, not from
+ * here (including <linux/skbuff.h> for it would triple the compile time) */
+enum skb_drop_reason { VCHK_SKB_DROP_REASON_ANY = 0 };
 #endif
 
 /* vcheck/probes.py reads counters[] by these names */
