@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.rig.common import VCHECK
-from tests.rig.fleet import tuned_rules
+from tests.rig.fleet import rfc3339, tuned_rules
 
 pytestmark = pytest.mark.rig
 
@@ -81,7 +81,7 @@ def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporter
     assert {a["labels"]["node"] for a in alerts} == {"n3"}
     assert {a["labels"]["entity"] for a in alerts} == {f"cpu{i}" for i in range(os.cpu_count() or 1)}
     assert all(a["labels"]["check"] == "never" and a["labels"]["instance"] == exporters[2].target for a in alerts)
-    active_at = min(_rfc3339(a["activeAt"]) for a in alerts)
+    active_at = min(rfc3339(a["activeAt"]) for a in alerts)
     assert active_at >= changed - 1.0, (active_at, changed)     # became active after the textfile changed
     print(f"\nVcheckCheckFailing active {active_at - changed:.2f} s after n3's textfile changed (scrape and "
           "evaluation interval 1 s)")
@@ -171,11 +171,3 @@ def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_se
     assert "fleet: 0 of 2 nodes failing" in r.stdout
     assert "come from 2 vcheck versions" in r.stderr and "0.0.1-old" in r.stderr
 
-
-def _rfc3339(text: str) -> float:
-    """Prometheus' activeAt (RFC 3339 with nanoseconds, UTC) as unix time."""
-    import datetime as dt
-
-    base, _, frac = text.rstrip("Z").partition(".")
-    t = dt.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
-    return t + (float("0." + frac.split("+")[0]) if frac else 0.0)

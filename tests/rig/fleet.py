@@ -23,6 +23,15 @@ from tests.rig.common import REPO, rig_fail
 RULES = REPO / "deploy" / "prometheus" / "vcheck-rules.yaml"
 
 
+def rfc3339(text: str) -> float:
+    """Prometheus' timestamps (RFC 3339, nanoseconds, UTC: an alert's activeAt) as unix time."""
+    import datetime as dt
+
+    base, _, frac = text.rstrip("Z").partition(".")
+    t = dt.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+    return t + (float("0." + frac) if frac else 0.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,27 +89,37 @@ class NodeExporter:
         _stop(self.proc)
 
 
+def start_node_exporter(workdir: Path) -> NodeExporter:
+    """node_exporter on a free loopback port, its textfile directory under WORKDIR."""
+    exe = _exe("prometheus-node-exporter", "node_exporter")
+    workdir.mkdir(parents=True)
+    textdir = workdir / "textfile"
+    textdir.mkdir()
+    port = free_port()
+    log = workdir / "node-exporter.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+                                 "--collector.textfile", f"--collector.textfile.directory={textdir}"],
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    ne = NodeExporter(textdir, port, proc)
+    try:
+        _wait_http(f"http://{ne.target}/metrics", proc, "node_exporter", log)
+    except BaseException:
+        ne.stop()
+        raise
+    return ne
+
+
 @pytest.fixture
 def node_exporters(tmp_path) -> Iterator[Callable[[int], list[NodeExporter]]]:
     """start(n): n node_exporters on loopback ports, each with its own textfile directory."""
-    exe = _exe("prometheus-node-exporter", "node_exporter")
     started: list[NodeExporter] = []
 
     def start(n: int) -> list[NodeExporter]:
         out = []
         for _ in range(n):
-            i = len(started)
-            textdir = tmp_path / f"node-exporter-{i}"
-            textdir.mkdir()
-            port = free_port()
-            log = tmp_path / f"node-exporter-{i}.log"
-            with open(log, "wb") as fh:
-                proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-                                         "--collector.textfile", f"--collector.textfile.directory={textdir}"],
-                                        stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-            ne = NodeExporter(textdir, port, proc)
+            ne = start_node_exporter(tmp_path / f"node-exporter-{len(started)}")
             started.append(ne)
-            _wait_http(f"http://{ne.target}/metrics", proc, "node_exporter", log)
             out.append(ne)
         return out
 
@@ -162,31 +181,45 @@ class Prometheus:
         _stop(self.proc)
 
 
+def start_prometheus(workdir: Path, targets: list[str], rules: dict[str, Any] | None = None, interval: str = "1s",
+                     storage: Path | None = None) -> Prometheus:
+    """Prometheus on a free loopback port scraping TARGETS as job "node" and evaluating RULES;
+    its data in STORAGE (e.g. blocks backfilled by promtool) or under WORKDIR."""
+    exe = _exe("prometheus")
+    workdir.mkdir(parents=True)
+    config: dict[str, Any] = {"global": {"scrape_interval": interval, "evaluation_interval": interval,
+                                         "scrape_timeout": interval}}
+    if targets:
+        config["scrape_configs"] = [{"job_name": "node", "static_configs": [{"targets": targets}]}]
+    if rules is not None:
+        (workdir / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+        config["rule_files"] = [str(workdir / "rules.yaml")]
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = workdir / "prometheus.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([exe, f"--config.file={workdir / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={storage or workdir / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    p = Prometheus(f"http://127.0.0.1:{port}", proc, workdir / "prometheus.yml", log, list(targets))
+    try:
+        _wait_http(f"{p.url}/-/ready", proc, "prometheus", log, timeout=120)
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
 @pytest.fixture
 def prometheus_server(tmp_path) -> Iterator[Callable[..., Prometheus]]:
     """start(targets, rules, interval): a real Prometheus scraping the targets as job "node"
     and evaluating the rules, with its own data directory, on a loopback port."""
-    exe = _exe("prometheus")
     started: list[Prometheus] = []
 
     def start(targets: list[str], rules: dict[str, Any] | None = None, interval: str = "1s") -> Prometheus:
-        d = tmp_path / f"prometheus-{len(started)}"
-        d.mkdir()
-        config = {"global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
-                  "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": targets}]}]}
-        if rules is not None:
-            (d / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
-            config["rule_files"] = [str(d / "rules.yaml")]
-        (d / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        log = d / "prometheus.log"
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen([exe, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"],
-                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        p = Prometheus(f"http://127.0.0.1:{port}", proc, d / "prometheus.yml", log, list(targets))
+        p = start_prometheus(tmp_path / f"prometheus-{len(started)}", targets, rules, interval)
         started.append(p)
-        _wait_http(f"{p.url}/-/ready", proc, "prometheus", log)
         return p
 
     yield start

@@ -113,6 +113,14 @@ class _Client:
             raise self._fail(f"cannot read the answer ({exc.strerror or exc})") from None
         return self._vector(body, promql)
 
+    def query_all(self, queries: dict[str, str]) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """The queries at once (Prometheus answers them in parallel); the first error raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {name: pool.submit(self.query, promql) for name, promql in queries.items()}
+            return {name: f.result() for name, f in futures.items()}
+
     def _read(self, resp: Any) -> bytes:
         chunks, size = [], 0
         while True:
@@ -177,27 +185,35 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
     c = _Client(q, at)
     lookback = f"{max(int(q.lookback), 1)}s"
 
-    live = c.query("max by (node, instance, job) (vcheck_run_timestamp_seconds)")
-    seen = c.query(f"max by (node, instance, job) (last_over_time(vcheck_run_timestamp_seconds[{lookback}]))")
+    ever = f"last_over_time(vcheck_run_timestamp_seconds[{lookback}])"
+    # filtered in Prometheus where only the exceptions matter: at 10,000 nodes the answers'
+    # size, not the evaluation, is what costs
+    queries = {
+        "live": "max by (node, instance, job) (vcheck_run_timestamp_seconds)",
+        "gone": f"max by (node, instance, job) ({ever} unless on (node) vcheck_run_timestamp_seconds)",
+        "counts": "max by (node, outcome) (vcheck_run_checks > 0)",    # a node absent judged nothing
+        "status": "max by (node) (vcheck_run_exit_status > 1)",
+        "interrupted": "max by (node) (vcheck_run_interrupted > 0)",
+        "failing": 'vcheck_check_status{outcome=~"fail|error"}',
+        "old_files": f"min by (instance, job) ({TEXTFILE}) < {at - q.stale_after:.3f}",
+        "versions": "count by (version) (max by (node, version) (vcheck_run_info))",
+        # targets of the jobs that carry vcheck series, without any
+        "silent": f"(up unless on (instance, job) {ever}) and on (job) group by (job) ({ever})",
+    }
+    if q.domain_label:
+        key = promql_string(q.domain_label)
+        queries["domains"] = f"max by (node, value) (vcheck_node_label{{key={key}}})"
+        queries["gone_domains"] = (f"max by (node, value) (last_over_time(vcheck_node_label{{key={key}}}[{lookback}]) "
+                                   f"unless on (node) vcheck_node_label{{key={key}}})")
+    got = c.query_all(queries)
+    live, seen = got["live"], got["gone"]
     if not live and not seen:
         raise NoVcheckSeries(f"Prometheus at {shown_url(c.base)} holds no vcheck series (vcheck_run_timestamp_seconds) "
                              f"now or in the last {_ago(q.lookback)}: is node_exporter's textfile directory where "
                              "`vcheck run --prom-textfile` writes, and is it scraped?")
-    counts = c.query("max by (node, outcome) (vcheck_run_checks > 0)")
-    nothing = c.query("max by (node) (vcheck_run_checks)")      # a node whose every count is 0 judged nothing
-    status = c.query("max by (node) (vcheck_run_exit_status)")
-    interrupted = c.query("max by (node) (vcheck_run_interrupted)")
-    failing = c.query('vcheck_check_status{outcome=~"fail|error"}')
-    mtimes = c.query(f"min by (instance, job) ({TEXTFILE})")
-    versions = c.query("count by (version) (max by (node, version) (vcheck_run_info))")
-    domains: list[tuple[dict[str, str], float]] = []
-    gone_domains: list[tuple[dict[str, str], float]] = []
-    if q.domain_label:
-        key = promql_string(q.domain_label)
-        domains = c.query(f"max by (node, value) (vcheck_node_label{{key={key}}})")
-        gone_domains = c.query(f"max by (node, value) (last_over_time(vcheck_node_label{{key={key}}}[{lookback}]))")
-    jobs = sorted({m.get("job", "") for m, _ in seen})
-    targets = c.query("up{job=~" + promql_string("|".join(re.escape(j) for j in jobs)) + "}") if jobs else []
+    counts, failing, mtimes, versions = got["counts"], got["failing"], got["old_files"], got["versions"]
+    status, interrupted, targets = got["status"], got["interrupted"], got["silent"]
+    domains, gone_domains = got.get("domains", []), got.get("gone_domains", [])
 
     nodes: dict[str, NodeResult] = {}
     instances: dict[str, set[tuple[str, str]]] = {}
@@ -233,14 +249,13 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
     # the run as merge reads it from a JSON report
     stat = {m.get("node", ""): v for m, v in status}
     cut = {m.get("node", ""): v for m, v in interrupted}
-    judged = {m.get("node", ""): v for m, v in nothing}
     for name, n in nodes.items():
         code = stat.get(name)
         if cut.get(name, 0) >= 1 or code == 2:
             n.failed.append("(run interrupted)")
         elif code is not None and int(code) in NOT_HEALTHY_EXITS:
             n.failed.append(f"(exit {int(code)}: {NOT_HEALTHY_EXITS[int(code)]})")
-        elif judged.get(name, 0) <= 0:
+        elif not n.counts:
             n.failed.append("(no check was judged)")
         # stale: vcheck's own timestamp, or the file node_exporter read, older than allowed
         ages = [at - last_run[name]] + [at - mtime_of[i] for i in instances[name] if i in mtime_of]
@@ -250,20 +265,15 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
     # gone: reported within the lookback, no series now
     for m, v in sorted(seen, key=lambda s: s[0].get("node", "")):
         name = m.get("node", "")
-        if name not in last_run:
+        if name not in last_run and name not in nodes:
             n = node(name, f"{shown_url(c.base)}: {m.get('instance', '')} (job {m.get('job', '')})")
-            if not n.failed:
-                n.failed.append(f"(no vcheck series now; its last run was {_ago(at - v)} ago)")
+            n.failed.append(f"(no vcheck series now; its last run was {_ago(at - v)} ago)")
     # a target of those jobs with no vcheck series at all: named by its instance
-    known = {i for pairs in instances.values() for i in pairs} | {(m.get("instance", ""), m.get("job", "")) for m, _ in seen}
     for m, v in sorted(targets, key=lambda s: s[0].get("instance", "")):
-        pair = (m.get("instance", ""), m.get("job", ""))
-        if pair in known:
-            continue
-        n = node(pair[0], f"{shown_url(c.base)}: {pair[0]} (job {pair[1]})")
+        instance, job = m.get("instance", ""), m.get("job", "")
+        n = node(instance, f"{shown_url(c.base)}: {instance} (job {job})")
         n.failed.append("(target down: no vcheck series)" if v < 1 else "(target up, but no vcheck series: vcheck "
                         "does not write its textfile there)")
-        known.add(pair)
     return FleetSeries(nodes=[nodes[k] for k in sorted(nodes)],
                        versions={m.get("version", ""): int(v) for m, v in versions}, at=at)
 
