@@ -98,7 +98,8 @@ def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporter
     # vcheck gate on Prometheus and vcheck merge on the same runs' reports decide alike; the
     # node_exporter without vcheck is a fifth node, failing, named by its address
     gate = vcheck("gate", "--prometheus", prom.url, "--max-failing-nodes", "25%", "--domain-label", "zone",
-                  "--json", str(tmp_path / "gate.json"))
+                  "--json", str(tmp_path / "gate.json"), "--junitxml", str(tmp_path / "gate.xml"),
+                  "--html", str(tmp_path / "gate.html"))
     merge = vcheck("merge", *[str(reports[n]) for n, _ in NODES], "--max-failing-nodes", "25%",
                    "--domain-label", "zone", "--json", str(tmp_path / "merge.json"))
     assert merge.returncode == 1 and gate.returncode == 1, gate.stdout + gate.stderr
@@ -109,6 +110,10 @@ def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporter
     assert "zone=b: 1 of 2 nodes failing (allowed 0) - GATE FAILED: n3" in merge.stdout
     assert "zone=a: 0 of 2 nodes failing (allowed 0)" in gate.stdout
     assert f"(no label): 1 of 1 nodes failing (allowed 0) - GATE FAILED: {silent}" in gate.stdout
+    junit = (tmp_path / "gate.xml").read_text()
+    assert '<testsuite name="n3"' in junit and "ops::never[cpu0]" in junit
+    page = (tmp_path / "gate.html").read_text()
+    assert "gate FAILED" in page and 'data-node="n3"' in page and "<h2>zone=b</h2>" in page
     n3 = next(n for n in g["nodes"] if n["name"] == "n3")
     assert n3["failed"] == sorted(f"ops::never[cpu{i}]" for i in range(os.cpu_count() or 1))
     assert n3["counts"] == {"pass": 1, "fail": os.cpu_count()} == next(
