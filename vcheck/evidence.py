@@ -108,15 +108,58 @@ def _redact_userinfo(m: re.Match) -> str:
     return scheme + REDACTED + rest[at:]
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def redact_tree(data: Any, limit: int = 10_000_000) -> Any:
+    """A parsed report (another node's, possibly crafted) with every string redacted and every
+    lone surrogate replaced, so no reader prints a secret or fails to encode a name. Walked
+    without recursion, in place; returns data."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, x in list(items):
+            if isinstance(x, str):
+                clean = _SURROGATE_RE.sub("\ufffd", x)
+                v[k] = redact(clean)
+            elif isinstance(x, (dict, list)):
+                stack.append(x)
+            if isinstance(v, dict) and isinstance(k, str) and _SURROGATE_RE.search(k):
+                v[_SURROGATE_RE.sub("\ufffd", k)] = v.pop(k)
+    return data
+
+
 def public_info(info: dict[str, str]) -> dict[str, str]:
     """Descriptive attributes as evidence shows them anywhere (terminal, JUnit, JSON): a value
     whose key names a secret (a container label `api_token`) is withheld, others redacted."""
     return {k: REDACTED if names_secret(k.rsplit(".", 1)[-1]) else redact(str(v)) for k, v in info.items()}
 
 
+# what is a secret by its shape, whatever names it: a PEM private key block (also cut short), a
+# JSON Web Token (three base64url parts, the first two a JSON object: "eyJ"), user:password@host
+# with no scheme, a URL-encoded key=value (password%3Dhunter2), and the value of `-p` (the
+# password flag of mysql, redis-cli and many more; a port given as -p is withheld too: over-
+# redacting a port is harmless, leaking a password is not)
+_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
+_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_USERINFO_RE = re.compile(r"""(?<![\w.:/@-])([\w.~%+-]+):([^\s@/"':=]+)@(?=[\w.-]+)""")
+_ENCODED_KEY_RE = re.compile(r"(?i)(?<![\w.-])([A-Za-z_][\w.-]*)(%3D|%3A)([^\s&;,\"']+)")
+_SHORT_P_RE = re.compile(r"""(?<![\w-])(-p)([ \t]+|=)?(?!-)("[^"]*"|'[^']*'|[^\s"']+)""")
+
+
+def _redact_encoded(m: re.Match) -> str:
+    return m.group(1) + m.group(2) + REDACTED if names_secret(m.group(1)) else m.group()
+
+
 def redact(text: str) -> str:
     """Remove secrets from a command line or environment string before it becomes evidence."""
+    text = _PEM_RE.sub(REDACTED, text)
+    text = _JWT_RE.sub(REDACTED, text)
     text = _URL_RE.sub(_redact_userinfo, text)
+    text = _USERINFO_RE.sub(lambda m: m.group(1) + ":" + REDACTED + "@", text)
+    text = _ENCODED_KEY_RE.sub(_redact_encoded, text)
+    text = _SHORT_P_RE.sub(lambda m: m.group(1) + (m.group(2) or "") + REDACTED, text)
     text = _QEMU_SECRET_DATA_RE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _redact_keys(text)
     return _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)

@@ -281,3 +281,57 @@ def test_pytest_html_through_the_plugin(run, tmp_path):
     for rows in blob["tests"].values():
         assert any("vc-evidence" in x["content"] for r in rows for x in r["extras"])
     assert "vcheck node" in blob["environment"]
+
+
+PAYLOAD = "\"'><img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+
+
+FREE_TEXT = {"hostname", "kernel", "reason", "notes", "entity", "info", "labels", "nodeid", "check", "comm",
+             "describe", "owner", "cgroup", "measured_text", "threshold_text", "note", "statistic", "expression",
+             "expect", "boot_id", "name", "path"}
+
+
+def _poison(value, free=False):
+    """The payload appended to every free-text string of a report (names, reasons, notes)."""
+    if isinstance(value, str):
+        return value + PAYLOAD if free else value
+    if isinstance(value, list):
+        return [_poison(v, free) for v in value]
+    if isinstance(value, dict):
+        return {(k + PAYLOAD if free and k not in FREE_TEXT else k): _poison(v, free or k in FREE_TEXT)
+                for k, v in value.items()}
+    return value
+
+
+def test_a_crafted_report_runs_no_script_in_any_page(run, browser, tmp_path):
+    """Payloads in every string field, and in the fields a renderer expects to be a word or a
+    number (outcomes, a violation's sample count): refused when read, or drawn as text."""
+    _, report = run
+    crafted = _poison(json.loads(json.dumps(report)))
+    variants = {"strings": crafted}
+    odd = json.loads(json.dumps(report))
+    for r in odd["results"]:
+        r["outcome"] = PAYLOAD
+        for e in r.get("entities") or []:
+            e["outcome"] = PAYLOAD
+            if isinstance(e.get("series"), dict) and e["series"].get("longest_violation"):
+                e["series"]["longest_violation"]["samples"] = PAYLOAD
+    variants["fields"] = odd
+    drawn = 0
+    for name, body in variants.items():
+        src = tmp_path / f"{name}.json"
+        src.write_text(json.dumps(body))
+        for args, page in ((["report", str(src), "--html"], tmp_path / f"{name}-report.html"),
+                           (["merge", str(src), "--html"], tmp_path / f"{name}-fleet.html")):
+            p = _vcheck(*args, str(page), cwd=tmp_path)
+            assert "Traceback" not in p.stderr
+            if p.returncode == 4:
+                assert not page.exists() and p.stderr.count("\n") == 1, p.stderr
+                continue
+            assert p.returncode in (0, 1), p.stdout + p.stderr
+            text = page.read_text()
+            assert "<script>document.title" not in text and "<img src=x" not in text
+            _open(browser, page)
+            assert browser.title != "pwned", (name, args[0])          # the payload shown as text, never run
+            drawn += 1
+    assert drawn >= 2          # the string payloads are drawn as text, not refused

@@ -141,3 +141,29 @@ def test_values_whose_key_names_a_secret_are_withheld_everywhere():
     v = Verdict("fail", "x", [EntityEvidence("c", {}, info, "fail")], 60.0, "percent", "< 1%", "container.cpu")
     assert "abc123" not in render(v) and "xyz" not in render(v)
     assert EntityEvidence("c", {}, info, "fail").to_json()["info"]["label.api_token"] == "<redacted>"
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("qemu -object secret,id=s -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY----- -m 1G", "MIIEvQIBADANBg"),
+    ("agent --token-file x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.SflKxwRJSMeKKF2QT4", "SflKxwRJSMeKKF2QT4"),
+    ("backup admin:hunter2@db.internal:5432", "hunter2"),
+    ("GET /login?user=a&password%3Dhunter2 HTTP/1.1", "hunter2"),
+    ("mysql -u root -p hunter2 shop", "hunter2"),
+    ("java -jar x.jar --keystore-password hunter2 --port 80", "hunter2"),
+])
+def test_secrets_are_redacted_by_their_shape(text, secret):
+    out = redact(text)
+    assert secret not in out and REDACTED in out
+
+
+def test_a_saved_report_is_redacted_and_cleaned_when_read():
+    import json
+
+    from vcheck.report.json_report import FORMAT, VERSION, parse_report
+
+    report = {"format": FORMAT, "version": VERSION, "node": {"hostname": "n\ud800", "labels": {"rack": 7}},
+              "results": [{"nodeid": "p::c", "outcome": "fail", "reason": "mysql -p hunter2",
+                           "entities": [{"entity": "vm", "outcome": "fail", "notes": ["admin:hunter2@db"]}]}]}
+    data = parse_report(json.dumps(report).encode(), "r.json")
+    assert "hunter2" not in json.dumps(data)
+    assert data["node"]["hostname"] == "n\ufffd" and data["node"]["labels"] == {"rack": "7"}

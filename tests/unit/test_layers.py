@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vcheck"
 # Lower number = lower layer. A module may import only modules of its own layer or below.
 LAYERS = {
     0: ("vcheck", "vcheck.errors", "vcheck.model", "vcheck.units", "vcheck.histogram", "vcheck.procfs",
-        "vcheck.observations", "vcheck.expr", "vcheck.cost", "vcheck.files"),
+        "vcheck.observations", "vcheck.expr", "vcheck.cost", "vcheck.files", "vcheck.boundary"),
     1: ("vcheck.probes", "vcheck.bpf_build", "vcheck.libbpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
     2: ("vcheck.collectors", "vcheck.identity"),   # identity: the collectors' discovery, for evidence
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",

@@ -18,8 +18,11 @@ and the same figures as the one written by the run itself.
 The fleet page of ``vcheck merge --html`` (``merge.fleet_html``) draws its nodes' evidence
 with the same ``Evidence``.
 
-Names from the node (hostnames, container names, commands) are escaped wherever they go, also
-in the cells pytest-html itself builds without escaping.
+Escaping is a property of how the page is built, not of care at each call: every fragment is a
+``markupsafe.Markup`` made by ``Markup(template).format(values)`` or ``Markup("").join(parts)``,
+which escape every value and every part that is not itself such a fragment. A name from the node
+or a field of a saved report (another node's, possibly crafted) can only reach the page as text.
+The cells pytest-html builds itself get the same treatment.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import math
 import time
 from dataclasses import dataclass
 from html import escape
+
+from markupsafe import Markup
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -114,41 +119,38 @@ class Evidence:
                 return exact
         return [o for o in obs if all((o.get("labels") or {}).get(k) == v for k, v in labels.items())]
 
-    def result_html(self, record: Mapping[str, Any], anchor: str = "") -> str:
+    def result_html(self, record: Mapping[str, Any], anchor: str = "") -> Markup:
         """The evidence block of one result. A saved report is untrusted input and only its
         outline is checked when read: a result this cannot draw says so instead of failing."""
         try:
             return self._result_html(record, anchor)
         except _UNDRAWABLE as exc:
-            return (f'<div class="vc vc-evidence"{_attr("id", anchor)} data-nodeid="{escape(str(record.get("nodeid")))}">'
-                    f'<p class="vc-note">evidence could not be drawn: {escape(type(exc).__name__)}: '
-                    f"{escape(str(exc)[:200])}</p></div>")
+            return (Markup('<div class="vc vc-evidence"{} data-nodeid="{}"><p class="vc-note">evidence could not be drawn: {}: {}</p></div>').format(_attr("id", anchor), str(record.get("nodeid")), type(exc).__name__, str(exc)[:200]))
 
-    def _result_html(self, record: Mapping[str, Any], anchor: str) -> str:
+    def _result_html(self, record: Mapping[str, Any], anchor: str) -> Markup:
         entities = list(record.get("entities") or [])
         has_hist = any(o.get("histogram") for o in self.observations(record["metric"]))
         info = self.metrics.get(record["metric"], has_hist)
         thresholds = value_thresholds(record, info)
         shown = sorted(entities, key=lambda e: _ENTITY_ORDER.get(e.get("outcome"), 9))[:MAX_ENTITIES]
-        out = [f'<div class="vc vc-evidence"{_attr("id", anchor)} data-nodeid="{escape(record["nodeid"])}" '
-               f'data-outcome="{escape(str(record["outcome"]))}">',
-               f'<p class="vc-head">{escape(headline(record))}</p>']
+        out = [Markup('<div class="vc vc-evidence"{} data-nodeid="{}" data-outcome="{}">').format(_attr("id", anchor), record["nodeid"], str(record["outcome"])),
+               Markup('<p class="vc-head">{}</p>').format(headline(record))]
         if not entities:
-            out.append(f'<p class="vc-note">{escape(record.get("reason") or "no entity was judged")}</p>')
+            out.append(Markup('<p class="vc-note">{}</p>').format(record.get("reason") or "no entity was judged"))
         for e in shown:
             out.append(self.entity_html(record, e, info, thresholds))
         if len(entities) > len(shown):
-            out.append(f'<p class="vc-note">... {len(entities) - len(shown)} more entities in the JSON report</p>')
-        out.append("</div>")
-        return "".join(out)
+            out.append(Markup('<p class="vc-note">... {} more entities in the JSON report</p>').format(len(entities) - len(shown)))
+        out.append(Markup("</div>"))
+        return Markup("").join(out)
 
     def entity_html(self, record: Mapping[str, Any], e: Mapping[str, Any], info: MetricInfo,
-                    thresholds: list[Threshold]) -> str:
+                    thresholds: list[Threshold]) -> Markup:
         outcome = str(e.get("outcome", ""))
-        out = [f'<section class="vc-entity vc-{escape(outcome)}" data-entity="{escape(str(e.get("entity")))}">',
-               f'<h4>{escape(str(e.get("entity")))}: <span class="vc-outcome-{outcome_class(outcome)}">'
-               f'{escape(outcome)}</span>' + (f' <span class="vc-note">({escape(str(e["reason"]))})</span>'
-                                              if e.get("reason") else "") + "</h4>"]
+        out = [Markup('<section class="vc-entity vc-{}" data-entity="{}">').format(outcome, str(e.get("entity"))),
+               Markup('<h4>{}: <span class="vc-outcome-{}">{}</span>{}</h4>').format(
+                   str(e.get("entity")), outcome_class(outcome), outcome,
+                   Markup(' <span class="vc-note">({})</span>').format(str(e["reason"])) if e.get("reason") else "")]
         figure = self.figure(record, e, info, thresholds + regress_thresholds(e))
         if figure:
             out.append(figure)
@@ -158,9 +160,10 @@ class Evidence:
         out.append(_info_list(e, info.dimension))
         notes = list(e.get("notes") or [])
         if notes:
-            out.append('<ul class="vc-notes">' + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>")
-        out.append("</section>")
-        return "".join(out)
+            out.append(Markup('<ul class="vc-notes">{}</ul>').format(
+                Markup("").join(Markup('<li>{}</li>').format(str(n)) for n in notes)))
+        out.append(Markup("</section>"))
+        return Markup("").join(out)
 
     def figure(self, record: Mapping[str, Any], e: Mapping[str, Any], info: MetricInfo,
                thresholds: list[Threshold]) -> str:
@@ -306,53 +309,55 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _attr(name: str, value: str) -> str:
-    return f' {name}="{escape(value)}"' if value else ""
+def _attr(name: str, value: str) -> Markup:
+    return Markup(' {}="{}"').format(name, value) if value else Markup("")
 
 
 def outcome_class(outcome: str) -> str:
-    return {"inconclusive": "error", "missing": "skip"}.get(outcome, outcome) if outcome else "skip"
+    """The CSS class suffix of an outcome: only vcheck's own words (a saved report may say anything)."""
+    known = {"pass": "pass", "fail": "fail", "error": "error", "skip": "skip", "waived": "waived",
+             "inconclusive": "error", "missing": "skip", "not-run": "skip"}
+    return known.get(str(outcome), "unknown") if outcome else "skip"
 
 
-def _figure(kind: str, svg: str, caption: str) -> str:
-    return f'<figure class="vc-figure" data-kind="{kind}">{svg}<figcaption>{escape(caption)}</figcaption></figure>'
+def _figure(kind: str, svg: Markup, caption: str) -> Markup:
+    return Markup('<figure class="vc-figure" data-kind="{}">{}<figcaption>{}</figcaption></figure>').format(kind, svg, caption)
 
 
-def _measurements_table(ms: list[Mapping[str, Any]]) -> str:
+def _measurements_table(ms: list[Mapping[str, Any]]) -> Markup:
     if not ms:
-        return ""
+        return Markup("")
     rows = []
     for m in ms:
         passed = m.get("passed")
-        mark = ('<span class="vc-violated">VIOLATED</span>' if passed is False else
-                '<span class="vc-ok">ok</span>' if passed else "undecided")
-        rows.append(f"<tr><td>{escape(str(m.get('statistic', '')))}</td><td>{escape(str(m.get('measured_text', '')))}</td>"
-                    f"<td>{escape(str(m.get('threshold_text', '')))}</td><td>{mark}</td>"
-                    f"<td>{escape(str(m.get('note') or ''))}</td></tr>")
-    return ('<table class="vc-table vc-measurements"><tr><th>statistic</th><th>measured</th><th>threshold</th>'
-            "<th>verdict</th><th>note</th></tr>" + "".join(rows) + "</table>")
+        mark = (Markup('<span class="vc-violated">VIOLATED</span>') if passed is False else
+                Markup('<span class="vc-ok">ok</span>') if passed else "undecided")
+        rows.append(Markup('<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>').format(str(m.get('statistic', '')), str(m.get('measured_text', '')), str(m.get('threshold_text', '')), mark, str(m.get('note') or '')))
+    return Markup('<table class="vc-table vc-measurements"><tr><th>statistic</th><th>measured</th><th>threshold</th>'
+                  "<th>verdict</th><th>note</th></tr>{}</table>").format(Markup("").join(rows))
 
 
-def _records_table(cls: str, caption: str, rows: list[Mapping[str, Any]], order: tuple[str, ...]) -> str:
+def _records_table(cls: str, caption: str, rows: list[Mapping[str, Any]], order: tuple[str, ...]) -> Markup:
     """A table of plain records (outliers, culprits): known columns first, then any others."""
     rows = [r for r in rows if isinstance(r, Mapping)]
     if not rows:
-        return ""
+        return Markup("")
     shown = rows[:MAX_EVENTS]
     keys = [k for k in order if any(k in r for r in shown)]
     keys += sorted({str(k) for r in shown for k in r} - set(keys))
-    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_cell(k, r.get(k)))}</td>" for k in keys) + "</tr>" for r in shown)
-    more = (f'<p class="vc-note">... {len(rows) - MAX_EVENTS} more in the JSON report</p>'
+    head = Markup("").join(Markup('<th>{}</th>').format(k) for k in keys)
+    body = Markup("").join(Markup("<tr>{}</tr>").format(Markup("").join(Markup('<td>{}</td>').format(_cell(k, r.get(k)))
+                                                                        for k in keys)) for r in shown)
+    more = (Markup('<p class="vc-note">... {} more in the JSON report</p>').format(len(rows) - MAX_EVENTS)
             if len(rows) > MAX_EVENTS else "")
-    return f'<table class="vc-table {cls}"><caption>{escape(caption)}</caption><tr>{head}</tr>{body}</table>{more}'
+    return Markup('<table class="vc-table {}"><caption>{}</caption><tr>{}</tr>{}</table>{}').format(cls, caption, head, body, more)
 
 
-def _events_table(events: list[Mapping[str, Any]]) -> str:
+def _events_table(events: list[Mapping[str, Any]]) -> Markup:
     return _records_table("vc-events", f"outliers: the slowest first ({len(events)})", events, EVENT_ORDER)
 
 
-def _culprits_table(culprits: list[Mapping[str, Any]]) -> str:
+def _culprits_table(culprits: list[Mapping[str, Any]]) -> Markup:
     return _records_table("vc-culprits", "culprits: who had the CPU while it waited", culprits, CULPRIT_ORDER)
 
 
@@ -371,7 +376,7 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _info_list(e: Mapping[str, Any], dimension: str) -> str:
+def _info_list(e: Mapping[str, Any], dimension: str) -> Markup:
     info = dict(e.get("info") or {})
     facts = [("samples", f"{e.get('samples', 0)}" + (f" of {e['expected_samples']} expected" if e.get("expected_samples") else "")
               + (f", observed {format_duration(e['observed_seconds'])}" if e.get("observed_seconds") else ""))]
@@ -379,7 +384,8 @@ def _info_list(e: Mapping[str, Any], dimension: str) -> str:
     if series.get("min") is not None:
         facts.append(("series", ", ".join(f"{k} {format_value(series.get(k), dimension)}" for k in ("min", "mean", "max"))))
     facts += sorted(info.items())
-    return '<dl class="vc-info">' + "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(str(v))}</dd>" for k, v in facts) + "</dl>"
+    return Markup('<dl class="vc-info">{}</dl>').format(
+        Markup("").join(Markup('<dt>{}</dt><dd>{}</dd>').format(str(k), str(v)) for k, v in facts))
 
 
 # --- node facts -----------------------------------------------------------------------------
@@ -512,7 +518,7 @@ class HtmlEvidence:
         if getattr(report, "vcheck_result", None) is None or len(cells) < 2:
             return
         test_id = report.nodeid + ("" if report.when == "call" else f"::{report.when}")
-        cells[1] = f'<td class="col-testId">{escape(test_id)}</td>'
+        cells[1] = Markup('<td class="col-testId">{}</td>').format(test_id)
 
     def _vcheck_session(self, collected: bool = True) -> bool:
         """Whether this report is about policies (pytest --html on a project's own tests, with

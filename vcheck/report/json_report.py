@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 from .. import __version__
 from ..errors import ReportFormatError
-from ..evidence import public_info
+from ..evidence import printable, public_info, redact_tree
 from ..histogram import MAX_INDEX, SUB, Histogram
 from ..model import LAYERS
 from ..observations import Observation, ObservationStore, labels_of
@@ -178,8 +178,8 @@ class _Shape:
     def num(self, v: Any, where: str, optional: bool = False) -> float | None:
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self.fail(where, f"expected a finite number, got {v!r:.40}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _bounded(v):
+            raise self.fail(where, f"expected a finite number, got {_short(v)}")
         return float(v)
 
     def seconds(self, v: Any, where: str) -> float | None:
@@ -189,14 +189,14 @@ class _Shape:
         return x
 
     def count(self, v: Any, where: str) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise self.fail(where, f"expected a count (an integer >= 0), got {v!r:.40}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < MAX_INT:
+            raise self.fail(where, f"expected a count (an integer >= 0), got {_short(v)}")
         return v
 
     def strmap(self, v: Any, where: str) -> dict[str, str]:
         d = self.obj(v if v is not None else {}, where)
         for k, x in d.items():
-            if not isinstance(x, (str, int, float)) or isinstance(x, bool):
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or not _bounded(x):
                 raise self.fail(f"{where}.{k}", "expected a string")
         return {k: str(x) for k, x in d.items()}
 
@@ -262,24 +262,128 @@ class _Shape:
             raise self.fail(f"{where}.nspid", "expected integers")
         return d
 
+    def word(self, v: Any, where: str, allowed: tuple[str, ...]) -> str:
+        if v not in allowed:
+            raise self.fail(where, f"expected one of {', '.join(allowed)}, got {_short(v)}")
+        return v
+
+    def result(self, r: Any, where: str) -> None:
+        """A result as items.result_record / pycheck.result_record write it: every field a
+        renderer, merge or explain reads has the type they expect (they never re-check)."""
+        r = self.obj(r, where)
+        for k in ("nodeid", "outcome"):
+            self.text(r.get(k), f"{where}.{k}")
+        self.word(r["outcome"], f"{where}.outcome", RESULT_OUTCOMES)
+        for k in ("policy", "check", "metric", "layer", "entity", "reason", "expect", "identity", "file"):
+            self.text(r.get(k), f"{where}.{k}", optional=True)
+        self.strmap(r.get("labels"), f"{where}.labels")
+        self.seconds(r.get("for"), f"{where}.for")
+        self.seconds(r.get("window"), f"{where}.window")
+        for i, e in enumerate(self.lst(_given(r, "entities", []), f"{where}.entities", MAX_ENTITIES)):
+            self.entity(e, f"{where}.entities[{i}]")
+
+    def entity(self, e: Any, where: str) -> None:
+        e = self.obj(e, where)
+        self.text(e.get("entity"), f"{where}.entity", optional=True)
+        if e.get("outcome") is not None:
+            self.word(e["outcome"], f"{where}.outcome", ENTITY_OUTCOMES)
+        self.text(e.get("reason"), f"{where}.reason", optional=True)
+        self.strmap(e.get("labels"), f"{where}.labels")
+        self.strmap(e.get("info"), f"{where}.info")
+        for k in ("samples", "expected_samples"):
+            if e.get(k) is not None:
+                self.count(e[k], f"{where}.{k}")
+        self.seconds(e.get("observed_seconds"), f"{where}.observed_seconds")
+        for i, m in enumerate(self.lst(_given(e, "measurements", []), f"{where}.measurements", 1000)):
+            m = self.obj(m, f"{where}.measurements[{i}]")
+            for k in ("expression", "statistic", "measured_text", "threshold_text", "note"):
+                self.text(m.get(k), f"{where}.measurements[{i}].{k}", optional=True)
+            for k in ("measured", "threshold"):
+                self.num(m.get(k), f"{where}.measurements[{i}].{k}", optional=True)
+            if m.get("passed") is not None and not isinstance(m["passed"], bool):
+                raise self.fail(f"{where}.measurements[{i}].passed", "expected true, false or null")
+        series = e.get("series")
+        if series is not None:
+            series = self.obj(series, f"{where}.series")
+            for k in ("min", "mean", "max"):
+                self.num(series.get(k), f"{where}.series.{k}", optional=True)
+            v = series.get("longest_violation")
+            if v is not None:
+                v = self.obj(v, f"{where}.series.longest_violation")
+                for k in ("start", "end", "duration"):
+                    self.num(v.get(k), f"{where}.series.longest_violation.{k}")
+                self.count(v.get("samples"), f"{where}.series.longest_violation.samples")
+        for i, ev in enumerate(self.lst(_given(e, "events", []), f"{where}.events", 100_000)):
+            self.record(ev, f"{where}.events[{i}]")
+        for i, c in enumerate(self.lst(_given(e, "culprits", []), f"{where}.culprits", MAX_CULPRITS)):
+            self.culprit(c, f"{where}.culprits[{i}]")
+        for n in self.lst(_given(e, "notes", []), f"{where}.notes", 10_000):
+            self.text(n, f"{where}.notes")
+
+    def record(self, v: Any, where: str) -> dict[str, Any]:
+        """An outlier or event: a flat object of strings, numbers, booleans and null."""
+        d = self.obj(v, where)
+        for k, x in d.items():
+            if isinstance(x, (dict, list)) or (isinstance(x, (int, float)) and not _bounded(x)):
+                raise self.fail(f"{where}.{k}", f"expected a string or a number, got {_short(x)}")
+        return d
+
     def report(self, data: Any) -> None:
         d = self.obj(data, "top level")
         for i, r in enumerate(self.lst(_given(d, "results", []), "results")):
-            r = self.obj(r, f"results[{i}]")
-            for k in ("nodeid", "outcome"):
-                self.text(r.get(k), f"results[{i}].{k}")
+            self.result(r, f"results[{i}]")
         w = d.get("window")
         if w is not None:
             w = self.obj(w, "window")
             for k in ("start", "planned", "observed"):
-                self.num(w.get(k), f"window.{k}", optional=True)
+                x = self.num(w.get(k), f"window.{k}", optional=True)
+                if x is not None and not 0 <= x <= MAX_EPOCH:
+                    raise self.fail(f"window.{k}", f"out of range: {_short(x)}")
         self.strmap(d.get("unavailable"), "unavailable")
         node = self.obj(_given(d, "node", {}), "node")
-        self.text(node.get("hostname"), "node.hostname", optional=True)
+        for k in ("hostname", "kernel", "boot_id", "virtualization", "container"):
+            self.text(node.get(k), f"node.{k}", optional=True)
         self.strmap(node.get("labels"), "node.labels")
+        self.strmap(node.get("layers"), "node.layers")
+        for i, p in enumerate(self.lst(_given(d, "policies", []), "policies", 10_000)):
+            p = self.obj(p, f"policies[{i}]")
+            for k in ("name", "path", "sha256"):
+                self.text(p.get(k), f"policies[{i}].{k}", optional=True)
         status = d.get("exit_status")
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-            raise self.fail("exit_status", "expected an integer")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 0 <= status < 256):
+            raise self.fail("exit_status", "expected an exit status (0-255)")
+        for i, o in enumerate(self.lst(_given(d, "observations", []), "observations")):
+            self.observation(o, f"observations[{i}]")
+        notes = self.obj(_given(d, "collector_notes", {}), "collector_notes")
+        for k, v in notes.items():
+            for n in self.lst(v, f"collector_notes.{k}", 10_000):
+                self.text(n, f"collector_notes.{k}")
+
+
+MAX_INT = 1 << 63              # counts, sample numbers: what the kernel's counters hold
+MAX_MAGNITUDE = 1e300          # any other number: finite, and far from overflowing in arithmetic
+MAX_EPOCH = 1e11               # window start (3000 AD); durations far below it
+MAX_ENTITIES = 100_000
+RESULT_OUTCOMES = ("pass", "fail", "skip", "error", "waived", "not-run")
+ENTITY_OUTCOMES = ("pass", "fail", "inconclusive", "missing")
+
+
+def _bounded(v: Any) -> bool:
+    """A number JSON may carry that arithmetic and formatting cannot choke on (an integer of
+    thousands of digits overflows float(); str() refuses past 4,300 digits)."""
+    if isinstance(v, int):
+        return -MAX_INT <= v < MAX_INT or (abs(v) < 10 ** 300 and math.isfinite(float(v)))
+    if isinstance(v, float):
+        return math.isfinite(v) and abs(v) <= MAX_MAGNITUDE
+    return True
+
+
+def _short(v: Any) -> str:
+    """A value for an error line: a type and at most 40 characters, never the whole of it."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v < MAX_INT:
+        return "an integer too large"
+    text = repr(v) if isinstance(v, (str, int, float, bool)) or v is None else type(v).__name__
+    return printable(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 def _no_constants(name: str) -> Any:
@@ -320,7 +424,21 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
         raise ReportFormatError(f"{path}: report format version {version!r:.40}; "
                                 f"this vcheck reads version {VERSION}")
     _Shape(path).report(data)
-    return data
+    _labels_as_text(data)
+    return redact_tree(data)
+
+
+def _labels_as_text(data: dict[str, Any]) -> None:
+    """Label values a report wrote as numbers read as the strings every label is."""
+    maps = [(data.get("node") or {}).get("labels")]
+    for r in data.get("results") or []:
+        maps.append(r.get("labels"))
+        maps += [e.get("labels") for e in r.get("entities") or []]
+    maps += [o.get("labels") for o in data.get("observations") or []]
+    for m in maps:
+        if isinstance(m, dict):
+            for k, v in m.items():
+                m[k] = str(v)
 
 
 def max_depth(data: Any) -> int:

@@ -13,11 +13,11 @@ import math
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import defusedxml.ElementTree as SafeET
+from markupsafe import Markup
 from defusedxml import DefusedXmlException
 
 from .. import __version__
@@ -90,7 +90,7 @@ def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
         raise ReportFormatError(f"{path}: not a readable JUnit XML file ({exc})") from None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     if not suites:
-        raise ReportFormatError(f"{path}: no <testsuite> in it")
+        raise ReportFormatError(f'{path}: no <testsuite> in it')
     out = []
     for s in suites:
         res = NodeResult(name=s.get("name") or s.get("hostname") or path.stem, source=str(path), junit=s)
@@ -200,7 +200,8 @@ _WORST = {Outcome.FAIL: 0, Outcome.ERROR: 1, Outcome.WAIVED: 2, Outcome.PASS: 3,
 def fleet_html(nodes: list[NodeResult], g: Gate, domain_label: str | None) -> bytes:
     """The fleet page: nodes x checks, one table per failure domain, a failing cell linking to
     that node's evidence further down: figures drawn from its JSON report (load_node_reports
-    with keep=True), or the failure text of a JUnit input. Names from the nodes are escaped."""
+    with keep=True), or the failure text of a JUnit input. Built of Markup fragments (see html.py):
+    a name or field from a node's report reaches the page only as escaped text."""
     checks: list[str] = []
     cells: dict[tuple[int, str], list[tuple[str, str]]] = {}   # (node, check) -> [(outcome, nodeid)]
     for i, n in enumerate(nodes):
@@ -213,54 +214,49 @@ def fleet_html(nodes: list[NodeResult], g: Gate, domain_label: str | None) -> by
         key = n.labels.get(domain_label, "(no label)") if domain_label else ""
         groups.setdefault(key, []).append(i)
 
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="color-scheme" content="light dark">',
-           f"<title>vcheck fleet: {len(nodes)} nodes</title><style>{stylesheet()}</style></head>",
-           '<body class="vc-page"><main class="vc vc-fleet">',
-           f"<h1>vcheck fleet: {len(nodes)} nodes, {sum(1 for n in nodes if n.failing)} failing</h1>",
-           f'<p class="{"vc-gate-passed" if g.passed else "vc-gate-failed"}">gate {"passed" if g.passed else "FAILED"}</p>',
-           "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in g.lines) + "</ul>",
-           f'<p class="vc-note">generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())} by vcheck {__version__}'
-           "; a failing cell links to that node's evidence</p>"]
-    head = "<tr><th>node</th>" + "".join(f'<th class="vc-check" title="{escape(c)}">{escape(c)}</th>' for c in checks) + "</tr>"
+    out = [Markup('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="color-scheme" content="light dark">'),
+           Markup('<title>vcheck fleet: {} nodes</title><style>{}</style></head>').format(len(nodes), Markup(stylesheet())),
+           Markup('<body class="vc-page"><main class="vc vc-fleet">'),
+           Markup('<h1>vcheck fleet: {} nodes, {} failing</h1>').format(len(nodes), sum(1 for n in nodes if n.failing)),
+           Markup('<p class="{}">gate {}</p>').format("vc-gate-passed" if g.passed else "vc-gate-failed", "passed" if g.passed else "FAILED"),
+           Markup("<ul>{}</ul>").format(Markup("").join(Markup('<li>{}</li>').format(line) for line in g.lines)),
+           Markup('<p class="vc-note">generated {} by vcheck {}; a failing cell links to that node\'s evidence</p>').format(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), __version__)]
+    head = Markup("<tr><th>node</th>{}</tr>").format(
+        Markup("").join(Markup('<th class="vc-check" title="{}">{}</th>').format(c, c) for c in checks))
     for key, members in sorted(groups.items()):
         if domain_label:
-            out.append(f"<h2>{escape(domain_label)}={escape(key)}</h2>")
-        out.append(f'<table class="vc-matrix" data-domain="{escape(key)}">{head}')
+            out.append(Markup('<h2>{}={}</h2>').format(domain_label, key))
+        out.append(Markup('<table class="vc-matrix" data-domain="{}">{}').format(key, head))
         for i in members:
             n = nodes[i]
-            name = f'<a href="#{_node_anchor(i)}">{escape(n.name)}</a>' if n.failing else escape(n.name)
-            row = [f'<tr data-node="{escape(n.name)}"><th>{name}</th>']
+            name = Markup('<a href="#{}">{}</a>').format(_node_anchor(i), n.name) if n.failing else n.name
+            row = [Markup('<tr data-node="{}"><th>{}</th>').format(n.name, name)]
             for c in checks:
                 got = cells.get((i, c), [])
                 if not got:
-                    row.append('<td class="vc-cell vc-cell-none">-</td>')
+                    row.append(Markup('<td class="vc-cell vc-cell-none">-</td>'))
                     continue
                 worst = min(got, key=lambda x: _WORST.get(x[0], 9))
                 failing = [nodeid for o, nodeid in got if o in (Outcome.FAIL, Outcome.ERROR)]
                 label = f"{worst[0]}" + (f" ({len(failing)})" if len(failing) > 1 else "")
                 if failing:
-                    label = f'<a href="#{_evidence_anchor(i, failing[0])}">{escape(label)}</a>'
-                else:
-                    label = escape(label)
-                row.append(f'<td class="vc-cell vc-cell-{outcome_class(worst[0])}" data-check="{escape(c)}" '
-                           f'data-outcome="{escape(worst[0])}">{label}</td>')
-            row.append("</tr>")
-            out.append("".join(row))
-        out.append("</table>")
+                    label = Markup('<a href="#{}">{}</a>').format(_evidence_anchor(i, failing[0]), label)
+                row.append(Markup('<td class="vc-cell vc-cell-{}" data-check="{}" data-outcome="{}">{}</td>').format(outcome_class(worst[0]), c, worst[0], label))
+            row.append(Markup("</tr>"))
+            out.append(Markup("").join(row))
+        out.append(Markup("</table>"))
         others = [nodes[i].failed for i in members if any(f.startswith("(") for f in nodes[i].failed)]
         if others:
-            out.append('<p class="vc-note">' + escape("; ".join(f for fs in others for f in fs if f.startswith("("))) + "</p>")
+            out.append(Markup('<p class="vc-note">{}</p>').format("; ".join(f for fs in others for f in fs if f.startswith("("))))
 
     for i, n in enumerate(nodes):
         if not n.failing:
             continue
-        out.append(f'<section class="vc-node" id="{_node_anchor(i)}" data-node="{escape(n.name)}">'
-                   f"<h2>{escape(n.name)}</h2>"
-                   f'<p class="vc-note">from {escape(n.source)}</p>')
+        out.append(Markup('<section class="vc-node" id="{}" data-node="{}"><h2>{}</h2><p class="vc-note">from {}</p>').format(_node_anchor(i), n.name, n.name, n.source))
         out.append(_node_evidence(i, n))
-        out.append("</section>")
-    out.append("</main></body></html>\n")
-    return "".join(out).encode()
+        out.append(Markup("</section>"))
+    out.append(Markup("</main></body></html>\n"))
+    return str(Markup("").join(out)).encode()
 
 
 def _node_results(n: NodeResult) -> list[tuple[str, str, str]]:
@@ -278,17 +274,17 @@ def _node_results(n: NodeResult) -> list[tuple[str, str, str]]:
     return out
 
 
-def _node_evidence(i: int, n: NodeResult) -> str:
+def _node_evidence(i: int, n: NodeResult) -> Markup:
     if n.report is not None:
         ev = Evidence(saved_observations(n.report))
-        rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in node_rows(n.report))
-        parts = [f'<dl class="vc-info">{rows}</dl>']
+        rows = Markup("").join(Markup('<dt>{}</dt><dd>{}</dd>').format(k, v) for k, v in node_rows(n.report))
+        parts = [Markup('<dl class="vc-info">{}</dl>').format(rows)]
         for r in n.report.get("results") or []:
             if r.get("outcome") in (Outcome.FAIL, Outcome.ERROR):
-                parts.append(f"<h3>{escape(str(r['nodeid']))}</h3>")
+                parts.append(Markup('<h3>{}</h3>').format(str(r['nodeid'])))
                 parts.append(ev.result_html(r, anchor=_evidence_anchor(i, str(r["nodeid"]))))
-        parts += [f'<p class="vc-note">{escape(f)}</p>' for f in n.failed if f.startswith("(")]
-        return "".join(parts)
+        parts += [Markup('<p class="vc-note">{}</p>').format(f) for f in n.failed if f.startswith("(")]
+        return Markup("").join(parts)
     parts = []
     for case in n.junit.iter("testcase") if n.junit is not None else ():
         bad = case.find("failure") if case.find("failure") is not None else case.find("error")
@@ -296,9 +292,8 @@ def _node_evidence(i: int, n: NodeResult) -> str:
             continue
         nodeid = f"{case.get('classname', '')}::{case.get('name', '')}"
         text = (bad.get("message") or "") + "\n" + (bad.text or "")
-        parts.append(f'<div class="vc vc-evidence" id="{_evidence_anchor(i, nodeid)}" data-nodeid="{escape(nodeid)}">'
-                     f"<h3>{escape(nodeid)}</h3><pre>{escape(text.strip())}</pre></div>")
-    return "".join(parts)
+        parts.append(Markup('<div class="vc vc-evidence" id="{}" data-nodeid="{}"><h3>{}</h3><pre>{}</pre></div>').format(_evidence_anchor(i, nodeid), nodeid, nodeid, text.strip()))
+    return Markup("").join(parts)
 
 
 def _node_anchor(i: int) -> str:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from html import escape
+
+from markupsafe import Markup
 from typing import Callable, Sequence
 
 from ..units import BYTE_RATE, BYTES, PERCENT, RATE, TIME, format_value
@@ -95,22 +96,20 @@ def _clean(x: float) -> float:
 
 class _Canvas:
     def __init__(self, title: str, kind: str, attrs: dict[str, str] | None = None):
-        self.parts: list[str] = []
-        more = "".join(f' {k}="{escape(v)}"' for k, v in (attrs or {}).items())
+        self.parts: list[Markup] = []
+        more = Markup("").join(Markup(' {}="{}"').format(k, v) for k, v in (attrs or {}).items())
         self.parts.append(
-            f'<svg xmlns="http://www.w3.org/2000/svg" class="vc-plot vc-plot-{kind}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-            f'width="{WIDTH}" height="{HEIGHT}" role="img" font-family="sans-serif" font-size="11"{more}>'
-            f"<title>{escape(title)}</title>")
+            Markup('<svg xmlns="http://www.w3.org/2000/svg" class="vc-plot vc-plot-{}" viewBox="0 0 {} {}" width="{}" height="{}" role="img" font-family="sans-serif" font-size="11"{}><title>{}</title>').format(kind, WIDTH, HEIGHT, WIDTH, HEIGHT, more, title))
 
-    def add(self, s: str) -> None:
+    def add(self, s: Markup) -> None:
         self.parts.append(s)
 
-    def text(self, x: float, y: float, s: str, cls: str = "vc-text", anchor: str = "start", extra: str = "") -> None:
-        self.parts.append(f'<text class="{cls}" x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" '
-                          f'fill="{_COLOURS["text"]}"{extra}>{escape(s)}</text>')
+    def text(self, x: float, y: float, s: str, cls: str = "vc-text", anchor: str = "start", extra: Markup = Markup("")) -> None:
+        self.parts.append(Markup('<text class="{}" x="{}" y="{}" text-anchor="{}" fill="{}"{}>{}</text>').format(cls, _f(x), _f(y), anchor, _COLOURS["text"], extra, s))
 
-    def done(self) -> str:
-        return "".join(self.parts) + "</svg>"
+    def done(self) -> Markup:
+        """The picture; every part is Markup made by format(), so any text in it was escaped."""
+        return Markup("").join(self.parts) + Markup("</svg>")
 
 
 def _plot_box() -> tuple[float, float, float, float]:
@@ -167,7 +166,7 @@ def _segments(times: Sequence[float], spans: Sequence[float]) -> list[tuple[int,
 
 def series_svg(times: Sequence[float], values: Sequence[float], spans: Sequence[float], *, dimension: str,
                window: float, thresholds: Sequence[Threshold] = (), violation: dict | None = None,
-               for_: float | None = None, gone_at: float | None = None, title: str = "") -> tuple[str, str]:
+               for_: float | None = None, gone_at: float | None = None, title: str = "") -> tuple[Markup, str]:
     """The plot and a one-line caption saying what it shows (and how it was downsampled)."""
     x0, x1, y0, y1 = _plot_box()
     t_end = max([window or 0.0, *(times[-1:] or [0.0])]) or 1.0
@@ -193,23 +192,17 @@ def series_svg(times: Sequence[float], values: Sequence[float], spans: Sequence[
     # the longest violating stretch, under everything else
     if violation:
         a, b = max(0.0, violation["start"]), min(t_hi, violation["end"])
-        c.add(f'<rect class="vc-violation" x="{_f(x_of(a))}" y="{_f(y0)}" width="{_f(max(x_of(b) - x_of(a), 1))}" '
-              f'height="{_f(y1 - y0)}" fill="{_COLOURS["violation"]}" fill-opacity="0.15" '
-              f'data-start="{violation["start"]:.10g}" data-end="{violation["end"]:.10g}">'
-              f'<title>longest violation: {violation["duration"]:.1f}s, +{violation["start"]:.1f}s to '
-              f'+{violation["end"]:.1f}s, {violation["samples"]} samples</title></rect>')
+        c.add(Markup('<rect class="vc-violation" x="{}" y="{}" width="{}" height="{}" fill="{}" fill-opacity="0.15" data-start="{:.10g}" data-end="{:.10g}"><title>longest violation: {:.1f}s, +{:.1f}s to +{:.1f}s, {} samples</title></rect>').format(_f(x_of(a)), _f(y0), _f(max(x_of(b) - x_of(a), 1)), _f(y1 - y0), _COLOURS["violation"], violation["start"], violation["end"], violation["duration"], violation["start"], violation["end"], violation["samples"]))
     for v in yticks:
         y = y_of(v)
-        c.add(f'<g class="vc-ytick" data-value="{v:.10g}"><line class="vc-grid" x1="{_f(x0)}" x2="{_f(x1)}" '
-              f'y1="{_f(y)}" y2="{_f(y)}" stroke="{_COLOURS["grid"]}" stroke-width="1"/>')
+        c.add(Markup('<g class="vc-ytick" data-value="{:.10g}"><line class="vc-grid" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="1"/>').format(v, _f(x0), _f(x1), _f(y), _f(y), _COLOURS["grid"]))
         c.text(x0 - 6, y + 4, short_value(v, dimension), anchor="end")
-        c.add("</g>")
+        c.add(Markup("</g>"))
     for t in xticks:
         x = x_of(t)
-        c.add(f'<g class="vc-xtick" data-value="{t:.10g}"><line class="vc-grid" x1="{_f(x)}" x2="{_f(x)}" '
-              f'y1="{_f(y1)}" y2="{_f(y1 + 4)}" stroke="{_COLOURS["grid"]}"/>')
+        c.add(Markup('<g class="vc-xtick" data-value="{:.10g}"><line class="vc-grid" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}"/>').format(t, _f(x), _f(x), _f(y1), _f(y1 + 4), _COLOURS["grid"]))
         c.text(x, y1 + 16, f"+{t:g}s", anchor="middle")
-        c.add("</g>")
+        c.add(Markup("</g>"))
     c.text(x1, HEIGHT - 4, "seconds since the window start", anchor="end", cls="vc-text vc-axis-title")
 
     # the samples: one path, broken where no sample covers the time
@@ -223,35 +216,28 @@ def series_svg(times: Sequence[float], values: Sequence[float], spans: Sequence[
         if pts:
             d.append("M" + " L".join(f"{_f(x)} {_f(y_of(v))}" for x, v in pts))
     if d:
-        c.add(f'<path class="vc-series" d="{" ".join(d)}" fill="none" stroke="{_COLOURS["series"]}" '
-              f'stroke-width="1.5" stroke-linejoin="round" data-samples="{len(values)}" data-points="{points_drawn}"/>')
+        c.add(Markup('<path class="vc-series" d="{}" fill="none" stroke="{}" stroke-width="1.5" stroke-linejoin="round" data-samples="{}" data-points="{}"/>').format(" ".join(d), _COLOURS["series"], len(values), points_drawn))
     if 0 < len(values) <= 60:
-        c.add("".join(f'<circle class="vc-sample" cx="{_f(x_of(t))}" cy="{_f(y_of(v))}" r="2.2" '
-                      f'fill="{_COLOURS["series"]}"/>' for t, v in zip(times, values) if math.isfinite(v)))
+        c.add(Markup("").join(Markup('<circle class="vc-sample" cx="{}" cy="{}" r="2.2" fill="{}"/>').format(_f(x_of(t)), _f(y_of(v)), _COLOURS["series"]) for t, v in zip(times, values) if math.isfinite(v)))
     # thresholds on top of the data, labelled in the right margin
     for i, th in enumerate(thresholds):
         y = y_of(th.value)
-        c.add(f'<line class="vc-threshold" x1="{_f(x0)}" x2="{_f(x1)}" y1="{_f(y)}" y2="{_f(y)}" '
-              f'stroke="{_COLOURS["threshold"]}" stroke-width="1.5" stroke-dasharray="6 3" '
-              f'data-value="{th.value:.10g}"><title>threshold: {escape(th.label)}</title></line>')
+        c.add(Markup('<line class="vc-threshold" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="1.5" stroke-dasharray="6 3" data-value="{:.10g}"><title>threshold: {}</title></line>').format(_f(x0), _f(x1), _f(y), _f(y), _COLOURS["threshold"], th.value, th.label))
         c.text(x1 + 6, y + 4 + 12 * i, th.label, cls="vc-text vc-threshold-label")
     if for_ and violation:
         # for: as a bar of its length from where the longest stretch begins: the check fails
         # when the shaded stretch reaches past the bar's end
         a = max(0.0, violation["start"])
         y = y0 + 6
-        c.add(f'<g class="vc-for" data-seconds="{for_:.10g}"><line x1="{_f(x_of(a))}" x2="{_f(x_of(min(a + for_, t_hi)))}" '
-              f'y1="{_f(y)}" y2="{_f(y)}" stroke="{_COLOURS["for"]}" stroke-width="3"/>')
+        c.add(Markup('<g class="vc-for" data-seconds="{:.10g}"><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="3"/>').format(for_, _f(x_of(a)), _f(x_of(min(a + for_, t_hi))), _f(y), _f(y), _COLOURS["for"]))
         c.text(x_of(min(a + for_, t_hi)) + 4, y + 4, f"for: {for_:g}s", cls="vc-text vc-for-label")
-        c.add("</g>")
+        c.add(Markup("</g>"))
     elif for_:
         c.text(x0 + 4, y0 + 10, f"for: {for_:g}s (no violating sample)", cls="vc-text vc-for-label")
     if gone_at is not None and 0 <= gone_at <= t_hi:
         x = x_of(gone_at)
-        c.add(f'<line class="vc-gone" x1="{_f(x)}" x2="{_f(x)}" y1="{_f(y0)}" y2="{_f(y1)}" stroke="{_COLOURS["gone"]}" '
-              f'stroke-dasharray="2 2"><title>gone at +{gone_at:.1f}s</title></line>')
-    c.add(f'<rect class="vc-frame" x="{_f(x0)}" y="{_f(y0)}" width="{_f(x1 - x0)}" height="{_f(y1 - y0)}" '
-          f'fill="none" stroke="{_COLOURS["grid"]}"/>')
+        c.add(Markup('<line class="vc-gone" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-dasharray="2 2"><title>gone at +{:.1f}s</title></line>').format(_f(x), _f(x), _f(y0), _f(y1), _COLOURS["gone"], gone_at))
+    c.add(Markup('<rect class="vc-frame" x="{}" y="{}" width="{}" height="{}" fill="none" stroke="{}"/>').format(_f(x0), _f(y0), _f(x1 - x0), _f(y1 - y0), _COLOURS["grid"]))
 
     caption = f"{len(values)} samples"
     if len(values) > columns:
@@ -268,7 +254,7 @@ def series_svg(times: Sequence[float], values: Sequence[float], spans: Sequence[
 
 def histogram_svg(buckets: Sequence[tuple[float, float, int]], *, dimension: str, markers: Sequence[Marker] = (),
                   thresholds: Sequence[Threshold] = (), relative_error: float = 0.0625,
-                  title: str = "") -> tuple[str, str]:
+                  title: str = "") -> tuple[Markup, str]:
     """buckets: (low, high, count) in the metric's base unit, non-empty ones, any order."""
     x0, x1, y0, y1 = _plot_box()
     y0 += 30   # three rows of marker labels above the plot
@@ -298,16 +284,14 @@ def histogram_svg(buckets: Sequence[tuple[float, float, int]], *, dimension: str
     c = _Canvas(title, "histogram", {"data-xmin": f"{10.0 ** lo_exp:g}", "data-xmax": f"{10.0 ** hi_exp:g}"})
     for n in [0, *(10 ** k for k in range(1, decades + 1))]:
         y = y_of(n)
-        c.add(f'<g class="vc-ytick" data-value="{n}"><line class="vc-grid" x1="{_f(x0)}" x2="{_f(x1)}" '
-              f'y1="{_f(y)}" y2="{_f(y)}" stroke="{_COLOURS["grid"]}"/>')
+        c.add(Markup('<g class="vc-ytick" data-value="{}"><line class="vc-grid" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}"/>').format(n, _f(x0), _f(x1), _f(y), _f(y), _COLOURS["grid"]))
         c.text(x0 - 6, y + 4, f"{n:,}", anchor="end")
-        c.add("</g>")
+        c.add(Markup("</g>"))
     for e in range(lo_exp, hi_exp + 1):
         x = x_of(10.0 ** e)
-        c.add(f'<g class="vc-xtick" data-value="{10.0 ** e:.10g}"><line class="vc-grid" x1="{_f(x)}" x2="{_f(x)}" '
-              f'y1="{_f(y0)}" y2="{_f(y1 + 4)}" stroke="{_COLOURS["grid"]}"/>')
+        c.add(Markup('<g class="vc-xtick" data-value="{:.10g}"><line class="vc-grid" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}"/>').format(10.0 ** e, _f(x), _f(x), _f(y0), _f(y1 + 4), _COLOURS["grid"]))
         c.text(x, y1 + 16, short_value(10.0 ** e, dimension), anchor="middle")
-        c.add("</g>")
+        c.add(Markup("</g>"))
     c.text(4, y0 - 8, "events (log)", cls="vc-text vc-axis-title")
     hot = next((m for m in markers if m.name == "p99"), None)
     for (low, high, n), shown_low in zip(bs, lows):
@@ -315,27 +299,20 @@ def histogram_svg(buckets: Sequence[tuple[float, float, int]], *, dimension: str
         is_hot = hot is not None and math.isclose(low, hot.low, rel_tol=1e-9, abs_tol=1e-15)
         cls = "vc-bar vc-bar-p99" if is_hot else "vc-bar"
         colour = _COLOURS["bar-hot"] if is_hot else _COLOURS["bar"]
-        c.add(f'<rect class="{cls}" x="{_f(xa)}" y="{_f(y_of(n))}" width="{_f(max(xb - xa - 0.5, 1))}" '
-              f'height="{_f(y1 - y_of(n))}" fill="{colour}" data-low="{low:.10g}" data-high="{high:.10g}" data-count="{n}">'
-              f'<title>[{escape(format_value(low, dimension))}, {escape(format_value(high, dimension))}): {n}</title></rect>')
+        c.add(Markup('<rect class="{}" x="{}" y="{}" width="{}" height="{}" fill="{}" data-low="{:.10g}" data-high="{:.10g}" data-count="{}"><title>[{}, {}): {}</title></rect>').format(cls, _f(xa), _f(y_of(n)), _f(max(xb - xa - 0.5, 1)), _f(y1 - y_of(n)), colour, low, high, n, format_value(low, dimension), format_value(high, dimension), n))
     row = 0
     for m in markers:
         x = x_of(m.value)
-        c.add(f'<line class="vc-marker vc-{m.name}" x1="{_f(x)}" x2="{_f(x)}" y1="{_f(y0 - 22 + 10 * row)}" '
-              f'y2="{_f(y1)}" stroke="{_COLOURS.get(m.name, _COLOURS["p50"])}" stroke-width="1.5" '
-              f'data-value="{m.value:.10g}" data-low="{m.low:.10g}" data-high="{m.high:.10g}"/>')
+        c.add(Markup('<line class="vc-marker vc-{}" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="1.5" data-value="{:.10g}" data-low="{:.10g}" data-high="{:.10g}"/>').format(m.name, _f(x), _f(x), _f(y0 - 22 + 10 * row), _f(y1), _COLOURS.get(m.name, _COLOURS["p50"]), m.value, m.low, m.high))
         c.text(x + 3, y0 - 14 + 10 * row, f"{m.name} {format_value(m.value, dimension)}",
                cls=f"vc-text vc-{m.name}-label")
         row += 1
     for th in thresholds:
         x = x_of(th.value)
-        c.add(f'<line class="vc-threshold" x1="{_f(x)}" x2="{_f(x)}" y1="{_f(y0 - 22 + 10 * row)}" y2="{_f(y1)}" '
-              f'stroke="{_COLOURS["threshold"]}" stroke-width="1.5" stroke-dasharray="6 3" data-value="{th.value:.10g}">'
-              f'<title>threshold: {escape(th.label)}</title></line>')
+        c.add(Markup('<line class="vc-threshold" x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="1.5" stroke-dasharray="6 3" data-value="{:.10g}"><title>threshold: {}</title></line>').format(_f(x), _f(x), _f(y0 - 22 + 10 * row), _f(y1), _COLOURS["threshold"], th.value, th.label))
         c.text(x + 3, y0 - 14 + 10 * row, th.label, cls="vc-text vc-threshold-label")
         row += 1
-    c.add(f'<rect class="vc-frame" x="{_f(x0)}" y="{_f(y0)}" width="{_f(x1 - x0)}" height="{_f(y1 - y0)}" '
-          f'fill="none" stroke="{_COLOURS["grid"]}"/>')
+    c.add(Markup('<rect class="vc-frame" x="{}" y="{}" width="{}" height="{}" fill="none" stroke="{}"/>').format(_f(x0), _f(y0), _f(x1 - x0), _f(y1 - y0), _COLOURS["grid"]))
     caption = (f"{total} events in {len(bs)} buckets (8 per power of two: a percentile is within "
                f"{relative_error:.2%} of the true value); count on a log scale")
     if hot is not None:
