@@ -9,7 +9,9 @@ segments) and UDP datagram rate (64-byte datagrams, one sender, one reader) with
   +rtt          also tcp_latency.c's tcp_probe hook (an RTT histogram update per received segment)
 Modes are interleaved round by round so drift hits all alike; medians and the ratio to
 untraced are printed (targets: >= 0.97 with drops + retransmits, >= 0.95 with the RTT
-histogram). Sender and receiver are separate processes. Run as root, on a quiet machine.
+histogram). Sender and receiver are separate processes. Also prints each hook's in-kernel cost
+per event from the kernel's BPF statistics (kernel.bpf_stats_enabled, on only for that run),
+a figure the machine's noise does not move. Run as root, on a quiet machine.
 """
 from __future__ import annotations
 
@@ -75,6 +77,29 @@ def attached(mode: str) -> list[BpfProgram]:
     return [BpfProgram("net_drops.c", DROPS_TRACEPOINTS).load(), BpfProgram("tcp_latency.c", tcp).load()]
 
 
+def per_event_cost(seconds: float) -> list[str]:
+    """ns per event of each network hook, from the kernel's own BPF run-time statistics
+    (kernel.bpf_stats_enabled on for the measurement, restored after), during one TCP run."""
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = stats.read_text().strip()
+    progs = attached("+rtt")
+    try:
+        stats.write_text("1")
+        measure(TCP, seconds)
+        measure(UDP, seconds)
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    finally:
+        stats.write_text(old)
+        for p in progs:
+            p.close()
+    import json
+    lines = []
+    for p in json.loads(out):
+        if p.get("name") in ("vchk_tcp_probe", "vchk_kfree_skb", "vchk_tcp_retransmit") and p.get("run_cnt"):
+            lines.append(f"  {p['name']:20s} {p['run_cnt']:>10d} events  {p['run_time_ns'] / p['run_cnt']:7.0f} ns/event")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -98,6 +123,9 @@ def main() -> None:
     for p in progs:
         p.close()
     print(f"BPF path: {', '.join(sorted(p for p in paths if p))}; {args.rounds} rounds of {args.seconds:g} s")
+    print("in-kernel cost per event (kernel.bpf_stats_enabled), one TCP and one UDP run:")
+    for line in per_event_cost(args.seconds):
+        print(line)
     for what, unit, scale in (("tcp", "MB/s", 1e6), ("udp", "kpps", 1e3)):
         base = statistics.median(results[what]["untraced"])
         for mode in modes:

@@ -2,14 +2,16 @@
 namespaces the test makes, cross-checked with `ip -s link` and `nstat` over the same window."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.rig.common import VCHECK
-from tests.rig.net import UdpSink, link_stats, listen_overflow, nstat, udp_send
+from tests.rig.net import UdpSink, ip, link_stats, listen_overflow, nstat, udp_send
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.net import NODE_METRICS, NetCollector
 from vcheck.observations import ObservationStore
@@ -100,7 +102,7 @@ def test_interface_removed_mid_window_is_gone(veth_pair, tmp_path):
     c.begin(time.monotonic())
     udp_send(a.name, veth_pair.addr_b, 9, 10)
     c.sample(1.0)
-    os.system(f"ip netns exec {a.name} ip link del {veth_pair.dev_a}")
+    ip("link", "del", veth_pair.dev_a, ns=a.name)
     c.sample(2.0)
     o = next(o for o in store.for_metric("net.tx.packets") if o.label_dict == {"interface": veth_pair.dev_a})
     assert o.gone_at == 2.0 and "removed or renamed" in o.gone_reason
@@ -115,8 +117,6 @@ def test_vcheck_run_in_a_namespace_judges_its_drops(veth_pair, policy_file, tmp_
                          "  - {id: rx, metric: net.rx.packets, per: interface, expect: '< 1000000/s'}\n")
     sink = UdpSink(b.name, veth_pair.addr_b, 5353)
     try:
-        import subprocess
-        import json
         report = tmp_path / "r.json"
         run = subprocess.Popen(["ip", "netns", "exec", b.name, *VCHECK, "run", str(policy), "--json", str(report)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)

@@ -233,6 +233,7 @@ class NetDropsCollector(Collector):
             # nothing to load: every net.drops check is inconclusive, never a pass
             self._blind = (f"skb:kfree_skb on kernel {platform.release()} has no reason field (added in "
                            "5.17): drops cannot be told apart by reason")
+            self.store.mark_unavailable(self.request.metrics, self._blind)   # per-namespace items say why
             return
         cflags = RX_SK_FLAGS if fmt is not None and has_rx_sk(fmt) else ()
         self._prog = prog = BpfProgram("net_drops.c", DROPS_TRACEPOINTS, cflags,

@@ -80,6 +80,8 @@ class TcpLatencyCollector(Collector):
                        for m, tp, what in (("net.tcp.retransmits", "tcp:tcp_retransmit_skb", "retransmissions cannot be attributed"),
                                            ("net.tcp.rtt", "tcp:tcp_probe", "no RTT sample can be taken"))
                        if tp not in attached}
+        for m, why in self._blind.items():
+            self.store.mark_unavailable([m], why)     # per-namespace items say why
         try:
             host = netns_inode(os.readlink(self.roots.proc / "1" / "ns" / "net"))
         except OSError:
