@@ -491,7 +491,7 @@ class VmNetCollector(Collector):
             if not taps:
                 continue
             workers = vhost_workers(self.roots.proc, vm.pid)
-            info = {"pid": str(vm.pid), "vmm": vm.vmm, "taps": ", ".join(taps),
+            info = {"pid": str(vm.pid), "vmm": vm.vmm, "taps": ", ".join(taps), "uuid": vm.uuid, "serial": vm.serial,
                     "vhost": f"{workers} vhost worker thread(s)" if workers else
                              "no vhost worker: the VMM's own threads move the packets (no vhost-net)"}
             try:

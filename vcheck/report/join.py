@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-HOST_VM_METRICS = ("vm.cpu", "vm.vcpus", "vm.memory.rss", "vcpu.run_delay", "vcpu.cpu")
+HOST_VM_METRICS = ("vm.cpu", "vm.vcpus", "vm.memory.rss", "vcpu.run_delay", "vcpu.cpu",
+                   "vm.net.rx.drops", "vm.net.tx.drops", "vm.net.rx.packets", "vm.net.tx.packets")
 NOT_HEALTHY = ("fail", "error")
 
 
