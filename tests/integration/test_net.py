@@ -158,6 +158,8 @@ def test_container_figures_come_from_its_own_namespace(veth_pair, monkeypatch, t
         c.sample(1.0)
         after = link_stats_of_pid(own.pid, dev_c)
         own_netns = os.readlink(f"/proc/{own.pid}/ns/net")
+        stop_runc(own)                    # its namespace disappears mid-window
+        c.sample(2.0)
     finally:
         for x in (own, host):
             if x is not None:
@@ -170,6 +172,7 @@ def test_container_figures_come_from_its_own_namespace(veth_pair, monkeypatch, t
     o = by_dev[dev_c]
     assert sum(v * s for v, s in zip(o.values, o.spans)) == pytest.approx(250)
     assert o.info["netns"] == own_netns
+    assert o.gone_at == 2.0 and "exited" in o.gone_reason and len(o.values) == 1
     shared = [o for o in store.for_metric("container.net.rx.packets") if o.label_dict.get("container") == "vchk-nethost"]
     assert len(shared) == 1 and not shared[0].values
     assert "shares the host's network namespace" in shared[0].notes[0]
