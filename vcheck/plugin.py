@@ -110,6 +110,23 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collect_directory(path: Path, parent: pytest.Collector):
+    """In `vcheck run` a directory is only a directory: never a package whose __init__.py runs."""
+    if parent.config.option.vcheck_cli:
+        return pytest.Dir.from_parent(parent, path=path)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector):
+    """In `vcheck run` a check file is loaded alone (pycheck.CheckModule); plain pytest keeps
+    pytest's own import rules."""
+    if parent.config.option.vcheck_cli:
+        return pycheck.CheckModule.from_parent(parent, path=module_path)
+    return None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     pycheck.generate_tests(metafunc)
 
@@ -130,6 +147,10 @@ def pytest_make_collect_report(collector: pytest.Collector):
     # only in `vcheck run`: plain pytest keeps its own rules for a test module that fails
     if report.failed and isinstance(collector, pytest.Module) and collector.config.option.vcheck_cli:
         text = str(report.longrepr or "")
+        if pycheck.REFUSED_PREFIX in text:   # CheckModule's own one-line FILE:LINE errors
+            errors = collector.config.stash[STATE_KEY].policy_errors
+            errors.extend(text.split(pycheck.REFUSED_PREFIX, 1)[1].strip().splitlines())
+            return
         why = next((ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")), text.strip()[-200:])
         line = next((ln.split("line ", 1)[1].split()[0].rstrip(",:") for ln in text.splitlines()
                      if ln.strip().startswith("File ") and "line " in ln), "1")

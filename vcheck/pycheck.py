@@ -241,3 +241,78 @@ def containers(vcheck_node: NodeModel) -> list[ContainerView]:
 def evidence_section(item: pytest.Item) -> str | None:
     observed = item.stash.get(OBSERVED_KEY, None)
     return observed.summary() if observed is not None else None
+
+
+# --- loading a check file: the file named, alone ---------------------------------------------
+
+REFUSED_PREFIX = "vcheck-refused: "
+
+
+def refused_names(path: Path, source: bytes) -> list[str]:
+    """What a check file may not do, as 'FILE:LINE: reason' lines: ask pytest to load plugins
+    (`pytest_plugins`) or define pytest hooks (`def pytest_...`). Either could rewrite verdicts,
+    and vcheck runs as root: only the file the operator named is loaded, as plain checks."""
+    import ast
+
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError:
+        return []              # the import reports it, with its line
+    out = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 1)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("pytest_"):
+            out.append(f"{path}:{line}: defines the pytest hook {node.name}(); a check file holds checks "
+                       "and fixtures only")
+        elif isinstance(node, ast.Name) and node.id == "pytest_plugins":
+            out.append(f"{path}:{line}: sets pytest_plugins; vcheck loads no plugin a check file names")
+        elif isinstance(node, ast.Constant) and node.value == "pytest_plugins":
+            out.append(f"{path}:{line}: names pytest_plugins; vcheck loads no plugin a check file names")
+    return out
+
+
+class CheckModule(pytest.Module):
+    """A Python check file imported as a module of its own: no package __init__.py beside or
+    above it runs, nothing is added to sys.path, and no pytest_plugins it names are loaded."""
+
+    def _getobj(self):
+        import ast
+        import hashlib
+        import sys
+        import types
+
+        from _pytest.assertion.rewrite import rewrite_asserts
+
+        path = Path(self.path)
+        source = path.read_bytes()
+        refused = refused_names(path, source)
+        if refused:
+            raise self.CollectError(REFUSED_PREFIX + "\n".join(refused))
+        name = f"vcheck_check_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+        module = types.ModuleType(name)
+        module.__file__ = str(path)
+        sys.modules[name] = module       # dataclasses and pickling look modules up by name
+        try:
+            tree = ast.parse(source, filename=str(path))
+            # pytest's own assertion rewriting: a failing assert shows its values, as under pytest
+            rewrite_asserts(tree, source, str(path), self.config)
+            exec(compile(tree, str(path), "exec", dont_inherit=True), module.__dict__)
+        except BaseException as exc:     # SystemExit, KeyboardInterrupt-like exits in a check file too
+            del sys.modules[name]
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise self.CollectError(f"{REFUSED_PREFIX}{path}:{_import_line(exc, path)}: cannot import the check "
+                                    f"file: {type(exc).__name__}: {printable(str(exc))[:300]}") from None
+        return module
+
+
+def _import_line(exc: BaseException, path: Path) -> int:
+    """The line of the check file where the import failed (the innermost frame in that file)."""
+    if isinstance(exc, SyntaxError) and exc.lineno and exc.filename == str(path):
+        return exc.lineno
+    line, tb = 1, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

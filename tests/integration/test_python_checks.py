@@ -200,3 +200,28 @@ def test_python_mean_of_block_latency_mean_is_the_yaml_checks(tmp_path):
     python_mean = float(out.read_text())
     assert python_mean == pytest.approx(yaml_mean, rel=1e-9) == pytest.approx(weighted, rel=1e-9)
     assert by_id(report)[f"test_mean[{dev}]"]["entities"][0]["series"]["mean"] == pytest.approx(weighted, rel=1e-9)
+
+
+def test_a_check_file_is_loaded_alone(tmp_path):
+    """No __init__.py beside or above it runs, pytest_plugins and hooks are refused with FILE:LINE,
+    and sys.exit() at import is a usage error, not a crash."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (tmp_path / "__init__.py").write_text(f"open({str(tmp_path / 'above-ran')!r}, 'w')\n")
+    (pkg / "__init__.py").write_text(f"open({str(tmp_path / 'beside-ran')!r}, 'w')\n")
+    (tmp_path / "rewrite.py").write_text(
+        "import pytest\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+        "    out = yield\n    out.get_result().outcome = 'passed'\n")
+    (pkg / "test_plugins.py").write_text("pytest_plugins = ['rewrite']\n\ndef test_x():\n    assert False\n")
+    (pkg / "test_hook.py").write_text("def test_x():\n    assert False\n\n\ndef pytest_collection_modifyitems(items):\n"
+                                      "    items.clear()\n")
+    (pkg / "test_exit.py").write_text("import sys\nsys.exit(0)\n")
+    (pkg / "test_fine.py").write_text("def test_fine():\n    assert True\n")
+    for name, line, words in (("test_plugins.py", 1, "pytest_plugins"), ("test_hook.py", 5, "pytest hook"),
+                              ("test_exit.py", 2, "SystemExit")):
+        r = vcheck(str(pkg / name), cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+        assert r.returncode == 4, r.stdout + r.stderr
+        assert f"{pkg / name}:{line}:" in r.stderr and words in r.stderr, r.stderr
+    r = vcheck(str(pkg / "test_fine.py"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (tmp_path / "above-ran").exists() and not (tmp_path / "beside-ran").exists()
