@@ -84,6 +84,17 @@ class _Client:
 
     def __init__(self, q: GateQuery, at: float):
         self.base = check_url(q.url)
+        parts = urllib.parse.urlsplit(self.base)
+        self.headers = {"Accept": "application/json", "User-Agent": f"vcheck/{__version__}"}
+        if parts.username is not None:     # http://user:password@host: basic auth, never in a message
+            import base64
+
+            cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self.headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
+            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+            if ":" in parts.hostname:
+                netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+            self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
         self.at = at
         self.timeout = q.timeout
         self.deadline = time.monotonic() + q.timeout
@@ -96,7 +107,7 @@ class _Client:
         if left <= 0:
             raise self._fail(f"no answer within {self.timeout:g}s (--timeout)")
         url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
-        req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": f"vcheck/{__version__}"})
+        req = urllib.request.Request(url, headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=left) as resp:
                 body = self._read(resp)

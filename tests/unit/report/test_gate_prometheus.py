@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vcheck.cli import main
-from vcheck.report.gate_prometheus import PrometheusUnreachable, _item_name, check_url, promql_string, version_note
+from vcheck.report.gate_prometheus import GateQuery, PrometheusUnreachable, _Client, _item_name, check_url, promql_string, \
+    version_note
 
 
 def test_promql_strings_are_escaped():
@@ -42,3 +43,10 @@ def test_bad_options_are_one_line_usage_errors(capsys, args, message):
     assert main(["gate", "--prometheus", "http://127.0.0.1:1", *args]) == 4
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_credentials_in_the_url_become_basic_auth_and_leave_the_url():
+    c = _Client(GateQuery("https://gate:s3cr%40t@prom.example:9443/prefix"), at=0.0)
+    assert c.base == "https://prom.example:9443/prefix"
+    assert c.headers["Authorization"] == "Basic Z2F0ZTpzM2NyQHQ="      # gate:s3cr@t
+    assert "s3cr" not in c._fail("x").args[0]
