@@ -7,7 +7,7 @@ culprits, containers) resolves it here, so the same task reads the same everywhe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from .collectors.cgroups import proc_cgroups, unit_of
@@ -30,6 +30,7 @@ class TaskIdentity:
     nspid: tuple[int, ...] = ()
     namespaces: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)   # vm= / namespace= pod= container=
+    exiting: str = ""            # "exited (a zombie, not yet reaped)" | "exiting": it no longer runs
 
     def describe(self) -> str:
         """"pid 4121 'ffmpeg' (unit transcoder.service)": how evidence names the task."""
@@ -89,10 +90,18 @@ class Resolver:
         return self._cache[pid]
 
     def _resolve(self, pid: int, comm: str) -> TaskIdentity:
+        ident = self._owner(pid, comm)
+        if ident.kind == "exited" or not ident.exiting:
+            return ident
+        # a zombie or a task in exit: its owner still reads, but it no longer runs
+        return replace(ident, kind="exited", owner=f"{ident.owner}, {ident.exiting}")
+
+    def _owner(self, pid: int, comm: str) -> TaskIdentity:
         proc = self.roots.proc
         try:
             status = read_text(proc / str(pid) / "status")
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            flags = task_flags(read_text(proc / str(pid) / "stat"))
             tgid = int(fields.get("Tgid", str(pid)).strip())
             comm = comm or fields.get("Name", "").strip()
             chain = tuple(int(x) for x in fields.get("NSpid", str(pid)).split())
@@ -102,7 +111,10 @@ class Resolver:
             return TaskIdentity(pid, pid, comm or "?", "exited", "exited before it could be resolved")
         cgroup = cgroups.get("cpu") or cgroups.get("") or next(iter(cgroups.values()), "")
         unit = unit_of(cgroup)
-        common = {"cgroup": cgroup, "unit": unit, "nspid": chain, "namespaces": namespaces}
+        state = fields.get("State", "").strip()
+        exiting = ("exited (a zombie, not yet reaped)" if state.startswith(("Z", "X")) else
+                   "exiting" if flags & PF_EXITING else "")
+        common = {"cgroup": cgroup, "unit": unit, "nspid": chain, "namespaces": namespaces, "exiting": exiting}
         if pid in self._vcpu_threads or tgid in self.vms:
             vm, index = self._vcpu_threads.get(pid, (self.vms.get(tgid), None))
             assert vm is not None
@@ -118,8 +130,15 @@ class Resolver:
             return TaskIdentity(pid, tgid, comm, "unit", f"unit {unit}", **common)
         if cgroup and cgroup != "/":
             return TaskIdentity(pid, tgid, comm, "cgroup", f"cgroup {cgroup}", **common)
-        try:
-            kernel = not read_text(proc / str(pid) / "cmdline")
-        except OSError:
-            kernel = False
-        return TaskIdentity(pid, tgid, comm, "host", "kernel thread" if kernel else "host, root cgroup", **common)
+        # PF_KTHREAD, not an empty cmdline: a zombie's or an exiting task's cmdline is empty too
+        return TaskIdentity(pid, tgid, comm, "host", "kernel thread" if flags & PF_KTHREAD else "host, root cgroup",
+                            **common)
+
+
+PF_EXITING = 0x00000004    # include/linux/sched.h: getting shut down
+PF_KTHREAD = 0x00200000    # include/linux/sched.h: I am a kernel thread
+
+
+def task_flags(stat_text: str) -> int:
+    """The task's PF_* flags: field 9 of /proc/PID/stat (after the parenthesised comm)."""
+    return int(stat_text.rsplit(")", 1)[1].split()[6])

@@ -29,6 +29,9 @@ from .base import Collector, Needs, Unavailable
 
 OPS = ("read", "write", "flush", "discard", "other")   # index = the op code in block_latency.c
 SLOWEST_KEPT = 20           # the N slowest I/Os of the window, always in the evidence
+# streamed and held: twice as many, since an fsync's empty preflush write folds into its flush
+SLOWEST_HELD = 2 * SLOWEST_KEPT
+PREFLUSH_SLACK = 0.001      # s: an empty preflush completes right after the flush that served it
 OVER_THRESHOLD_KEPT = 1000  # I/Os over a check's outlier threshold kept as evidence; more are counted
 SECTOR = 512
 
@@ -110,6 +113,29 @@ def untimed(before: DiskCounters, after: DiskCounters, timed: Mapping[str, Histo
         missing = (b[op] - a[op]) - n
         if missing > 0:
             out[op] = Untimed(missing, max(0.0, (b_ms[op] - a_ms[op]) / 1000 - spent) + 0.001)
+    return out
+
+
+def fold_preflushes(events: list[dict]) -> list[dict]:
+    """The events with each fsync's empty preflush write folded into the flush that served it:
+    the kernel completes that write (sector 0, 0 B) right after the flush, timed from the same
+    issue, so as a row of its own it would show one slow fsync twice. The flush keeps it as
+    its `parts`; the write is marked `folded` (still counted in the histogram: the kernel
+    completed two requests)."""
+    flushes = [e for e in events if e.get("op") == "flush"]
+    out = []
+    for ev in events:
+        if ev.get("op") == "write" and not ev.get("bytes") and not ev.get("folded"):
+            served = min((f for f in flushes if f["device"] == ev["device"] and not f.get("parts")
+                          and abs(ev["time"] - f["time"]) <= PREFLUSH_SLACK
+                          and -PREFLUSH_SLACK <= ev["latency"] - f["latency"] <= PREFLUSH_SLACK),
+                         key=lambda f: abs(ev["time"] - f["time"]), default=None)
+            if served is not None:
+                served["parts"] = (f"flush, and the empty preflush write it served (sector {ev['sector']}, "
+                                   f"0 B, pid {ev['pid']} '{ev['comm']}')")
+                ev["folded"] = True
+                continue
+        out.append(ev)
     return out
 
 
@@ -321,7 +347,7 @@ class BlockLatencyCollector(Collector):
         threshold while fewer than OVER_THRESHOLD_KEPT are kept, or slower than the N-th slowest
         seen so far. The floor climbs within milliseconds, so only a few hundred I/Os of a
         busy window ever leave the kernel."""
-        floor = 1 if len(self._slowest) < SLOWEST_KEPT else self._slowest[0][0] + 1
+        floor = 1 if len(self._slowest) < SLOWEST_HELD else self._slowest[0][0] + 1
         if self._threshold_ns is not None and len(self._over) < OVER_THRESHOLD_KEPT:
             floor = min(floor, self._threshold_ns)
         if floor != self._floor_now:
@@ -339,7 +365,7 @@ class BlockLatencyCollector(Collector):
         self._owners.setdefault(e.pid, "")
         self._seq += 1
         item = (e.latency_ns, self._seq, ev)
-        if len(self._slowest) < SLOWEST_KEPT:
+        if len(self._slowest) < SLOWEST_HELD:
             heapq.heappush(self._slowest, item)
         elif e.latency_ns > self._slowest[0][0]:
             heapq.heapreplace(self._slowest, item)
@@ -400,10 +426,11 @@ class BlockLatencyCollector(Collector):
 
         events: dict[tuple[str, str], list[dict]] = {}
         seen = set()
-        for ev in [e for _, _, e in sorted(self._slowest, reverse=True)] + self._over:
+        slowest = fold_preflushes([e for _, _, e in sorted(self._slowest, reverse=True)])[:SLOWEST_KEPT]
+        for ev in slowest + fold_preflushes(self._over):
             # one I/O may sit in both lists, as the same dict; two I/Os may share device, sector
             # and time (the empty preflush writes one flush completes)
-            if id(ev) not in seen:
+            if id(ev) not in seen and not ev.get("folded"):
                 seen.add(id(ev))
                 ev["owner"] = self._owners.get(ev["pid"], "")
                 events.setdefault((ev["device"], ev["op"]), []).append(ev)
