@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,40 @@ def test_a_check_file_is_loaded_alone(tmp_path):
     r = vcheck(str(pkg / "test_fine.py"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (tmp_path / "above-ran").exists() and not (tmp_path / "beside-ran").exists()
+
+
+def test_a_pinned_vm_beside_a_vm_whose_vcpus_cannot_be_found_is_not_a_pass(qemu_vm, tmp_path):
+    """Two VMs pinned to host CPU 1; one is unnamed and spins flat out, so its vCPU thread is
+    never seen in KVM_RUN. The named VM cannot pass 'do not share host CPUs': inconclusive
+    naming the other VM, or failed on the overlap where discovery caught the vCPU after all."""
+    a = qemu_vm("pin-a", smp=1)
+    bios = tmp_path / "spin.bin"
+    image = bytearray(64 * 1024)
+    image[0xFFF0:0xFFF2] = b"\xeb\xfe"      # jmp $ at the reset vector
+    bios.write_bytes(bytes(image))
+    hidden = subprocess.Popen([shutil.which("qemu-system-x86_64"), "-accel", "kvm", "-bios", str(bios),
+                               "-name", "pin-x", "-m", "32", "-smp", "1", "-display", "none", "-monitor", "none",
+                               "-nodefaults"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        for tid in a.vcpu_tids:
+            os.sched_setaffinity(tid, {1})
+        for tid in os.listdir(f"/proc/{hidden.pid}/task"):      # every thread of it: vCPU included
+            os.sched_setaffinity(int(tid), {1})
+        time.sleep(0.3)
+        # the kernel's own view: every thread of both VMs may run on CPU 1 only
+        assert all(os.sched_getaffinity(int(t)) == {1} for t in os.listdir(f"/proc/{hidden.pid}/task"))
+        report = tmp_path / "r.json"
+        vcheck(str(CHECKS / "test_vms.py"), "--json", str(report), cwd=tmp_path)
+        results = by_id(report)
+    finally:
+        hidden.kill()
+        hidden.wait()
+    mine = results["test_pinned_vcpus_do_not_share_host_cpus[pin-a]"]
+    other = results["test_pinned_vcpus_do_not_share_host_cpus[pin-x]"]
+    assert mine["outcome"] != "pass", mine
+    if other["outcome"] == "error":              # inconclusive: pin-x's vCPU thread was not found
+        assert "inconclusive: pin-x" in other["reason"] and "0 of 1 vCPU threads found" in other["reason"], other
+        assert mine["outcome"] == "error" and "inconclusive" in mine["reason"] and "pin-x" in mine["reason"], mine
+    else:                                        # found after all: the overlap itself fails
+        assert mine["outcome"] == "fail" and "share host CPU 1" in mine["reason"], mine
