@@ -20,6 +20,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -481,12 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import EARLY_SIGNALS
+
     try:
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGHUP, _interrupt)    # a closed terminal or session: end as Ctrl-C does
+        for sig, handler in ((signal.SIGTERM, _interrupt), (signal.SIGHUP, _interrupt),   # a closed terminal:
+                             (signal.SIGINT, signal.default_int_handler)):            # end as Ctrl-C does
+            if signal.getsignal(sig) is not signal.SIG_IGN:   # ignored by whoever started us (nohup): kept
+                signal.signal(sig, handler)
     except ValueError:   # called from a thread (an embedding program): its signals are its own
         pass
+    if EARLY_SIGNALS:
+        print(f"vcheck: interrupted by {signal.Signals(EARLY_SIGNALS[0]).name} while starting; "
+              "nothing was sampled or written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     parser = build_parser()
     # `vcheck run` passes options it does not know on to pytest (-x, --lf, -p ...)
     args, extra = parser.parse_known_args(argv)
@@ -514,8 +526,37 @@ def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM outside the pytest session (while validating, while moving JUnit into place), and
     SIGHUP at any time, end the run the way Ctrl-C does: exit 2, one line, the report saying
     which signal (the plugin handles SIGTERM itself during the session)."""
+    try:
+        if signum in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            # the run is ending and holds these (plugin._hold_ending_signals): another thread
+            # took it; pend it on this thread for entry() instead of cutting a report short
+            signal.pthread_kill(threading.main_thread().ident, signum)
+            return
+    except (OSError, ValueError):
+        pass
     raise SignalInterrupt(signal.Signals(signum).name)
 
 
+def entry() -> NoReturn:
+    """The `vcheck` command: main(), then the last instruction too ends with exit 2 on a signal.
+    From here on SIGTERM, SIGINT and SIGHUP are held (the plugin holds them already while the
+    reports are written); one that came meanwhile is pending, and turns the exit code into 2."""
+    rc = main()
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
+        pending = sorted(signal.sigpending() & set(ENDING_SIGNALS))
+    except (ValueError, OSError):
+        pending = []
+    if pending and rc != EXIT_INTERRUPTED:
+        print(f"vcheck: interrupted by {signal.Signals(pending[0]).name} as the run ended; the reports "
+              "written are complete", file=sys.stderr)
+        rc = EXIT_INTERRUPTED
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -252,6 +252,7 @@ def _on_sigterm(config: pytest.Config):
             state.session.stop()
             return
         if state.terminating:
+            _keep_pending(signum)
             return
         state.terminating = True
         state.interrupted_by = state.interrupted_by or "SIGTERM"
@@ -285,6 +286,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     state = config.stash.get(STATE_KEY, None)
     recorder = config.stash.get(RECORDER_KEY, None)
+    if state is not None and config.option.vcheck_cli:
+        _hold_ending_signals(config)
     if state is None or recorder is None:
         return
     state.terminating = True
@@ -295,6 +298,35 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     recorder.observed(RunFacts(
         store=state.store, layer_of=layer_of, interrupted_by=state.interrupted_by, cost=_cost(state),
         policies=[{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()]))
+
+
+_ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _hold_ending_signals(config: pytest.Config) -> None:
+    """The verdicts are in: from here a signal cannot cut a report short. It stays pending, and
+    the vcheck command (cli.entry) ends with exit 2 for it once the reports are written; a report
+    stream whose reader stalls is given up when one is pending (report/output.py)."""
+    import threading
+
+    timer = config.stash.get(_TIMER, None)
+    if timer is not None:
+        timer.cancel()
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING)
+
+
+def _keep_pending(signum: int) -> None:
+    """A signal taken by another thread while the main thread holds these: pend it on the main
+    thread, where cli.entry finds it."""
+    import threading
+
+    main = threading.main_thread()
+    try:
+        if threading.current_thread() is main and signum in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            signal.pthread_kill(main.ident, signum)
+    except (OSError, ValueError):
+        pass
 
 
 def _cost(state: RunState) -> dict | None:

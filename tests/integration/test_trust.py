@@ -231,3 +231,37 @@ def test_json_to_dev_stdout_redirected_to_a_file(tmp_path):
                            stdout=f, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert '"format": "vcheck.report"' in out.read_text()
+
+
+@pytest.mark.rig
+def test_a_signal_at_any_moment_ends_with_exit_2_and_an_honest_report(tmp_path):
+    """SIGTERM swept over a whole run (start-up, collection, the window, judging, writing): the
+    exit code is 2 whenever the signal came before the process ended; the report is the previous
+    one untouched or a complete vcheck report, and one that says exit 2 says who interrupted it."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policy: sweep\nchecks:\n  - {id: idle, metric: cpu.idle, expect: '>= 0%', window: 1s}\n")
+    report = tmp_path / "r.json"
+    seen = set()
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.1, 1.4, 1.7, 2.0, 2.5, 3.0, 4.0):
+        report.write_text('{"previous": true}')
+        p = subprocess.Popen(VCHECK + ["run", str(policy), "--json", str(report), "-q"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        ended_before = p.poll() is not None
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        assert "Traceback" not in err, (delay, err)
+        if ended_before:
+            continue
+        # before Python runs any of vcheck's code the default action still applies (-15)
+        assert p.returncode in (2, -signal.SIGTERM), (delay, p.returncode, err)
+        data = json.loads(report.read_text())
+        if data.get("previous"):
+            seen.add("untouched")
+            continue
+        assert data["format"] == "vcheck.report"
+        if data["exit_status"] == 2:
+            assert data["interrupted_by"] == "SIGTERM", (delay, data.get("interrupted_by"))
+        seen.add("report")
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+    assert seen == {"untouched", "report"}, seen

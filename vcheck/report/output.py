@@ -16,10 +16,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import select
 import signal
 import stat
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -101,12 +103,39 @@ def _inherited_fd(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+STREAM_STALL = 60.0      # seconds a stream's reader may take nothing before vcheck gives up
+
+
 def _write_all(fd: int, data: bytes) -> None:
-    """All of `data` to a stream (short writes continued), signals held until it is out."""
+    """All of `data` to a stream (short writes continued), signals held while it goes out. A
+    reader that takes nothing cannot hold vcheck: the write waits in slices, and ends with an
+    OutputError when a held signal is pending (SIGTERM, SIGINT, --timeout) or after
+    STREAM_STALL seconds without progress."""
     view = memoryview(data)
     with _signals_held():
+        stalled_since = time.monotonic()
         while view:
-            view = view[os.write(fd, view):]
+            _, ready, _ = select.select([], [fd], [], 0.2)
+            if ready:
+                view = view[os.write(fd, view[:PIPE_CHUNK]):]
+                stalled_since = time.monotonic()
+                continue
+            pending = _pending_held()
+            if pending:
+                raise OutputError(f"interrupted by {pending} while the reader took nothing; cut short")
+            if time.monotonic() - stalled_since > STREAM_STALL:
+                raise OutputError(f"the reader took nothing for {STREAM_STALL:.0f}s; cut short")
+
+
+PIPE_CHUNK = 4096        # a pipe that polls writable has room for this much: the write never blocks
+
+
+def _pending_held() -> str | None:
+    try:
+        pending = signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    except OSError:
+        return None
+    return signal.Signals(min(pending)).name if pending else None
 
 
 def _write_fd(target: Path, fd: int, data: bytes) -> None:

@@ -160,3 +160,29 @@ def test_a_descriptor_the_caller_opened_is_written_as_it_is(tmp_path):
     os.close(w)
     assert os.read(r, 100) == b"piped"
     os.close(r)
+
+
+def test_a_stream_whose_reader_never_reads_gives_way_to_a_signal(tmp_path):
+    """A FIFO opened by a reader that takes nothing: the write ends when SIGTERM is pending
+    (held while the file goes out), not never; the signal is then delivered as usual."""
+    import signal
+    import time
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)      # opened, never read
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(main, signal.SIGTERM))
+    try:
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(OutputError, match="interrupted by SIGTERM"):
+            write_output(str(fifo), b"x" * (4 << 20))
+        assert time.monotonic() - start < 10
+        assert got == [signal.SIGTERM]          # delivered once the write gave up
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
+        os.close(reader)
