@@ -1,6 +1,6 @@
 """The fleet at scale, by simulation on the real engines.
 
-    .venv/bin/python benchmarks/bench_fleet.py [--nodes 10000] [--reports 2000] [--window 10s]
+    .venv/bin/python benchmarks/bench_fleet.py [--nodes 10000] [--reports 2000] [--window 10s] [--only PART]
 
 1. `vcheck gate --prometheus` over N nodes: vcheck's textfile series for N nodes (as N
    node_exporters would have them scraped: instance and job labels, node_textfile_mtime_seconds,
@@ -200,15 +200,19 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10000)
     ap.add_argument("--reports", type=int, default=2000)
     ap.add_argument("--window", default="10s", help="the template run's window for the merge reports")
+    ap.add_argument("--only", choices=("alert", "gate", "merge"), help="one part only")
     a = ap.parse_args()
     for tool in ("promtool", "prometheus"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_fleet: {tool} is not installed (scripts/setup.sh installs it)")
     with tempfile.TemporaryDirectory(prefix="vcheck-bench-fleet-") as tmp:
         work = Path(tmp)
-        bench_alert(work)
-        bench_gate(a.nodes, work)
-        bench_merge(a.reports, a.window, work)
+        if a.only in (None, "alert"):
+            bench_alert(work)
+        if a.only in (None, "gate"):
+            bench_gate(a.nodes, work)
+        if a.only in (None, "merge"):
+            bench_merge(a.reports, a.window, work)
 
 
 if __name__ == "__main__":
