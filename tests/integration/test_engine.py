@@ -157,7 +157,13 @@ def test_junit_points_at_the_policy_line_and_carries_evidence(policy_file, tmp_p
     assert props["vcheck.outcome"] == "fail" and props["vcheck.metric"] == "cpu.user"
     assert float(props["vcheck.cpu1.max"].rstrip("%")) > 50
     assert "VIOLATED" in failing.find("failure").text
-    assert "PASS" in cases["user[cpu0]"].find("system-out").text
+    # cpu0 carries whatever else the shared machine runs: its case follows its own figure
+    cpu0 = cases["user[cpu0]"]
+    props0 = {pr.get("name"): pr.get("value") for pr in cpu0.iter("property")}
+    if float(props0["vcheck.cpu0.max"].rstrip("%")) < 50:
+        assert props0["vcheck.outcome"] == "pass" and "PASS" in cpu0.find("system-out").text
+    else:
+        assert props0["vcheck.outcome"] == "fail" and "VIOLATED" in cpu0.find("failure").text
 
 
 def test_sigterm_mid_window_stops_cleanly(policy_file, tmp_path):

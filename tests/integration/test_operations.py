@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, require_root, rig_fail, vcheck_programs
+from tests.rig.common import VCHECK, remove_cgroup_tree, require_root, rig_fail, vcheck_programs
 from tests.rig.io import cpu_hogs
 
 pytestmark = pytest.mark.rig
@@ -26,7 +26,7 @@ policy: ops
 defaults: {window: 1s, interval: 1s}
 checks:
   - {id: idle-ok, metric: cpu.idle, expect: "<= 100%"}
-  - {id: never, metric: cpu.idle, expect: "< 0%"}
+  - {id: never, metric: cpu.busy, expect: "< 0%"}
 """
 
 PASSING = """\
@@ -101,6 +101,7 @@ def test_prometheus_textfile_is_scraped_with_labels_and_values(node_exporter, po
              if line.startswith('vcheck_check_value{check="never"')]
     threshold = [line for line in second.splitlines()
                  if line.startswith('vcheck_check_threshold{check="never"')]
+    # busy is above 0 however loaded the machine is: vcheck itself runs in the window
     assert value and float(value[0].split()[-1]) > 0 and threshold and float(threshold[0].split()[-1]) == 0
     assert 'vcheck_run_checks{node="node-a",outcome="fail"} 1' in second
     # a failed run keeps the time of the last successful one
@@ -108,27 +109,43 @@ def test_prometheus_textfile_is_scraped_with_labels_and_values(node_exporter, po
             if line.startswith("vcheck_last_success_timestamp_seconds")] == last_ok
 
 
-REGRESS = """\
+GATE_CGROUP = "vcheck-gate"
+REGRESS = f"""\
 policy: gate
-defaults: {window: 3s, interval: 1s}
+defaults: {{window: 3s, interval: 1s}}
 checks:
-  - {id: user, metric: cpu.user, per: cpu, expect: "<= 100%", regress: "mean +20"}
+  - {{id: cpu, metric: cgroup.cpu, per: cgroup, select: {{cgroup: /{GATE_CGROUP}/work}}, expect: "<= 400%",
+     regress: "mean +20"}}
 """
 
 
 def test_baseline_gate_catches_a_real_regression(policy_file, tmp_path):
+    """The regression is one the test makes: a cgroup of its own is idle in the baseline run and
+    holds a busy loop in the next, so the gate fails however loaded the shared machine is (the
+    loop gets at least its fair share of CPU 1)."""
+    require_root()
     policy = policy_file(REGRESS)
     before, after = tmp_path / "before.json", tmp_path / "after.json"
-    r = vcheck("run", str(policy), "--json", str(before))
-    assert r.returncode == 0, r.stdout + r.stderr
-    with cpu_hogs(cpu=0, n=1), cpu_hogs(cpu=1, n=1):
-        r = vcheck("run", str(policy), "--baseline", str(before), "--json", str(after))
+    work = [Path("/sys/fs/cgroup") / c / GATE_CGROUP / "work" for c in ("cpu", "cpuacct")]
+    for d in work:
+        d.mkdir(parents=True, exist_ok=True)
+    try:
+        r = vcheck("run", str(policy), "--json", str(before))
+        assert r.returncode == 0, r.stdout + r.stderr
+        with cpu_hogs(cpu=1, n=1) as hogs:
+            for d in work:
+                (d / "cgroup.procs").write_text(str(hogs[0].pid))
+            r = vcheck("run", str(policy), "--baseline", str(before), "--json", str(after))
+    finally:
+        time.sleep(0.1)
+        remove_cgroup_tree(GATE_CGROUP)
     assert r.returncode == 1, r.stdout + r.stderr
     res = {x["nodeid"].split("::")[1]: x for x in json.loads(after.read_text())["results"]}
-    user = res["user[cpu1]"]
-    assert user["outcome"] == "fail" and "regressed against the baseline" in user["reason"]
-    m = [m for m in user["entities"][0]["measurements"] if m["statistic"] == "mean vs baseline"][0]
-    assert m["passed"] is False and "baseline" in m["threshold_text"] and m["measured"] > 50
+    cpu = res[f"cpu[/{GATE_CGROUP}/work]"]
+    assert cpu["outcome"] == "fail" and "regressed against the baseline" in cpu["reason"]
+    m = [m for m in cpu["entities"][0]["measurements"] if m["statistic"] == "mean vs baseline"][0]
+    base = json.loads(before.read_text())["results"][0]["entities"][0]["series"]["mean"]
+    assert m["passed"] is False and "baseline" in m["threshold_text"] and m["measured"] > base + 20, (m, base)
     # the same run against itself is no regression; compare needs no sampling
     r = vcheck("compare", str(after), str(after), str(policy))
     assert r.returncode == 0, r.stdout + r.stderr
