@@ -13,6 +13,7 @@ an ini file's options, PYTEST_ADDOPTS or another installed pytest plugin (it run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shutil
@@ -23,7 +24,7 @@ import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 from .catalog import Catalog
 from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_NO_TESTS, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, \
@@ -131,8 +132,53 @@ def _html_args(private: Path) -> list[str]:
             f"--html={private / HTML_REPORT}", "--self-contained-html"]
 
 
+_STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+@contextlib.contextmanager
+def _reports_own_stdout(args: argparse.Namespace, names: Sequence[str]) -> Iterator[None]:
+    """When a report goes to standard output, it has standard output to itself: the terminal
+    text goes to standard error meanwhile, so `--json /dev/stdout > r.json` is valid JSON."""
+    if not any(getattr(args, n, None) in _STDOUT_NAMES for n in names):
+        yield
+        return
+    sys.stdout.flush()
+    terminal, sys.stdout = sys.stdout, sys.stderr    # the report is written to descriptor 1 itself
+    try:
+        yield
+    finally:
+        sys.stdout = terminal
+
+
+class Preloaded:
+    """Saved reports the command line already read and checked (once: a pipe or /dev/stdin can
+    be read only once, and pytest's capture puts /dev/null on stdin), handed to the plugin."""
+
+    NAME = "vcheck-preloaded"
+
+    def __init__(self, reports: dict[str, dict]):
+        self.reports = reports
+
+
+def _preload(paths: Sequence[str | None]) -> Preloaded | int:
+    """Each saved report named, read and checked now; a bad one is one line and exit 4."""
+    from .report.json_report import read_report
+
+    reports = {}
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            reports[path] = read_report(path)
+        except ReportFormatError as exc:
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
+            return EXIT_USAGE
+    return Preloaded(reports)
+
+
 def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
-                     argv: Callable[[Path], list[str]] | None = None, judging: bool = True) -> int:
+                     argv: Callable[[Path], list[str]] | None = None, judging: bool = True,
+                     preloaded: Preloaded | None = None) -> int:
     """Run pytest on the policies without anything the operator did not name; JUnit and HTML go
     to a private directory first and are then written to their place like every other output.
     `argv` replaces the policies' arguments; with judging=False (a saved report drawn) failed
@@ -144,7 +190,13 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
     autoload = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     try:
-        rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra)))
+        if preloaded is None:
+            loaded = _preload([getattr(args, "replay", None), getattr(args, "baseline", None)])
+            if isinstance(loaded, int):
+                return loaded
+            preloaded = loaded
+        rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra),
+                             plugins=[preloaded]))
         if not judging and rc == EXIT_FAILED:
             rc = EXIT_OK
         from .report.output import write_output
@@ -174,9 +226,13 @@ def _take_lock(path: str) -> int | None:
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ValueError("not a regular file")
+    if st.st_nlink != 1:      # a hard link to some other file: never truncated or written
+        os.close(fd)
+        raise ValueError(f"it has {st.st_nlink} hard links; a lock file must be vcheck's own")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,19 +278,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Judge AFTER (its thresholds, and regress: against BEFORE) without sampling anything."""
-    from .report.json_report import read_report
-
-    for path in (args.before, args.after):
-        try:
-            read_report(path)
-        except ReportFormatError as exc:
-            print(printable(f"vcheck: {exc}"), file=sys.stderr)
-            return EXIT_USAGE
+    loaded = _preload([args.before, args.after])       # each read once: <(...) works
+    if isinstance(loaded, int):
+        return loaded
     status = _validate_all(_policies(args), Catalog())
     if status:
         return status
     args.replay, args.baseline = args.after, args.before
-    return _hermetic_pytest(args)
+    return _hermetic_pytest(args, preloaded=loaded)
 
 
 def _failing_nodes_spec(text: str) -> str:
@@ -507,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.pytest_args = extra
     try:
-        return int(args.func(args))
+        with _reports_own_stdout(args, ("json", "junitxml", "html", "prom_textfile")):
+            return int(args.func(args))
     except KeyboardInterrupt:
         print("vcheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -174,6 +174,10 @@ class NodeModel:
         except Unavailable as exc:
             self.notes.append(exc.reason)
             return []
+        except OSError as exc:
+            self.notes.append(f"cannot list VMs: {exc.strerror or exc}"
+                              + (" (vcheck needs root for this)" if isinstance(exc, PermissionError) else ""))
+            return []
         out = []
         for vm in found:
             views = []
@@ -188,7 +192,12 @@ class NodeModel:
 
     @cached_property
     def containers(self) -> list[ContainerView]:
-        found, notes = discover_containers(self.roots)
+        try:
+            found, notes = discover_containers(self.roots)
+        except OSError as exc:      # not root: the runtime's socket or state is not ours to read
+            self.notes.append(f"cannot list containers: {exc.strerror or exc}"
+                              + (" (vcheck needs root for this)" if isinstance(exc, PermissionError) else ""))
+            return []
         self.notes.extend(notes)
         out = []
         for c in found:

@@ -68,13 +68,18 @@ def pytest_configure(config: pytest.Config) -> None:
     window = _duration_option(config.option.vcheck_window, "--window")
     _duration_option(config.option.vcheck_timeout, "--timeout")
     state = RunState(catalog=Catalog(), roots=HostRoots.from_env(), window_override=window)
+    preloaded = next((p.reports for p in config.pluginmanager.get_plugins()      # cli.Preloaded
+                      if getattr(p, "NAME", None) == "vcheck-preloaded"), {})
+
+    def saved(path: str) -> dict:
+        return preloaded[path] if path in preloaded else read_report(path)
     try:
         if config.option.vcheck_replay:
             path = config.option.vcheck_replay
-            state.replay = store_from_report(read_report(path), path)
+            state.replay = store_from_report(saved(path), path)
         if config.option.vcheck_baseline:
             path = config.option.vcheck_baseline
-            state.baseline = store_from_report(read_report(path), path)
+            state.baseline = store_from_report(saved(path), path)
         if config.option.vcheck_waivers:
             state.waivers = load_waivers(config.option.vcheck_waivers)
     except (ReportFormatError, UsageError) as exc:

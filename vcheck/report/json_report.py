@@ -412,6 +412,13 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     """read_report on bytes already read (a report can be read only once from a pipe)."""
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise ReportFormatError(f"{path}:{exc.lineno}:{exc.colno}: not a readable JSON report ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ReportFormatError(f"{path}: not a readable JSON report (not UTF-8 at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ReportFormatError(f"{path}: not a readable JSON report ({str(exc)[:120]})") from None
+    try:
         depth = max_depth(data)
         if depth > MAX_DEPTH:
             raise ValueError(f"nested {depth} levels deep (at most {MAX_DEPTH})")
