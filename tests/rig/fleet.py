@@ -240,6 +240,45 @@ def silent_server() -> Iterator[str]:
         s.close()
 
 
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """A loopback HTTP server that answers 200 at once and then sends its body a byte at a time,
+    slower than any client waits: a Prometheus too slow to finish its answer."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        conns = []
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{")
+                conns.append(c)
+            except OSError:
+                pass
+            for c in conns:
+                try:
+                    c.send(b" ")
+                except OSError:
+                    pass
+        for c in conns:
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
 # --- sshd for Ansible ---------------------------------------------------------------------
 
 @dataclass

@@ -12,6 +12,7 @@ is an error, never a pass.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -20,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +89,6 @@ class _Client:
         parts = urllib.parse.urlsplit(self.base)
         self.headers = {"Accept": "application/json", "User-Agent": f"vcheck/{__version__}"}
         if parts.username is not None:     # http://user:password@host: basic auth, never in a message
-            import base64
-
             cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
             self.headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
             netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
@@ -126,18 +126,22 @@ class _Client:
 
     def query_all(self, queries: dict[str, str]) -> dict[str, list[tuple[dict[str, str], float]]]:
         """The queries at once (Prometheus answers them in parallel); the first error raised."""
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(self.query, promql) for name, promql in queries.items()}
             return {name: f.result() for name, f in futures.items()}
 
     def _read(self, resp: Any) -> bytes:
+        """The body, by what each receive brings (read1), the socket's timeout shrinking to the
+        deadline: a server trickling bytes is as slow as a silent one."""
+        sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
         chunks, size = [], 0
         while True:
-            if time.monotonic() > self.deadline:    # a server trickling bytes is as slow as a silent one
+            left = self.deadline - time.monotonic()
+            if left <= 0:
                 raise self._fail(f"no answer within {self.timeout:g}s (--timeout)")
-            chunk = resp.read(1 << 16)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = resp.read1(1 << 16)
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
