@@ -237,6 +237,16 @@ def _prefix_figures(prefix: str, iface: Mapping[str, Mapping[str, float]], proto
     return out
 
 
+def mark_gone(store, metrics: frozenset[str], labels: Mapping[str, str], t: float, why: str) -> None:
+    """These metrics' observations of exactly this entity vanished at t. (store.mark_gone matches
+    every metric: a node interface named eth0 must not end a container's eth0.)"""
+    want = tuple(sorted(labels.items()))
+    for m in metrics:
+        for o in store.for_metric(m):
+            if o.labels == want and o.gone_at is None:
+                o.gone_at, o.gone_reason = t, why
+
+
 class NamespaceReader:
     """Two successive reads of one namespace -> figures; remembers interfaces gone or reset."""
 
@@ -294,7 +304,7 @@ class NetCollector(Collector):
         if wall <= 0:
             return
         for n in gone:
-            self.store.mark_gone({"interface": n}, t, f"interface {n} was removed or renamed")
+            mark_gone(self.store, self.request.metrics, {"interface": n}, t, f"interface {n} was removed or renamed")
         for n in new:
             self.store.note(self.name, f"interface {n} appeared at +{t:.1f}s (new or renamed); "
                                        "counted from its next interval")
@@ -392,7 +402,7 @@ class ContainerNetCollector(Collector):
             if wall <= 0:
                 continue
             for n in gone:
-                self.store.mark_gone({**identity, "interface": n}, t, f"interface {n} was removed or renamed")
+                mark_gone(self.store, wanted, {**identity, "interface": n}, t, f"interface {n} was removed or renamed")
             iface = {n: interface_figures(a.devices[n], b.devices[n], wall)
                      for n in b.devices if n in a.devices and n not in reset}
             sent = float(segments_sent(a, b))
@@ -525,7 +535,7 @@ class VmNetCollector(Collector):
                 continue
             for tap in taps:
                 if tap not in b.devices:
-                    self.store.mark_gone({"vm": name, "interface": tap}, t, f"tap {tap} was removed")
+                    mark_gone(self.store, wanted, {"vm": name, "interface": tap}, t, f"tap {tap} was removed")
                     continue
                 if tap not in a.devices or tap in reset:
                     continue

@@ -59,3 +59,14 @@ def test_counters_that_went_backwards_count_zero():
     a, b = parse_net_dev(NET_DEV)["eth0"], dict(parse_net_dev(NET_DEV)["eth0"], rx_packets=5)
     assert went_backwards(a, b)
     assert interface_figures(a, b, 1.0)["rx.packets"] == 0
+
+
+def test_an_interface_gone_from_one_namespace_ends_only_that_entity():
+    from vcheck.collectors.net import mark_gone
+    from vcheck.observations import ObservationStore
+    store = ObservationStore()
+    store.add_sample("net.rx.drops", {"interface": "eth0"}, 1.0, 0.0, 1.0)
+    store.add_sample("container.net.rx.drops", {"container": "web", "interface": "eth0"}, 1.0, 0.0, 1.0)
+    mark_gone(store, frozenset({"net.rx.drops"}), {"interface": "eth0"}, 2.0, "removed")
+    assert store.for_metric("net.rx.drops")[0].gone_at == 2.0
+    assert store.for_metric("container.net.rx.drops")[0].gone_at is None
