@@ -178,3 +178,45 @@ def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_se
     assert "fleet: 0 of 2 nodes failing" in r.stdout
     assert "come from 2 vcheck versions" in r.stderr and "0.0.1-old" in r.stderr
 
+
+
+THIN = PASSING + '  - {id: thin, metric: cpu.idle, expect: "<= 100%", for: 5s, window: 5s}\n'
+SLOW = PASSING.replace("window: 1s", "window: 5s")
+
+
+def test_gate_and_merge_agree_on_every_way_a_node_fails(node_exporters, prometheus_server, policy_file, observed,
+                                                        tmp_path):
+    """One node per way: passing, a failed check, a waived failure, an inconclusive check, an
+    interrupted run, nothing judged. `vcheck gate` on their series and `vcheck merge` on the
+    same runs' reports fail the same nodes for the same run-level reasons, line for line."""
+    waivers = tmp_path / "waivers.yaml"
+    waivers.write_text("waivers:\n  - check: never\n    justification: known, ticket 7\n    expires: 2999-01-01\n")
+    runs = {"ok": ([str(policy_file(PASSING, "ok.yaml")), "--replay", str(observed)], 0),
+            "fail": ([str(policy_file(FAILING, "fail.yaml")), "--replay", str(observed)], 1),
+            "waived": ([str(policy_file(FAILING, "waived.yaml")), "--replay", str(observed), "--waivers", str(waivers)], 0),
+            "thin": ([str(policy_file(THIN, "thin.yaml")), "--replay", str(observed)], 1),
+            "cut": ([str(policy_file(SLOW, "slow.yaml")), "--timeout", "1s"], 2),
+            "empty": ([str(policy_file(PASSING, "empty.yaml")), "--replay", str(observed), "-k", "nothing-matches"], 5)}
+    exporters = dict(zip(runs, node_exporters(len(runs))))
+    for name, (args, expected) in runs.items():
+        r = vcheck("run", *args, "--prom-textfile", str(exporters[name].textfile), "--json", str(tmp_path / f"{name}.json"),
+                   env={"VCHECK_NODE_NAME": name})
+        assert r.returncode == expected, (name, r.stdout[-500:], r.stderr[-500:])
+    prom = prometheus_server([ne.target for ne in exporters.values()], tuned_rules(stale_after=300, max_failing_ratio=0.5))
+    prom.wait_for("six nodes", lambda: prom.query("vcheck:fleet_nodes == 6"))
+    gate = vcheck("gate", "--prometheus", prom.url, "--max-failing-nodes", "50%", "--json", str(tmp_path / "gate.json"))
+    merge = vcheck("merge", *[str(tmp_path / f"{n}.json") for n in sorted(runs)], "--max-failing-nodes", "50%",
+                   "--json", str(tmp_path / "merge.json"))
+    assert gate.returncode == merge.returncode == 1, gate.stdout + gate.stderr + merge.stdout + merge.stderr
+    assert gate.stdout.splitlines()[0] == merge.stdout.splitlines()[0] == \
+        "fleet: 4 of 6 nodes failing (allowed 3) - GATE FAILED: cut, empty, fail, thin"
+
+    def verdicts(path: Path) -> dict[str, tuple[bool, list[str]]]:
+        return {n["name"]: (n["failing"], [f for f in n["failed"] if f.startswith("(")])
+                for n in json.loads(path.read_text())["nodes"]}
+    assert verdicts(tmp_path / "gate.json") == verdicts(tmp_path / "merge.json")
+    assert verdicts(tmp_path / "gate.json")["cut"] == (True, ["(run interrupted)"])
+    assert verdicts(tmp_path / "gate.json")["empty"] == (True, ["(exit 5: nothing collected)"])
+    # the rules count the same nodes
+    failing = {s["metric"]["node"] for s in prom.query("vcheck:node_failing == 1")}
+    assert failing == {"cut", "empty", "fail", "thin"}
