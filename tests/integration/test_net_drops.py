@@ -100,3 +100,36 @@ def test_vcheck_run_fails_on_counted_drops_and_names_them(veth_pair, policy_file
     by_reason = [r for r in results if r["check"] == "by-reason"]
     assert by_reason and by_reason[0]["outcome"] == "fail", by_reason
     assert run.returncode == 1
+
+
+def test_qdisc_drops_are_counted_as_tc_counts_them(veth_pair, bpf_path):
+    """An htb class at 1 Mbit/s with a 5-packet pfifo: a burst of 200 datagrams overflows it;
+    `tc -s qdisc` counts the drops, and so must net.drops under QDISC_DROP, in the sender's namespace."""
+    from tests.rig.net import in_ns
+    a, dev = veth_pair.a, veth_pair.dev_a
+    for cmd in (["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"],
+                ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "1mbit"],
+                ["tc", "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "pfifo", "limit", "5"]):
+        in_ns(a.name, *cmd)
+
+    def tc_drops() -> int:
+        qdiscs = json.loads(in_ns(a.name, "tc", "-s", "-j", "qdisc", "show", "dev", dev).stdout)
+        return next(q["drops"] for q in qdiscs if q.get("kind") == "pfifo")
+
+    store = ObservationStore()
+    c = NetDropsCollector(CollectContext(HostRoots(), store), CollectRequest(frozenset({"net.drops"}), 3, 1))
+    try:
+        c.start()
+        before = tc_drops()
+        c.begin(time.monotonic())
+        udp_send(a.name, veth_pair.addr_b, 9, 200, size=1000)
+        c.sample(1.0)
+        dropped = tc_drops() - before
+        c.stop(1.2)
+    finally:
+        c.close()
+    netns = os.readlink(a.proc / "ns" / "net")[5:-1] if bpf_path == "core" else "0"
+    qdisc = next(o for o in store.for_metric("net.drops")
+                 if o.label_dict == {"netns": netns, "reason": "QDISC_DROP"})
+    assert dropped > 100 and sum(qdisc.values) == dropped
+    assert qdisc.info["functions"].startswith("__dev_queue_xmit")
