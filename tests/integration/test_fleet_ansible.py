@@ -109,18 +109,22 @@ def test_the_gate_stops_the_roll_at_the_batch_that_fails_it(sshd_hosts, policies
     assert fleet["gate"]["passed"] is False
 
 
-def test_an_unreachable_host_counts_as_failing_and_is_named(sshd_hosts, policies, tmp_path):
+def test_hosts_without_a_report_count_as_failing_and_are_named(sshd_hosts, policies, tmp_path):
     rig = sshd_hosts(["n1", "n2", "n3", "n4"])
     ops, strict = str(policies["ops"]), str(policies["strict"])
     inv = inventory(rig, tmp_path, {"*": [ops], "n3": [ops, strict]}, unreachable=["gone1"])
+    doc = yaml.safe_load(inv.read_text())
+    doc["all"]["hosts"]["n4"]["vcheck_bin"] = "/nonexistent/vcheck"      # n4's run leaves no report
+    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
     reports = tmp_path / "roll"
-    # one failing node allowed: batch 2 goes on with n3 failing; batch 3's unreachable host is
-    # the second, and the gate (over every host so far) fails
-    r = playbook(tmp_path, inv, reports, vcheck_serial=2, vcheck_max_failing_nodes="1")
+    # two failing nodes allowed: batch 2 goes on with n3 failing and n4 reportless; batch 3's
+    # unreachable host is the third, and the gate (over every host so far) fails
+    r = playbook(tmp_path, inv, reports, vcheck_serial=2, vcheck_max_failing_nodes="2")
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    assert "fleet: 1 of 4 nodes failing (allowed 1): n3" in out
-    assert "fleet: 2 of 5 nodes failing (allowed 1) - GATE FAILED: gone1, n3" in out
-    fleet = json.loads((reports / "fleet.json").read_text())
-    gone = next(n for n in fleet["nodes"] if n["name"] == "gone1")
-    assert gone["failing"] and gone["failed"][0].startswith("ansible::unreachable: "), gone
+    assert "fleet: 2 of 4 nodes failing (allowed 2): n3, n4" in out
+    assert "fleet: 3 of 5 nodes failing (allowed 2) - GATE FAILED: gone1, n3, n4" in out
+    fleet = {n["name"]: n for n in json.loads((reports / "fleet.json").read_text())["nodes"]}
+    assert fleet["gone1"]["failing"] and fleet["gone1"]["failed"][0].startswith("ansible::unreachable: Failed to connect")
+    assert fleet["n4"]["failing"] and fleet["n4"]["failed"][0].startswith("ansible::no report: vcheck run exited ")
+    assert "/nonexistent/vcheck" in fleet["n4"]["failed"][0]
