@@ -33,9 +33,31 @@ def bpf_path(request, monkeypatch) -> str:
     return request.param
 
 
+class BpftraceDrops:
+    """bpftrace as the reference: kfree_skb events of one reason in one namespace (its device's),
+    counted from attach to stop."""
+
+    def __init__(self, reason: int, netns: str):
+        prog = (f"tracepoint:skb:kfree_skb /args->reason == {reason} && "
+                f"((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum == {netns}/ {{ @n = count(); }}")
+        self.proc = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline()            # "Attaching 1 probe...": attached from here on
+        if "Attaching" not in line:
+            self.proc.kill()
+            raise AssertionError(f"bpftrace did not start: {line}{self.proc.stderr.read()}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(2)
+        out, _ = self.proc.communicate(timeout=30)
+        counts = [int(x.split(":")[1]) for x in out.splitlines() if x.startswith("@n:")]
+        return counts[0] if counts else 0
+
+
 def test_receive_buffer_overflow_is_counted_by_reason_namespace_and_owner(veth_pair, bpf_path):
     a, b = veth_pair.a, veth_pair.b
     sink = UdpSink(b.name, veth_pair.addr_b, 5353)
+    reference = BpftraceDrops(6, os.readlink(b.proc / "ns" / "net")[5:-1])   # 6: SOCKET_RCVBUFF
     store = ObservationStore()
     c = NetDropsCollector(CollectContext(HostRoots(), store), CollectRequest(frozenset({"net.drops"}), 3, 1))
     others = program_ids("vchk_kfree_skb")      # other runs on this machine may have their own
@@ -53,8 +75,10 @@ def test_receive_buffer_overflow_is_counted_by_reason_namespace_and_owner(veth_p
     finally:
         c.close()
         sink.close()
+        traced = reference.stop()
     dropped = ref1["UdpRcvbufErrors"] - ref0["UdpRcvbufErrors"]
     assert dropped > 0 and queued + dropped == 400
+    assert traced == dropped                                          # bpftrace saw the same drops
     assert not mine & program_ids("vchk_kfree_skb")           # detached
     netns = os.readlink(b.proc / "ns" / "net")[5:-1] if bpf_path == "core" else "0"
     obs = {o.label_dict["reason"]: o for o in store.for_metric("net.drops")
