@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -161,9 +162,10 @@ def test_qdisc_drops_are_counted_as_tc_counts_them(veth_pair, bpf_path):
 
 
 def test_a_drop_in_a_containers_namespace_names_the_container(veth_pair, bpf_path, monkeypatch, tmp_path):
-    """Datagrams to a closed port inside a runc container's own namespace: NO_SOCKET drops (normal
-    life: filed, not counted by the node figure), as many as the namespace's Udp NoPorts, owned by
-    the container."""
+    """A runc container with its own namespace: datagrams to a closed port in it are NO_SOCKET drops
+    (normal life: filed, not counted), as many as its Udp NoPorts; datagrams it sends through a
+    5-packet pfifo are QDISC_DROP drops, as many as tc counts, and container.net.drops counts them
+    for the container."""
     from tests.rig.common import remove_cgroup_tree
     from tests.rig.net import start_runc, stop_runc, veth_into
     from vcheck.collectors.net import read_netns
@@ -171,30 +173,50 @@ def test_a_drop_in_a_containers_namespace_names_the_container(veth_pair, bpf_pat
     root.mkdir()
     own = start_runc(root, "vchk-dropper", own_netns=True)
     try:
-        veth_into(veth_pair.a, own.pid)
+        _, dev_c = veth_into(veth_pair.a, own.pid)
+        enter = ["nsenter", "-t", str(own.pid), "-n"]
+        for cmd in (["tc", "qdisc", "add", "dev", dev_c, "root", "handle", "1:", "htb", "default", "10"],
+                    ["tc", "class", "add", "dev", dev_c, "parent", "1:", "classid", "1:10", "htb", "rate", "1mbit"],
+                    ["tc", "qdisc", "add", "dev", dev_c, "parent", "1:10", "handle", "10:", "pfifo", "limit", "5"]):
+            subprocess.run(enter + cmd, check=True)
+
+        def tc_drops() -> int:
+            out = subprocess.run(enter + ["tc", "-s", "-j", "qdisc", "show", "dev", dev_c], capture_output=True,
+                                 text=True, check=True).stdout
+            return next(q["drops"] for q in json.loads(out) if q.get("kind") == "pfifo")
+
         monkeypatch.setenv("VCHECK_RUNC_ROOT", str(own.state))
         monkeypatch.setenv("VCHECK_CRI_SOCKETS", "")
         netdir = Path(f"/proc/{own.pid}/net")
         store = ObservationStore()
-        c = NetDropsCollector(CollectContext(HostRoots(), store), CollectRequest(frozenset({"net.drops"}), 3, 1))
+        c = NetDropsCollector(CollectContext(HostRoots(), store),
+                              CollectRequest(frozenset({"net.drops", "container.net.drops"}), 3, 1))
         c.start()
-        before = read_netns(netdir).get("Udp", "NoPorts")
+        before, tc0 = read_netns(netdir).get("Udp", "NoPorts"), tc_drops()
         c.begin(time.monotonic())
         udp_send(veth_pair.a.name, "10.79.0.2", 9, 50, size=100)
+        subprocess.run(enter + [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
+                                "socket.SOCK_DGRAM)\nfor _ in range(200): s.sendto(b'x' * 1000, ('10.79.0.1', 9))"],
+                       check=True)
         c.sample(1.0)
-        no_ports = read_netns(netdir).get("Udp", "NoPorts") - before
+        no_ports, qdisc_dropped = read_netns(netdir).get("Udp", "NoPorts") - before, tc_drops() - tc0
         netns = os.readlink(f"/proc/{own.pid}/ns/net")[5:-1] if bpf_path == "core" else "0"
         c.stop(1.2)
     finally:
         stop_runc(own)
         remove_cgroup_tree("vcheck-rig")
-    o = next(o for o in store.for_metric("net.drops") if o.label_dict == {"netns": netns, "reason": "NO_SOCKET"})
-    assert no_ports == 50
+    by_reason = {o.label_dict["reason"]: o for o in store.for_metric("net.drops")
+                 if o.label_dict.get("netns") == netns}
+    o = by_reason["NO_SOCKET"]
+    assert no_ports == 50 and qdisc_dropped > 100
     assert o.info["normal"] == "yes"
+    mine = [o for o in store.for_metric("container.net.drops") if o.label_dict.get("container") == "vchk-dropper"]
     if bpf_path == "core":
-        assert sum(o.values) == 50
+        assert sum(o.values) == 50 and sum(by_reason["QDISC_DROP"].values) == qdisc_dropped
         assert "container" in o.info["owner"] and "vchk-dropper" in o.info["owner"], o.info
-    else:                       # every namespace's NO_SOCKET drops are netns 0 on this path
+        # the pod's own figure: the counted drops (QDISC_DROP), not the normal ones (NO_SOCKET)
+        assert len(mine) == 1 and sum(mine[0].values) == qdisc_dropped
+        assert {e["reason"] for e in mine[0].events} >= {"QDISC_DROP", "NO_SOCKET"}
+    else:                       # every namespace is netns 0 on this path: no container is matched
         assert sum(o.values) >= 50 and "not readable on this BPF path" in o.info["owner"]
-    node = next(o for o in store.for_metric("net.drops") if not o.labels)
-    assert not any(e["reason"] == "NO_SOCKET" and e["netns"] == netns and not e["normal"] for e in node.events)
+        assert len(mine) == 1 and not mine[0].values and "no drop can be attributed" in mine[0].blind

@@ -48,7 +48,17 @@ DROPS_TRACEPOINTS = (Attach("skb", "kfree_skb", "vchk_kfree_skb", raw_core=True)
 RX_SK_FLAGS = ("-DVCHK_RX_SK",)   # the variant that reads kfree_skb's rx_sk argument (6.12+)
 EVIDENCE_KEPT = 20      # (namespace, reason, function) rows in the node figure's evidence
 
+CONTAINER_DROPS = MetricSpec(
+    name="container.net.drops", layer="container", dimension=COUNT, kind="series",
+    labels=("namespace", "pod", "container"), entity="container", natural_stat="sum",
+    attributes=("id", "image", "runtime", "label.*", "netns"),
+    source="BPF skb:kfree_skb in the container's network namespace (bpf/net_drops.c)",
+    description="packets the kernel dropped per interval in the container's own network namespace, "
+                "normal-life reasons left out; evidence: the reasons, functions, interfaces and sockets "
+                "(hostNetwork containers: see net.drops)")
+
 DROPS_METRICS = (
+    CONTAINER_DROPS,
     MetricSpec(name="net.drops", layer="guest", dimension=COUNT, kind="series", labels=("netns", "reason"),
                discoverable=(), entity="netns", natural_stat="sum", attributes=("owner", "normal"),
                source="BPF skb:kfree_skb counted per (netns, reason, function) (bpf/net_drops.c)",
@@ -221,8 +231,39 @@ class NetDropsCollector(Collector):
     METRICS = DROPS_METRICS
     NEEDS = Needs(program=("net_drops.c", DROPS_TRACEPOINTS, ()), what="net.drops (BPF)")
 
+    @classmethod
+    def discover(cls, roots: HostRoots, metric: str) -> list[Mapping[str, str]]:
+        if metric == CONTAINER_DROPS.name:
+            from .containers.collector import ContainerCollector
+            return ContainerCollector.discover(roots, metric)
+        return []
+
+    def _find_containers(self, host: str) -> None:
+        """netns -> the containers in it, for container.net.drops; hostNetwork ones are said to be."""
+        from .containers.discovery import discover_containers, namespace_ids
+        self._containers: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
+        if CONTAINER_DROPS.name not in self.request.metrics:
+            return
+        containers, notes = discover_containers(self.roots)
+        for n in notes:
+            self.store.note(self.name, n)
+        for c in containers:
+            try:
+                netns = netns_inode(namespace_ids(self.roots, c.pid).get("net", ""))
+            except OSError:
+                continue
+            info = {"id": c.id, "image": c.image, "runtime": c.runtime, "netns": netns,
+                    **{f"label.{k}": v for k, v in c.labels.items()}}
+            if netns == host:
+                o = self.store.series(CONTAINER_DROPS.name, c.identity, info)
+                o.notes.append(f"container {c.name} shares the host's network namespace (hostNetwork): its "
+                               "drops are the node's net.drops, not repeated here")
+                continue
+            self._containers.setdefault(netns, []).append((c.identity, info))
+
     def start(self) -> None:
         self._prog: BpfProgram | None = None
+        self._containers = {}
         self._blind = ""
         self._prev: dict[tuple, int] = {}
         self._prev_t = 0.0
@@ -248,6 +289,16 @@ class NetDropsCollector(Collector):
         except OSError:
             host = netns_inode(os.readlink("/proc/self/ns/net"))
         self._owners = NamespaceOwners(self.roots, resolver, host)
+        self._find_containers(host)
+        if prog.path == "bcc" and self._containers:
+            # no namespace on this path: a container's drops cannot be told from the host's, and
+            # zeros would read as a pass
+            why = ("loaded through bcc (no kernel BTF): the namespace of a drop is not read, so no drop can "
+                   "be attributed to a container")
+            for members in self._containers.values():
+                for identity, info in members:
+                    self.store.series(CONTAINER_DROPS.name, identity, info).blind = why
+            self._containers = {}
 
     def begin(self, t0: float) -> None:
         if self._prog is not None:
@@ -262,9 +313,13 @@ class NetDropsCollector(Collector):
                 int(v.count), int(v.sock_ino), bytes(v.ifname).split(b"\0")[0].decode("utf-8", "replace"))
         return out
 
+    def _file_blind(self) -> None:
+        for m in self.request.metrics:
+            self.store.series(m, {}).blind = self._blind
+
     def sample(self, t: float) -> None:
         if self._blind:
-            self.store.series("net.drops", {}).blind = self._blind
+            self._file_blind()
             return
         if self._prog is None:
             return
@@ -273,6 +328,7 @@ class NetDropsCollector(Collector):
         cur = self._read()
         per_key: dict[tuple[str, str], int] = {k: 0 for k in self._rows}
         counted = 0
+        counted_in: dict[str, int] = {}
         for (netns, code, loc), (count, ino, ifname) in cur.items():
             d = count - self._prev.get((netns, code, loc), 0)
             if d < 0:
@@ -296,12 +352,17 @@ class NetDropsCollector(Collector):
                     row["socket_owner"] = self._owners.socket_owner(key[0], ino)
             if reason not in NORMAL_REASONS:
                 counted += d
-        for key, d in per_key.items():
-            row = self._rows[key]
-            self.store.add_sample("net.drops", {"netns": key[0], "reason": key[1]}, t, float(d), span,
-                                  self._info(row))
-        self.store.add_sample("net.drops", {}, t, float(counted), span,
-                              {"left_out": "normal-life reasons: " + ", ".join(sorted(NORMAL_REASONS))})
+                counted_in[key[0]] = counted_in.get(key[0], 0) + d
+        if "net.drops" in self.request.metrics:
+            for key, d in per_key.items():
+                row = self._rows[key]
+                self.store.add_sample("net.drops", {"netns": key[0], "reason": key[1]}, t, float(d), span,
+                                      self._info(row))
+            self.store.add_sample("net.drops", {}, t, float(counted), span,
+                                  {"left_out": "normal-life reasons: " + ", ".join(sorted(NORMAL_REASONS))})
+        for netns, members in self._containers.items():
+            for identity, info in members:
+                self.store.add_sample(CONTAINER_DROPS.name, identity, t, float(counted_in.get(netns, 0)), span, info)
 
     def _info(self, row: dict) -> dict[str, str]:
         fns = sorted(row["functions"].items(), key=lambda kv: -kv[1])
@@ -316,28 +377,38 @@ class NetDropsCollector(Collector):
 
     def stop(self, t: float) -> None:
         if self._blind:
-            self.store.series("net.drops", {}).blind = self._blind
+            self._file_blind()
         if self._prog is None:
             return
         if t - self._prev_t > 1e-3 or not self._prev_t:
             self.sample(t)
         counters = self._prog.counters()
-        node = self.store.series("net.drops", {})
+        targets = [self.store.series("net.drops", {})] if "net.drops" in self.request.metrics else []
+        targets += [self.store.series(CONTAINER_DROPS.name, identity)
+                    for members in self._containers.values() for identity, _ in members]
+        notes = []
         if counters.get("map_full"):
-            node.notes.append(f"{counters['map_full']} drops were not counted: the (namespace, reason, "
-                              "function) table was full")
+            notes.append(f"{counters['map_full']} drops were not counted: the (namespace, reason, "
+                         "function) table was full")
         if self._prog.path == "bcc":
-            node.notes.append("loaded through bcc: the namespace, interface and socket of a drop are not "
-                              "read on this path (netns 0)")
+            notes.append("loaded through bcc: the namespace, interface and socket of a drop are not "
+                         "read on this path (netns 0)")
+        for o in targets:
+            o.notes.extend(notes)
         rows = sorted((r for r in self._rows.values() if r["count"]), key=lambda r: -r["count"])
-        node.events = [{"netns": r["netns"], "reason": r["reason"], "count": r["count"], "owner": r["owner"],
-                        "normal": r["reason"] in NORMAL_REASONS,
-                        "function": max(r["functions"], key=r["functions"].get) if r["functions"] else "",
-                        "interfaces": sorted(r["interfaces"]), "socket_owner": r["socket_owner"]}
-                       for r in rows[:EVIDENCE_KEPT]]
-        for r in rows:
-            o = self.store.series("net.drops", {"netns": r["netns"], "reason": r["reason"]})
-            o.info.update(self._info(r))
+        events = [{"netns": r["netns"], "reason": r["reason"], "count": r["count"], "owner": r["owner"],
+                   "normal": r["reason"] in NORMAL_REASONS,
+                   "function": max(r["functions"], key=r["functions"].get) if r["functions"] else "",
+                   "interfaces": sorted(r["interfaces"]), "socket_owner": r["socket_owner"]} for r in rows]
+        if "net.drops" in self.request.metrics:
+            self.store.series("net.drops", {}).events = events[:EVIDENCE_KEPT]
+            for r in rows:
+                o = self.store.series("net.drops", {"netns": r["netns"], "reason": r["reason"]})
+                o.info.update(self._info(r))
+        for netns, members in self._containers.items():
+            mine = [e for e in events if e["netns"] == netns][:EVIDENCE_KEPT]
+            for identity, _ in members:
+                self.store.series(CONTAINER_DROPS.name, identity).events = mine
         self.close()
 
     def close(self) -> None:
