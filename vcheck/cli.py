@@ -22,6 +22,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
@@ -270,10 +271,47 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(printable(f"vcheck: another run holds the lock {args.lock} (pid {_lock_holder(args.lock)}); "
                             "not starting"), file=sys.stderr)
             return EXIT_LOCKED
-    status = _validate_all(_policies(args), Catalog())
+    deadline = _start_timeout(args.timeout)
+    if isinstance(deadline, int):
+        return deadline
+    status = _validate_all(_policies(args), Catalog())       # a policy FIFO that never writes: bounded
     if status:
         return status
-    return _hermetic_pytest(args)
+    loaded = _preload([args.replay, args.baseline])          # so is a --replay FIFO
+    if isinstance(loaded, int):
+        return loaded
+    if deadline is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        left = deadline - time.monotonic()
+        args.timeout = f"{max(left, 0.001):.3f}s"           # the session's own timer takes the rest
+    return _hermetic_pytest(args, preloaded=loaded)
+
+
+def _start_timeout(text: str | None) -> float | None | int:
+    """--timeout bounds the run from its start: until the session's own timer takes over, an
+    alarm ends the run (exit 2) wherever it waits. Returns the deadline, or an exit code."""
+    if text is None:
+        return None
+    from .units import UnitError, parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except UnitError as exc:
+        print(printable(f"vcheck: --timeout: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 < seconds <= 7 * 86400:
+        print(printable(f"vcheck: --timeout {text}: must be more than 0 and at most 7d"), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        signal.signal(signal.SIGALRM, _timeout_reached)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    except ValueError:      # not the main thread: the session's timer alone
+        return None
+    return time.monotonic() + seconds
+
+
+def _timeout_reached(signum: int, frame: object) -> None:
+    raise SignalInterrupt("--timeout")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -553,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # `vcheck run` passes options it does not know on to pytest (-x, --lf, -p ...)
     args, extra = parser.parse_known_args(argv)
+    for key, value in vars(args).items():
+        if isinstance(value, str) and not value.strip() and key not in ("command",):
+            parser.error(f"--{key.replace('_', '-')} was given an empty value")
     if extra:
         if getattr(args, "command", None) != "run":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -560,8 +601,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _reports_own_stdout(args, ("json", "junitxml", "html", "prom_textfile")):
             return int(args.func(args))
-    except KeyboardInterrupt:
-        print("vcheck: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        why = getattr(exc, "signame", "SIGINT")
+        print(f"vcheck: {'--timeout reached' if why == '--timeout' else 'interrupted by ' + why}"
+              " before sampling; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `vcheck doctor | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -417,7 +417,8 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ReportFormatError(f"{path}: not a readable JSON report (not UTF-8 at byte {exc.start})") from None
     except (ValueError, RecursionError) as exc:
-        raise ReportFormatError(f"{path}: not a readable JSON report ({str(exc)[:120]})") from None
+        why = "a number of more than 4,300 digits" if "digits" in str(exc) else str(exc)[:120]
+        raise ReportFormatError(f"{path}: not a readable JSON report ({why})") from None
     try:
         depth = max_depth(data)
         if depth > MAX_DEPTH:
@@ -431,6 +432,8 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
         raise ReportFormatError(f"{path}: report format version {version!r:.40}; "
                                 f"this vcheck reads version {VERSION}")
     _Shape(path).report(data)
+    if data.get("node") is None:
+        data["node"] = {}          # every reader takes the node as an object
     _labels_as_text(data)
     return redact_tree(data)
 
