@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,6 @@ class VethPair:
     dev_b: str
     addr_a: str = "10.77.0.1"
     addr_b: str = "10.77.0.2"
-    extra: list[str] = field(default_factory=list)
 
 
 def make_netns(tag: str) -> Netns:
@@ -309,7 +308,6 @@ def tcp_send(ns: str, addr: str, port: int, nbytes: int, chunk: int = 16384, pau
 def ss_rtts(ns: str, port: int) -> list[float]:
     """srtt (seconds) of the namespace's established TCP sockets to port, as `ss -ti` shows it."""
     out = in_ns(ns, "ss", "-tin", "state", "established", f"dport = :{port}", check=False).stdout
-    import re
     return [float(m) / 1000 for m in re.findall(r"\brtt:([0-9.]+)/", out)]
 
 
