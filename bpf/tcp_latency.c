@@ -168,11 +168,14 @@ VCHK_BTF_TP(tcp_probe)
 int vchk_tcp_probe(u64 *ctx)
 {
     struct sock *sk = (struct sock *)ctx[0];
-    u32 srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+    struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);   /* typed: plain loads, not probe reads */
+    if (!tp)
+        return 0;
+    u32 srtt = tp->srtt_us >> 3;
     u64 skp = (u64)sk;
     struct flow_rtt *fr = flows.lookup(&skp);
     /* a socket freed and made again at the same address is a new flow: its local port tells */
-    if (fr && fr->f.sport != BPF_CORE_READ(sk, __sk_common.skc_num)) {
+    if (fr && fr->f.sport != sk->__sk_common.skc_num) {
         flows.delete(&skp);
         fr = NULL;
     }
