@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vcheck.collectors.net_drops import DROPS_TRACEPOINTS  # noqa: E402
-from vcheck.collectors.net_tcp import TCP_TRACEPOINTS  # noqa: E402
+from vcheck.collectors.net_drops import DROPS_TRACEPOINTS, RX_SK_FLAGS  # noqa: E402
+from vcheck.collectors.net_tcp import TCP_TRACEPOINTS, retransmit_flags  # noqa: E402
 from vcheck.probes import BpfProgram  # noqa: E402
 
 TCP = textwrap.dedent("""
@@ -74,7 +74,8 @@ def attached(mode: str) -> list[BpfProgram]:
     if mode == "untraced":
         return []
     tcp = TCP_TRACEPOINTS if mode == "+rtt" else RETRANSMIT_ONLY
-    return [BpfProgram("net_drops.c", DROPS_TRACEPOINTS).load(), BpfProgram("tcp_latency.c", tcp).load()]
+    return [BpfProgram("net_drops.c", DROPS_TRACEPOINTS, RX_SK_FLAGS).load(),
+            BpfProgram("tcp_latency.c", tcp, retransmit_flags()).load()]
 
 
 def per_event_cost(seconds: float) -> list[str]:

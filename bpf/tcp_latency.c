@@ -12,16 +12,13 @@
  * slowest flows are evidence. Per ACK: one histogram slot, one stats entry, one flow entry;
  * nothing goes to user space per event.
  *
- * CO-RE: tcp_probe is a typed raw tracepoint (no record is formatted on the hot path), fields
- * read from the socket; retransmissions from the classic record. bcc: both classic records;
+ * CO-RE: both are typed raw tracepoints (no record is formatted; they detach in milliseconds),
+ * fields read from the socket. bcc: both classic records;
  * the namespace and the socket's inode are not read (0).
  */
 #include "vcheck_compat.h"
 #include "vcheck_hist.h"
 
-#ifdef VCHECK_CORE
-#define tracepoint__tcp__tcp_retransmit_skb trace_event_raw_tcp_retransmit_skb   /* 6.x name; older: bcc */
-#endif
 
 #define COUNTER_FLOWS_FULL 0
 #define COUNTER_RETRANS_FAILED 1
@@ -92,25 +89,51 @@ static __always_inline void flow_of(const struct sock *sk, struct flow *f, u64 *
 #endif
 
 #ifdef HAVE_TCP_RETRANSMIT_SKB
+static __always_inline int count_retransmit(struct flow *f, u64 ino, u64 n)
+{
+    struct retrans_val zero = {};
+    struct retrans_val *v = retrans.lookup_or_try_init(f, &zero);
+    if (!v) {
+        count(COUNTER_FLOWS_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&v->count, n);
+    if (ino)
+        v->sock_ino = ino;
+    return 0;
+}
+
+#ifdef VCHECK_CORE
+/* CO-RE: a typed raw tracepoint, tcp_retransmit_skb(sk, skb[, err]): detaches in milliseconds.
+ * err (6.x: the resend failed, not counted, as RetransSegs does not) is an argument only on
+ * kernels that have it: the VCHK_RETRANS_ERR variant reads it, chosen from the format file. */
+VCHK_BTF_TP(tcp_retransmit_skb)
+int vchk_tcp_retransmit(u64 *ctx)
+{
+    struct flow f = {};
+    u64 ino = 0, n = 1;
+#ifdef VCHK_RETRANS_ERR
+    if ((int)ctx[2]) {
+        count(COUNTER_RETRANS_FAILED);
+        return 0;
+    }
+#endif
+    flow_of((const struct sock *)ctx[0], &f, &ino);
+    /* one event may resend several segments (a TSO skb): count them as RetransSegs does,
+     * tcp_skb_pcount() = TCP_SKB_CB(skb)->tcp_gso_segs */
+    u16 segs = 0;
+    const void *cb = (const void *)ctx[1] + bpf_core_field_offset(struct sk_buff, cb);
+    bpf_probe_read_kernel(&segs, sizeof(segs), cb + bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs));
+    if (segs > 1)
+        n = segs;
+    return count_retransmit(&f, ino, n);
+}
+#else
+/* bcc: the classic record (packets: a TSO packet counts once) */
 VCHK_TP
 int vchk_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 {
     struct flow f = {};
-    u64 ino = 0, n = 1;
-#ifdef VCHECK_CORE
-    if (bpf_core_field_exists(args->err) && BPF_CORE_READ(args, err)) {
-        count(COUNTER_RETRANS_FAILED);
-        return 0;
-    }
-    flow_of((const struct sock *)BPF_CORE_READ(args, skaddr), &f, &ino);
-    /* one event may resend several segments (a TSO skb): count them as RetransSegs does,
-     * tcp_skb_pcount() = TCP_SKB_CB(skb)->tcp_gso_segs */
-    u16 segs = 0;
-    const void *cb = (const void *)BPF_CORE_READ(args, skbaddr) + bpf_core_field_offset(struct sk_buff, cb);
-    bpf_probe_read_kernel(&segs, sizeof(segs), cb + bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs));
-    if (segs > 1)
-        n = segs;
-#else
     f.family = args->family;
     f.sport = args->sport;
     f.dport = args->dport;
@@ -121,18 +144,9 @@ int vchk_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
         __builtin_memcpy(f.saddr, args->saddr_v6, 16);
         __builtin_memcpy(f.daddr, args->daddr_v6, 16);
     }
-#endif
-    struct retrans_val zero = {};
-    struct retrans_val *v = retrans.lookup_or_try_init(&f, &zero);
-    if (!v) {
-        count(COUNTER_FLOWS_FULL);
-        return 0;
-    }
-    __sync_fetch_and_add(&v->count, n);
-    if (ino)
-        v->sock_ino = ino;
-    return 0;
+    return count_retransmit(&f, 0, 1);
 }
+#endif
 #endif
 
 static __always_inline void record_hist(u32 netns, u32 srtt_us)

@@ -16,19 +16,31 @@ from __future__ import annotations
 import ipaddress
 import os
 import platform
+import re
 
 from ..histogram import Histogram
 from ..identity import Resolver
 from ..model import MetricSpec
-from ..probes import Attach, BpfProgram
+from ..probes import Attach, BpfProgram, ensure_tracefs, tracefs_root
 from ..units import COUNT, TIME
 from .base import Collector, Needs
 from .net_drops import NamespaceOwners, netns_inode
 
 TCP_TRACEPOINTS = (
-    Attach("tcp", "tcp_retransmit_skb", "vchk_tcp_retransmit", optional=True),
+    Attach("tcp", "tcp_retransmit_skb", "vchk_tcp_retransmit", optional=True, raw_core=True),
     Attach("tcp", "tcp_probe", "vchk_tcp_probe", optional=True, raw_core=True),
 )
+RETRANS_ERR_FLAGS = ("-DVCHK_RETRANS_ERR",)   # the variant that reads tcp_retransmit_skb's err argument
+
+
+def retransmit_flags() -> tuple[str, ...]:
+    """The variant for this kernel: its tcp_retransmit_skb passes err (the record has the field)."""
+    root = tracefs_root()
+    try:
+        fmt = (root / "events" / "tcp" / "tcp_retransmit_skb" / "format").read_text() if root else ""
+    except OSError:
+        fmt = ""
+    return RETRANS_ERR_FLAGS if re.search(r"field:int err;", fmt) else ()
 SLOWEST_FLOWS = 10
 RETRANSMITTING_FLOWS = 20
 
@@ -72,7 +84,9 @@ class TcpLatencyCollector(Collector):
         self._seen_ns: set[str] = set()
         self._sockets: dict[tuple[str, int], str] = {}
         self._prev_t = 0.0
-        self._prog = prog = BpfProgram("tcp_latency.c", TCP_TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
+        ensure_tracefs()
+        self._prog = prog = BpfProgram("tcp_latency.c", TCP_TRACEPOINTS, retransmit_flags(),
+                                       cost_sink=self.store.bpf_cost).load()
         for n in prog.notes:
             self.store.note(self.name, n)
         attached = set(prog.attached)

@@ -33,6 +33,7 @@ class _NoTcpTracepoints:
 
 def test_missing_tracepoints_make_both_metrics_inconclusive(monkeypatch):
     monkeypatch.setattr(net_tcp, "BpfProgram", _NoTcpTracepoints)
+    monkeypatch.setattr(net_tcp, "ensure_tracefs", lambda: None)
     store = ObservationStore()
     c = net_tcp.TcpLatencyCollector(CollectContext(HostRoots(), store),
                                     CollectRequest(frozenset({"net.tcp.retransmits", "net.tcp.rtt"}), 2, 1))
