@@ -176,3 +176,27 @@ def test_container_figures_come_from_its_own_namespace(veth_pair, monkeypatch, t
     shared = [o for o in store.for_metric("container.net.rx.packets") if o.label_dict.get("container") == "vchk-nethost"]
     assert len(shared) == 1 and not shared[0].values
     assert "shares the host's network namespace" in shared[0].notes[0]
+
+
+def test_a_host_network_pod_is_said_to_share_the_nodes_figures(containerd, policy_file, tmp_path):
+    """A CRI pod under the rig's containerd (host network: no CNI here): its container.net and
+    container.net.drops items say it shares the host's namespace and are not judged on the node's
+    figures."""
+    from tests.rig.containerd import container_spec
+    containerd.run_pod("netpod", "shop", [container_spec("web", ["sleep", "3600"])])
+    try:
+        policy = policy_file("policy: k8snet\ndefaults: {window: 2s, interval: 1s}\nchecks:\n"
+                             "  - {id: rx, metric: container.net.rx.drops, per: container, expect: '== 0'}\n"
+                             "  - {id: drops, metric: container.net.drops, per: container, expect: 'sum == 0'}\n")
+        report = tmp_path / "r.json"
+        env = {**os.environ, "VCHECK_CRI_SOCKETS": str(containerd.socket), "VCHECK_RUNC_ROOT": "/nonexistent"}
+        proc = subprocess.run([*VCHECK, "run", str(policy), "--json", str(report)], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=tmp_path)
+    finally:
+        for pod in list(containerd.pods):
+            containerd.remove_pod(pod)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    results = {r["check"]: r for r in json.loads(report.read_text())["results"] if "web" in (r.get("entity") or "")}
+    for check in ("rx", "drops"):
+        r = results[check]
+        assert r["outcome"] == "skip" and "shares the host's network namespace" in r["reason"], r
