@@ -19,6 +19,7 @@ def test_deploy_manifests_are_complete():
         assert doc["kind"] == kind
         spec = doc["spec"]["template"]["spec"]
         assert spec["hostPID"] is True
+        assert spec["hostNetwork"] is True        # net.* is the namespace vcheck runs in
         c = spec["containers"][0]
         caps = set(c["securityContext"]["capabilities"]["add"])
         assert {"BPF", "PERFMON"} <= caps and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
