@@ -200,3 +200,21 @@ def test_a_host_network_pod_is_said_to_share_the_nodes_figures(containerd, polic
     for check in ("rx", "drops"):
         r = results[check]
         assert r["outcome"] == "skip" and "shares the host's network namespace" in r["reason"], r
+
+
+def test_interface_renamed_mid_window(veth_pair):
+    a = veth_pair.a
+    c, store = collector_in(a.proc)
+    c.start()
+    c.begin(time.monotonic())
+    c.sample(1.0)
+    new = "vchkrenamed"
+    ip("link", "set", veth_pair.dev_a, "down", ns=a.name)
+    ip("link", "set", veth_pair.dev_a, "name", new, ns=a.name)
+    c.sample(2.0)
+    c.sample(3.0)
+    old = next(o for o in store.for_metric("net.rx.packets") if o.label_dict == {"interface": veth_pair.dev_a})
+    assert old.gone_at == 2.0 and "renamed" in old.gone_reason
+    assert any(new in n and "appeared" in n for n in store.collector_notes["guest.net"])
+    renamed = next(o for o in store.for_metric("net.rx.packets") if o.label_dict == {"interface": new})
+    assert len(renamed.values) == 1                      # counted from its next interval
