@@ -319,11 +319,83 @@ def cmd_compare(args: argparse.Namespace) -> int:
     loaded = _preload([args.before, args.after])       # each read once: <(...) works
     if isinstance(loaded, int):
         return loaded
-    status = _validate_all(_policies(args), Catalog())
-    if status:
-        return status
-    args.replay, args.baseline = args.after, args.before
-    return _hermetic_pytest(args, preloaded=loaded)
+    before, after = loaded.reports[args.before], loaded.reports[args.after]
+    said = _same_run_kind(args, before, after)
+    if isinstance(said, int):
+        return said
+    for line in said:
+        print(printable(f"vcheck: {line}"), file=sys.stderr)
+    private = Path(tempfile.mkdtemp(prefix="vcheck-compare-"))
+    try:
+        if not args.policies:        # judge what the reports were made with, not the default pack
+            recorded = _recorded_policies(args.after, after, private)
+            if isinstance(recorded, int):
+                return recorded
+            args.policies = recorded
+        status = _validate_all(_policies(args), Catalog())
+        if status:
+            return status
+        args.replay, args.baseline = args.after, args.before
+        return _hermetic_pytest(args, preloaded=loaded)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _policy_set(report: dict) -> set[tuple[str, str]]:
+    return {(str(p.get("name")), str(p.get("sha256"))) for p in report.get("policies") or []}
+
+
+def _same_run_kind(args: argparse.Namespace, before: dict, after: dict) -> list[str] | int:
+    """A before/after pair is of one node and one policy set, or the operator says otherwise
+    (and the output then says so). Returns the lines to say, or an exit code."""
+    said = []
+    a, b = (before.get("node") or {}).get("hostname"), (after.get("node") or {}).get("hostname")
+    if a != b:
+        if not args.allow_different_nodes:
+            print(printable(f"vcheck: {args.before} is of node {a}, {args.after} of node {b}; compare a node with "
+                            "itself, or give --allow-different-nodes"), file=sys.stderr)
+            return EXIT_USAGE
+        said.append(f"comparing different nodes: {a} (before) and {b} (after), as --allow-different-nodes asks")
+    pa, pb = _policy_set(before), _policy_set(after)
+    if pa != pb:
+        names = lambda ps: ", ".join(f"{n} ({h[:8]})" for n, h in sorted(ps)) or "none"   # noqa: E731
+        if not args.allow_different_policies:
+            print(printable(f"vcheck: {args.before} was made with {names(pa)}, {args.after} with {names(pb)}; "
+                            "compare runs of one policy set, or give --allow-different-policies"), file=sys.stderr)
+            return EXIT_USAGE
+        said.append(f"comparing runs of different policies: {names(pa)} (before) and {names(pb)} (after), "
+                    "as --allow-different-policies asks")
+    return said
+
+
+def _recorded_policies(path: str, report: dict, private: Path) -> list[str] | int:
+    """The policy files a report was made with: the file where it still has the recorded sha256,
+    else the text the report carries (when it hashes to the same), else a usage error."""
+    import hashlib
+
+    out = []
+    for p in report.get("policies") or []:
+        name, sha, where = str(p.get("name")), str(p.get("sha256")), str(p.get("path") or "")
+        try:
+            if where and hashlib.sha256(Path(where).read_bytes()).hexdigest() == sha:
+                out.append(where)
+                continue
+        except OSError:
+            pass
+        source = p.get("source")
+        if isinstance(source, str) and hashlib.sha256(source.encode()).hexdigest() == sha:
+            copy = private / f"{name}.yaml"
+            copy.write_text(source)
+            out.append(str(copy))
+            continue
+        print(printable(f"vcheck: {path}: policy {name} (sha256 {sha[:12]}) is no longer at {where or '?'} and the "
+                        "report does not carry its text; name the policy file to judge with"), file=sys.stderr)
+        return EXIT_USAGE
+    if not out:
+        print(printable(f"vcheck: {path}: the report names no policy; name the policy file to judge with"),
+              file=sys.stderr)
+        return EXIT_USAGE
+    return out
 
 
 def _failing_nodes_spec(text: str) -> str:
@@ -391,7 +463,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
     try:
-        nodes = load_node_reports(args.reports, keep=bool(args.html))
+        nodes = load_node_reports(args.reports, keep=bool(args.html), mixed_policies=args.allow_mixed_policies)
     except ReportFormatError as exc:
         print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
@@ -441,6 +513,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         report = read_report(args.report)
     except ReportFormatError as exc:
         print(printable(f"vcheck: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    from .report.explain import known_ids, select
+
+    if args.item is not None and not select(report, args.item):
+        print(printable(f"vcheck: {args.report}: no result is named {args.item!r}; it holds "
+                        f"{known_ids(report)}"), file=sys.stderr)
         return EXIT_USAGE
     print(explain(report, args.item))
     return EXIT_OK
@@ -529,7 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="judge a saved run against an earlier one (regress: checks)")
     cmp_.add_argument("before", help="baseline JSON report")
     cmp_.add_argument("after", help="JSON report to judge")
-    cmp_.add_argument("policies", nargs="*", help="policies whose checks to judge (default: the bundled pack)")
+    cmp_.add_argument("policies", nargs="*",
+                      help="policies whose checks to judge (default: the ones AFTER was made with)")
+    cmp_.add_argument("--allow-different-nodes", action="store_true",
+                      help="compare reports of two different nodes (refused by default)")
+    cmp_.add_argument("--allow-different-policies", action="store_true",
+                      help="compare reports made with different policies (refused by default)")
     cmp_.add_argument("--json", metavar="FILE")
     cmp_.add_argument("--junitxml", metavar="FILE")
     cmp_.set_defaults(func=cmd_compare, junitxml=None)
@@ -541,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("--html", metavar="FILE", help="write the fleet page: nodes x checks, failing cells link to evidence")
     mrg.add_argument("--max-failing-nodes", metavar="N|P%", help="fail when more nodes than this fail (e.g. 2%%)")
     mrg.add_argument("--domain-label", metavar="KEY", help="apply the gate within each value of this node label")
+    mrg.add_argument("--allow-mixed-policies", action="store_true",
+                     help="merge reports made with different policies (refused by default)")
     mrg.set_defaults(func=cmd_merge)
 
     gat = sub.add_parser("gate", help="the fleet gate of merge, on the fleet's vcheck series in Prometheus")

@@ -53,6 +53,12 @@ class CheckItem(pytest.Item):
         self.verdict: Verdict | None = None
 
     @property
+    def identity(self) -> str:
+        """The result's name everywhere (JSON, JUnit, HTML, merge, compare, waivers): the policy's
+        name, the check's id and the entity, whatever directory vcheck was started from."""
+        return f"{self.policy.name}::{self.name}"
+
+    @property
     def entity(self) -> str | None:
         """The entity this item judges ('web1-vcpu0'), None for a node-wide item."""
         return entity_name(self.labels, list(self.labels)) if self.labels is not None else None
@@ -108,7 +114,8 @@ class CheckItem(pytest.Item):
         """This item's result as the reports carry it (plain data: reporters never see items)."""
         v = self.verdict
         return {
-            "nodeid": self.nodeid, "policy": self.policy.name, "check": self.check.id,
+            "id": self.identity, "nodeid": self.nodeid, "file": str(self.path), "policy": self.policy.name,
+            "check": self.check.id,
             "metric": self.check.metric.name, "layer": self.check.layer,
             "entity": self.entity, "labels": self.labels,
             "outcome": v.outcome if v else Outcome.NOT_RUN, "reason": v.reason if v else "",

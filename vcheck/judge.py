@@ -233,6 +233,29 @@ def longest_violation(e: E.Expr, times: list[float], values: list[float], spans:
     return best
 
 
+def sustained_level(op: str, times: list[float], values: list[float], spans: list[float],
+                    for_: float, slack: float) -> float | None:
+    """The level the series held for `for_` seconds on end, on the side the comparison forbids:
+    for `< X` the highest L such that every sample of some for_-long stretch was >= L (for `> X`
+    the lowest L with every sample <= L). The check fails exactly when that level breaks the
+    comparison, so it is the figure a dashboard plots against the threshold. None: no stretch
+    of samples lasts for_ seconds."""
+    upper = op in ("<", "<=")
+    best = None
+    n = len(values)
+    for i in range(n):
+        covered, level = 0.0, None
+        for j in range(i, n):
+            covered += spans[j]
+            v = values[j]
+            level = v if level is None else (min(level, v) if upper else max(level, v))
+            if covered >= for_ - slack:
+                if best is None or (level > best if upper else level < best):
+                    best = level
+                break
+    return best
+
+
 # --- one item ----------------------------------------------------------------------------
 
 def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] | None,
@@ -303,7 +326,16 @@ def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence
         ev.measurements.append(Measurement(
             f"{check.expect_text} for {check.for_:g}s", "longest violation",
             lv["duration"] if lv else 0.0, f"{lv['duration']:.1f}s" if lv else "0s",
-            f"< {check.for_:g}s", not sustained))
+            f"< {check.for_:g}s", not sustained, threshold=check.for_))
+        leaf = check.expect
+        if isinstance(leaf, E.Comparison) and leaf.stat is None and leaf.op in ("<", "<=", ">", ">="):
+            level = sustained_level(leaf.op, view.times, view.values, view.spans, check.for_,
+                                    FOR_TOLERANCE * check.interval)
+            if level is not None:
+                ev.measurements.append(Measurement(
+                    f"{check.expect_text} for {check.for_:g}s", f"sustained {check.for_:g}s", level,
+                    format_value(level, spec.dimension), f"{leaf.op} {leaf.value}", not sustained,
+                    note="the level held for the whole for: stretch", threshold=leaf.value.base_value))
         if sustained:
             ev.outcome = EntityOutcome.FAIL
         elif o.gone_at is not None:

@@ -220,9 +220,14 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     rep = outcome.get_result()
+    # every report of a vcheck item carries the result's identity as its name: terminal, JUnit
+    # (classname = policy, name = check[entity]) and pytest-html say it as the JSON report does
     if isinstance(item, CheckItem):
+        rep.nodeid = item.identity
         rep.vcheck_result = item.result_record()
-    elif pycheck.IS_CHECK_KEY in item.stash and (rep.when == "call" or not rep.passed):
+    elif pycheck.IS_CHECK_KEY in item.stash:
+        rep.nodeid = pycheck.identity(item)
+    if pycheck.IS_CHECK_KEY in item.stash and (rep.when == "call" or not rep.passed):
         if rep.failed:
             evidence = pycheck.evidence_section(item)
             if evidence:
@@ -293,6 +298,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     recorder = config.stash.get(RECORDER_KEY, None)
     if state is not None and config.option.vcheck_cli:
         _hold_ending_signals(config)
+    if state is not None:
+        _junit_properties(config, state)
     if state is None or recorder is None:
         return
     state.terminating = True
@@ -302,7 +309,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     layer_of = {m.name: m.layer for m in state.catalog.metrics.values()}
     recorder.observed(RunFacts(
         store=state.store, layer_of=layer_of, interrupted_by=state.interrupted_by, cost=_cost(state),
-        policies=[{"name": p.name, "path": str(path), "sha256": p.sha256} for path, p in state.policies.items()]))
+        policies=[{"name": p.name, "path": str(path), "sha256": p.sha256, "source": p.source}
+                  for path, p in state.policies.items()]))
+
+
+def _junit_properties(config: pytest.Config, state: RunState) -> None:
+    """The node's name, boot id and labels and the policies judged, as <properties> of the JUnit
+    suite: `vcheck merge` reads them back, so a JUnit input is the same node as its JSON."""
+    from _pytest.junitxml import xml_key
+
+    from .report.node import node_facts
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    node = node_facts()
+    xml.add_global_property("vcheck.node", str(node.get("hostname", "")))
+    xml.add_global_property("vcheck.boot_id", str(node.get("boot_id", "")))
+    for key, value in sorted((node.get("labels") or {}).items()):
+        xml.add_global_property(f"vcheck.label.{key}", str(value))
+    for policy in state.policies.values():
+        xml.add_global_property(f"vcheck.policy.{policy.name}", policy.sha256)
 
 
 _ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -158,6 +158,7 @@ class Policy:
     path: Path
     sha256: str
     checks: tuple[Check, ...]
+    source: str = ""          # the file's text, carried by the report so `compare` can judge with it
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def load_policy_bytes(raw: bytes, shown: str, catalog: MetricLookup, path: Path 
     root = _compose(text, ctx)
     policy = _build_policy(root, ctx, path or Path(shown))
     return Policy(policy.name, policy.description, policy.path, hashlib.sha256(raw).hexdigest(),
-                  policy.checks)
+                  policy.checks, text)
 
 
 def _compose(text: str, ctx: _Ctx) -> yaml.Node:

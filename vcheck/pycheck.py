@@ -66,6 +66,9 @@ def _declared_check(function: Any, marker: pytest.Mark, state: RunState) -> Chec
     from dataclasses import replace
 
     if state.window_override:
+        if check.for_ and check.for_ > state.window_override:
+            raise PolicyError(path, line, 1, f"@observe on {function.__name__}: --window {state.window_override:g}s "
+                                             f"is shorter than its for: {check.for_:g}s")
         check = replace(check, window=state.window_override, interval=min(check.interval, state.window_override))
     return replace(check, line=line, col=1, expect_text="(python)")
 
@@ -162,7 +165,8 @@ def result_record(item: pytest.Item, report: pytest.TestReport | None) -> dict[s
             outcome = Outcome.PASS
     entity = entity_name(labels, list(labels)) if labels else None
     record: dict[str, Any] = {
-        "nodeid": item.nodeid, "policy": Path(str(item.path)).stem, "check": item.originalname
+        "id": identity(item), "nodeid": item.nodeid, "file": str(item.path),
+        "policy": Path(str(item.path)).stem, "check": item.originalname
         if isinstance(item, pytest.Function) else item.name,
         "metric": check.metric.name if check else None,
         "layer": check.layer if check else next((m.name for m in item.iter_markers() if m.name in LAYERS), None),
@@ -180,6 +184,12 @@ def result_record(item: pytest.Item, report: pytest.TestReport | None) -> dict[s
                         "max": max(observed.values), "longest_violation": None} if observed.values else None),
             "events": [], "notes": observed.notes}]
     return record
+
+
+def identity(item: pytest.Item) -> str:
+    """A Python check's result name: its module's name, the function and its parameters
+    ('test_vms::test_vcpus_are_pinned[web1]'), wherever the file was named from."""
+    return f"{Path(str(item.path)).stem}::{item.name}"
 
 
 def _first_line(report: pytest.TestReport) -> str:

@@ -10,7 +10,7 @@ from typing import Mapping
 import pytest
 
 from .catalog import Catalog
-from .errors import Unavailable
+from .errors import PolicyError, Unavailable
 from .observations import ObservationStore
 from .policy import Check, Policy, load_policy
 from .procfs import HostRoots
@@ -42,6 +42,11 @@ class RunState:
         if path not in self.policies:
             p = load_policy(path, self.catalog, display=_display(path))
             if self.window_override:
+                for c in p.checks:       # refused before sampling: it could only end inconclusive
+                    if c.for_ and c.for_ > self.window_override:
+                        raise PolicyError(_display(path), c.line, c.col,
+                                          f"check {c.id}: --window {self.window_override:g}s is shorter than its "
+                                          f"for: {c.for_:g}s; give a window of at least {c.for_:g}s")
                 p = replace(p, checks=tuple(_with_window(c, self.window_override) for c in p.checks))
             self.policies[path] = p
         return self.policies[path]

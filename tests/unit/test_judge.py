@@ -215,3 +215,16 @@ def test_only_unseen_events_are_not_a_pass(latency_check):
     c = latency_check("metric: block.latency\nexpect: 'p99 < 10ms'\nwindow: 5s")
     v = judge(c, _unseen_store([], 7), None, 5.0)
     assert v.outcome != "pass" and "7 events counted by the kernel, none timed" in v.entities[0].reason
+
+
+def test_the_sustained_level_is_the_figure_a_for_check_compares():
+    from vcheck.judge import sustained_level
+
+    times = [float(t) for t in range(1, 11)]
+    spans = [1.0] * 10
+    steal = [1, 12, 15, 14, 13, 2, 30, 1, 1, 1]          # 12..15% for 4 s, one 30% spike
+    assert sustained_level("<", times, steal, spans, 4.0, 0.0) == 12   # held >= 12% for 4 s
+    assert sustained_level("<", times, steal, spans, 1.0, 0.0) == 30   # a 1 s for: the spike
+    assert sustained_level("<", times, steal, spans, 11.0, 0.0) is None  # no stretch that long
+    idle = [90, 3, 2, 4, 80, 80, 80, 80, 80, 80]
+    assert sustained_level(">", times, idle, spans, 3.0, 0.0) == 4      # at most 4% idle for 3 s

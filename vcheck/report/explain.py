@@ -8,15 +8,24 @@ from typing import Any, Iterable
 
 from ..evidence import printable
 from ..units import format_duration
+from .json_report import result_id
 
 NOT_HEALTHY = ("fail", "error")
 
 
-def _select(report: dict[str, Any], item: str | None) -> list[dict[str, Any]]:
+def select(report: dict[str, Any], item: str | None) -> list[dict[str, Any]]:
+    """The results ITEM names: an identity ('policy::check[entity]'), a check id, a nodeid, or the
+    end of one; with no ITEM, every failing or inconclusive result."""
     results = report.get("results") or []
     if item is None:
         return [r for r in results if r.get("outcome") in NOT_HEALTHY]
-    return [r for r in results if item in (r.get("nodeid"), r.get("check")) or r.get("nodeid", "").endswith(item)]
+    return [r for r in results if item in (result_id(r), r.get("nodeid"), r.get("check"))
+            or result_id(r).endswith(item) or str(r.get("nodeid", "")).endswith(item)]
+
+
+def known_ids(report: dict[str, Any], limit: int = 20) -> str:
+    ids = [result_id(r) for r in report.get("results") or []]
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "") if ids else "none"
 
 
 def _fmt_info(info: dict[str, Any], keys: Iterable[str]) -> str:
@@ -24,14 +33,14 @@ def _fmt_info(info: dict[str, Any], keys: Iterable[str]) -> str:
 
 
 def explain(report: dict[str, Any], item: str | None = None) -> str:
-    chosen = _select(report, item)
+    chosen = select(report, item)
     node = (report.get("node") or {}).get("hostname", "?")
     if not chosen:
         what = f"no item matches {item!r}" if item else "every item passed or was skipped"
         return f"{node}: {what}."
     out: list[str] = []
     for r in chosen:
-        out.append(f"{r.get('nodeid')} on {node}: {str(r.get('outcome', '?')).upper()}")
+        out.append(f"{result_id(r)} on {node}: {str(r.get('outcome', '?')).upper()}")
         window = r.get("window")
         out.append(f"  symptom: {r.get('metric')} expect {r.get('expect')!r}"
                    + (f" for {format_duration(r['for'])}" if r.get("for") else "")

@@ -45,6 +45,7 @@ from ..histogram import MAX_INDEX, RELATIVE_ERROR, Histogram
 from ..judge import longest_violation
 from ..model import EntityOutcome, Kind, Outcome
 from ..units import COUNT, TIME, format_duration, format_value
+from .json_report import result_id
 from .svg import Marker, Threshold, histogram_svg, series_svg
 
 MAX_ENTITIES = 12   # per item, failing first (as the terminal shows them)
@@ -467,7 +468,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     if isinstance(item, SavedResult):
-        outcome.get_result().vcheck_result = item.record
+        rep = outcome.get_result()
+        rep.vcheck_result = item.record
+        rep.nodeid = result_id(item.record)
 
 
 class HtmlEvidence:
@@ -517,8 +520,7 @@ class HtmlEvidence:
     def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
         if getattr(report, "vcheck_result", None) is None or len(cells) < 2:
             return
-        test_id = report.nodeid + ("" if report.when == "call" else f"::{report.when}")
-        cells[1] = Markup('<td class="col-testId">{}</td>').format(test_id)
+        cells[1] = Markup('<td class="col-testId">{}</td>').format(result_id(report.vcheck_result))
 
     def _vcheck_session(self, collected: bool = True) -> bool:
         """Whether this report is about policies (pytest --html on a project's own tests, with

@@ -347,7 +347,7 @@ class _Shape:
         self.strmap(node.get("layers"), "node.layers")
         for i, p in enumerate(self.lst(_given(d, "policies", []), "policies", 10_000)):
             p = self.obj(p, f"policies[{i}]")
-            for k in ("name", "path", "sha256"):
+            for k in ("name", "path", "sha256", "source"):
                 self.text(p.get(k), f"policies[{i}].{k}", optional=True)
         status = d.get("exit_status")
         if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 0 <= status < 256):
@@ -384,6 +384,12 @@ def _short(v: Any) -> str:
         return "an integer too large"
     text = repr(v) if isinstance(v, (str, int, float, bool)) or v is None else type(v).__name__
     return printable(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+def result_id(record: Mapping[str, Any]) -> str:
+    """A result's identity: 'policy::check[entity]' (reports of this vcheck write it as "id");
+    an earlier report's results are named by their nodeid."""
+    return str(record.get("id") or record.get("nodeid"))
 
 
 def _no_constants(name: str) -> Any:

@@ -25,7 +25,7 @@ from ..errors import ReportFormatError
 from ..model import Outcome
 from .html import Evidence, node_rows, outcome_class, saved_observations, stylesheet
 from .join import JoinFacts, Joined, facts_of, join
-from .json_report import parse_report, read_report_bytes
+from .json_report import parse_report, read_report_bytes, result_id
 
 FLEET_FORMAT = "vcheck.fleet"
 _FAILING = (Outcome.FAIL, Outcome.ERROR)   # a failed or inconclusive check fails its node
@@ -45,6 +45,8 @@ class NodeResult:
     # held in memory with all it observed)
     report: dict[str, Any] | None = None
     join: JoinFacts | None = None          # what guest/host joining needs (JSON inputs)
+    boot_id: str = ""                      # with the name, what makes two reports the same node
+    policies: frozenset[tuple[str, str]] | None = None   # (name, sha256) judged; None: not said
 
     @property
     def failing(self) -> bool:
@@ -60,11 +62,13 @@ NOT_HEALTHY_EXITS = {2: "run interrupted", 3: "internal error", 4: "usage error"
 def _from_json(raw: bytes, path: Path, keep: bool = False) -> NodeResult:
     r = parse_report(raw, str(path))
     node = r.get("node") or {}
-    res = NodeResult(name=node.get("hostname") or path.stem, source=str(path), labels=dict(node.get("labels") or {}))
+    res = NodeResult(name=node.get("hostname") or path.stem, source=str(path), labels=dict(node.get("labels") or {}),
+                     boot_id=str(node.get("boot_id") or ""),
+                     policies=frozenset((str(p.get("name")), str(p.get("sha256"))) for p in r.get("policies") or []))
     for x in r.get("results", []):
         res.counts[x["outcome"]] = res.counts.get(x["outcome"], 0) + 1
         if x["outcome"] in _FAILING:
-            res.failed.append(x["nodeid"])
+            res.failed.append(result_id(x))
     status = r.get("exit_status")
     if (r.get("window") or {}).get("interrupted") or status == 2:
         res.failed.append("(run interrupted)")
@@ -75,7 +79,8 @@ def _from_json(raw: bytes, path: Path, keep: bool = False) -> NodeResult:
     res.join = facts_of(res.name, r)
     if keep:
         res.report = r if res.failing else {
-            "node": node, "results": [{k: x.get(k) for k in ("nodeid", "check", "outcome")} for x in r.get("results", [])]}
+            "node": node, "results": [{k: x.get(k) for k in ("id", "nodeid", "policy", "check", "outcome")}
+                                      for x in r.get("results", [])]}
     return res
 
 
@@ -93,7 +98,12 @@ def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
         raise ReportFormatError(f'{path}: no <testsuite> in it')
     out = []
     for s in suites:
-        res = NodeResult(name=s.get("name") or s.get("hostname") or path.stem, source=str(path), junit=s)
+        props = {p.get("name", ""): p.get("value", "") for p in s.findall("properties/property")}
+        labels = {k[len("vcheck.label."):]: v for k, v in props.items() if k.startswith("vcheck.label.")}
+        policies = frozenset((k[len("vcheck.policy."):], v) for k, v in props.items() if k.startswith("vcheck.policy."))
+        res = NodeResult(name=props.get("vcheck.node") or s.get("name") or s.get("hostname") or path.stem,
+                         source=str(path), junit=s, labels=labels, boot_id=props.get("vcheck.boot_id", ""),
+                         policies=policies or None)
         for case in s.iter("testcase"):
             outcome = Outcome.PASS
             if case.find("failure") is not None:
@@ -109,8 +119,10 @@ def _from_junit(raw: bytes, path: Path) -> list[NodeResult]:
     return out
 
 
-def load_node_reports(paths: list[str], keep: bool = False) -> list[NodeResult]:
-    """Each report's verdicts; keep=True also keeps what the fleet page draws (NodeResult.report)."""
+def load_node_reports(paths: list[str], keep: bool = False, mixed_policies: bool = False) -> list[NodeResult]:
+    """Each report's verdicts; keep=True also keeps what the fleet page draws (NodeResult.report).
+    A fleet counts nodes, not files: a node (name and boot id) given twice is refused, and so
+    are reports made with different policies unless mixed_policies."""
     nodes = []
     for p in map(Path, paths):
         raw = read_report_bytes(p)
@@ -121,6 +133,20 @@ def load_node_reports(paths: list[str], keep: bool = False) -> list[NodeResult]:
             nodes.append(_from_json(raw, p, keep))      # parse_report checks format, version and shape
         else:
             raise ReportFormatError(f"{p}: neither a vcheck JSON report nor JUnit XML")
+    seen: dict[tuple[str, str], NodeResult] = {}
+    for n in nodes:
+        first = seen.setdefault((n.name, n.boot_id), n)
+        if first is not n:
+            raise ReportFormatError(f"{n.source}: node {n.name} (boot {n.boot_id[:8] or 'not said'}) is already "
+                                    f"in {first.source}; give each node's report once")
+    said = {n.policies for n in nodes if n.policies is not None}
+    if len(said) > 1 and not mixed_policies:
+        one, other = sorted(said, key=sorted)[:2]
+        names = lambda ps: ", ".join(f"{name} ({sha[:8]})" for name, sha in sorted(ps)) or "none"  # noqa: E731
+        a = next(n for n in nodes if n.policies == one)
+        b = next(n for n in nodes if n.policies == other)
+        raise ReportFormatError(f"{b.source}: made with policies {names(other)}, {a.source} with {names(one)}; "
+                                "merge reports of one policy set, or give --allow-mixed-policies")
     return nodes
 
 
@@ -261,9 +287,9 @@ def fleet_html(nodes: list[NodeResult], g: Gate, domain_label: str | None) -> by
 
 def _node_results(n: NodeResult) -> list[tuple[str, str, str]]:
     """(check, outcome, nodeid) of every result of a node report."""
-    if n.report is not None:   # named as JUnit names them, so JSON and JUnit inputs share columns
-        return [(f"{str(r['nodeid']).split('::')[0]}::{r.get('check')}", str(r["outcome"]), str(r["nodeid"]))
-                for r in n.report.get("results") or []]
+    if n.report is not None:   # policy::check, as JUnit's classname::name says it: inputs share columns
+        return [(f"{r.get('policy')}::{r.get('check')}" if r.get("policy") else result_id(r).split("[", 1)[0],
+                 str(r["outcome"]), result_id(r)) for r in n.report.get("results") or []]
     out = []
     for case in n.junit.iter("testcase") if n.junit is not None else ():
         name = case.get("name", "")
@@ -281,8 +307,8 @@ def _node_evidence(i: int, n: NodeResult) -> Markup:
         parts = [Markup('<dl class="vc-info">{}</dl>').format(rows)]
         for r in n.report.get("results") or []:
             if r.get("outcome") in (Outcome.FAIL, Outcome.ERROR):
-                parts.append(Markup('<h3>{}</h3>').format(str(r['nodeid'])))
-                parts.append(ev.result_html(r, anchor=_evidence_anchor(i, str(r["nodeid"]))))
+                parts.append(Markup('<h3>{}</h3>').format(result_id(r)))
+                parts.append(ev.result_html(r, anchor=_evidence_anchor(i, result_id(r))))
         parts += [Markup('<p class="vc-note">{}</p>').format(f) for f in n.failed if f.startswith("(")]
         return Markup("").join(parts)
     parts = []
@@ -291,7 +317,8 @@ def _node_evidence(i: int, n: NodeResult) -> Markup:
         if bad is None:
             continue
         nodeid = f"{case.get('classname', '')}::{case.get('name', '')}"
-        text = (bad.get("message") or "") + "\n" + (bad.text or "")
+        message, body = bad.get("message") or "", bad.text or ""
+        text = body if message.strip() and message.strip() in body else (message + "\n" + body)   # each text once
         parts.append(Markup('<div class="vc vc-evidence" id="{}" data-nodeid="{}"><h3>{}</h3><pre>{}</pre></div>').format(_evidence_anchor(i, nodeid), nodeid, nodeid, text.strip()))
     return Markup("").join(parts)
 

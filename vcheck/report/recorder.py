@@ -48,7 +48,7 @@ class ReportRecorder:
     # --- what the run pushes -------------------------------------------------------------
     def collected(self, records: list[dict[str, Any]]) -> None:
         """Every item, in collection order, as not yet run (an interrupted run keeps them so)."""
-        self.results = {r["nodeid"]: r for r in records}
+        self.results = {r["id"]: r for r in records}
 
     def observed(self, facts: RunFacts) -> None:
         self.facts = facts
@@ -57,7 +57,7 @@ class ReportRecorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, "vcheck_result", None)
         if record is not None:
-            self.results[report.nodeid] = record
+            self.results[record["id"]] = record
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

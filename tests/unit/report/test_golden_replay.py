@@ -19,6 +19,8 @@ def _normal_json(text: str) -> dict:
     for k in MACHINE_FACTS:
         d["node"].pop(k, None)
     d["policies"] = [{**p, "path": Path(p["path"]).name} for p in d["policies"]]
+    for r in d["results"]:
+        r["file"] = Path(r["file"]).name      # where the policy was named from
     return d
 
 

@@ -121,8 +121,8 @@ def _node(tmp_path: Path, name: str, zone: str, failing: bool) -> Path:
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="junit-node" tests="2" failures="1">
-<testcase classname="node-conformance.yaml" name="guest-cpu-steal[cpu1]"><failure message="cpu.steal expect '&lt; 10%'">[cpu1] fail &lt;b&gt;</failure></testcase>
-<testcase classname="node-conformance.yaml" name="guest-cpu-steal[cpu0]"/>
+<testcase classname="node-conformance" name="guest-cpu-steal[cpu1]"><failure message="cpu.steal expect '&lt; 10%'">[cpu1] fail &lt;b&gt;</failure></testcase>
+<testcase classname="node-conformance" name="guest-cpu-steal[cpu0]"/>
 </testsuite></testsuites>
 """
 
@@ -142,9 +142,9 @@ def test_the_fleet_page_links_each_failing_cell_to_that_nodes_evidence(tmp_path)
     failing = page.of("td", **{"class": "vc-cell-error"}) + page.of("td", **{"class": "vc-cell-fail"})
     assert len(failing) == 2      # node-b's steal check (inconclusive), the JUnit node's (failed)
     # JSON and JUnit inputs name a check alike: one column per check of the golden run
-    golden_checks = {r["nodeid"].split("::")[0] + "::" + r["check"] for r in _golden()["results"]}
+    golden_checks = {r["policy"] + "::" + r["check"] for r in _golden()["results"]}
     assert {a["title"] for a in page.of("th", **{"class": "vc-check"})} == golden_checks
-    assert {a["data-check"] for a in failing} == {"node-conformance.yaml::guest-cpu-steal"}
+    assert {a["data-check"] for a in failing} == {"node-conformance::guest-cpu-steal"}
     links = [a["href"] for a in page.of("a") if a.get("href", "").startswith("#ev-")]
     assert len(links) == 2 and all(h[1:] in ids for h in links)
     # node-b's evidence: drawn from its observations; the JUnit node's: its failure text, escaped
@@ -180,7 +180,7 @@ def _blob(path: Path) -> dict:
 def test_vcheck_report_renders_a_saved_report_and_escapes_the_node(tmp_path):
     r = _golden()
     r["node"]["hostname"] = HOSTILE
-    r["results"][2]["nodeid"] = f"node-conformance.yaml::guest-cpu-steal-node[{HOSTILE}]"
+    r["results"][2]["id"] = f"node-conformance::guest-cpu-steal-node[{HOSTILE}]"
     src = tmp_path / "r.json"
     src.write_text(json.dumps(r))
     out = tmp_path / "r.html"
@@ -189,7 +189,7 @@ def test_vcheck_report_renders_a_saved_report_and_escapes_the_node(tmp_path):
     blob = _blob(out)
     assert len(blob["tests"]) == len(r["results"])
     assert blob["environment"]["vcheck node"] == html.escape(HOSTILE)     # pytest-html inserts it as HTML
-    row = blob["tests"][r["results"][2]["nodeid"]][0]["resultsTableRow"][1]
+    row = blob["tests"][r["results"][2]["id"]][0]["resultsTableRow"][1]
     assert "<img" not in row and str(markupsafe.escape(HOSTILE)) in row
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     # a foreign file is a usage error, one line, and nothing is written
