@@ -36,20 +36,24 @@ checks:
 """
 
 
-def inventory(rig, tmp_path: Path, policies: dict[str, list[str]], unreachable: list[str] = ()) -> Path:
-    """Hosts in the order given; an unreachable one points at a loopback port nobody listens on."""
+def inventory(rig, tmp_path: Path, policies: list[str], waivers: Path, failing: str,
+              unreachable: list[str] = ()) -> Path:
+    """Hosts in the order given, all with the same policies; every host but FAILING waives the
+    strict check (its known failure), so FAILING is the node that fails. An unreachable host
+    points at a loopback port nobody listens on."""
     hosts = {}
     for h in rig.hosts:
-        hosts[h.node] = {"ansible_port": h.port, "vcheck_policies": policies.get(h.node, policies["*"]),
-                         "vcheck_node_labels": f"zone={'a' if h.node in ('n1', 'n2') else 'b'}"}
+        hosts[h.node] = {"ansible_port": h.port, "vcheck_node_labels": f"zone={'a' if h.node in ('n1', 'n2') else 'b'}"}
+        if h.node != failing:
+            hosts[h.node]["vcheck_waivers"] = str(waivers)
     for name in unreachable:
-        hosts[name] = {"ansible_port": _closed_port(), "vcheck_policies": policies["*"]}
+        hosts[name] = {"ansible_port": _closed_port()}
     inv = {"all": {"hosts": hosts, "vars": {
         "ansible_host": "127.0.0.1", "ansible_user": "root", "ansible_ssh_private_key_file": str(rig.key),
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={rig.known_hosts} -o StrictHostKeyChecking=yes "
                                    "-o IdentitiesOnly=yes -o ConnectTimeout=5",
         "ansible_python_interpreter": "/usr/bin/python3", "vcheck_bin": VCHECK_BIN,
-        "vcheck_controller_bin": VCHECK_BIN, "vcheck_become": False}}}
+        "vcheck_controller_bin": VCHECK_BIN, "vcheck_become": False, "vcheck_policies": policies}}}
     path = tmp_path / "inventory.yml"
     path.write_text(yaml.safe_dump(inv, sort_keys=False))   # hosts in this order
     return path
@@ -74,18 +78,24 @@ def playbook(tmp_path: Path, inv: Path, reports: Path, **extra: object) -> subpr
 
 
 @pytest.fixture
-def policies(tmp_path) -> dict[str, Path]:
-    out = {}
+def policies(tmp_path) -> list[str]:
+    out = []
     for name, text in (("ops", PASSING), ("strict", STRICT)):
-        out[name] = tmp_path / f"{name}.yaml"
-        out[name].write_text(text)
+        (tmp_path / f"{name}.yaml").write_text(text)
+        out.append(str(tmp_path / f"{name}.yaml"))
     return out
 
 
-def test_the_gate_stops_the_roll_at_the_batch_that_fails_it(sshd_hosts, policies, tmp_path):
+@pytest.fixture
+def waivers(tmp_path) -> Path:
+    path = tmp_path / "waivers.yaml"
+    path.write_text("waivers:\n  - check: strict::never\n    justification: known, INC-7\n    expires: 2999-01-01\n")
+    return path
+
+
+def test_the_gate_stops_the_roll_at_the_batch_that_fails_it(sshd_hosts, policies, waivers, tmp_path):
     rig = sshd_hosts(["n1", "n2", "n3", "n4", "n5"])
-    ops, strict = str(policies["ops"]), str(policies["strict"])
-    inv = inventory(rig, tmp_path, {"*": [ops], "n3": [ops, strict]})      # n3 is the node that fails
+    inv = inventory(rig, tmp_path, policies, waivers, failing="n3")
     reports = tmp_path / "roll"
     upgrade = tmp_path / "upgrade.yml"      # the operator's upgrade, on each host of a batch before its check
     upgraded = tmp_path / "upgraded"
@@ -104,15 +114,16 @@ def test_the_gate_stops_the_roll_at_the_batch_that_fails_it(sshd_hosts, policies
     for name in ("n1", "n2", "n3", "n4"):
         node = json.loads((reports / "nodes" / f"{name}.json").read_text())["node"]
         assert node["hostname"] == name and node["labels"]["zone"] in ("a", "b")
+        outcomes = {r["check"]: r["outcome"] for r in json.loads((reports / "nodes" / f"{name}.json").read_text())["results"]}
+        assert outcomes == {"idle-ok": "pass", "never": "fail" if name == "n3" else "waived"}   # the host's waivers
     fleet = json.loads((reports / "fleet.json").read_text())
     assert {n["name"]: n["failing"] for n in fleet["nodes"]} == {"n1": False, "n2": False, "n3": True, "n4": False}
     assert fleet["gate"]["passed"] is False
 
 
-def test_hosts_without_a_report_count_as_failing_and_are_named(sshd_hosts, policies, tmp_path):
+def test_hosts_without_a_report_count_as_failing_and_are_named(sshd_hosts, policies, waivers, tmp_path):
     rig = sshd_hosts(["n1", "n2", "n3", "n4"])
-    ops, strict = str(policies["ops"]), str(policies["strict"])
-    inv = inventory(rig, tmp_path, {"*": [ops], "n3": [ops, strict]}, unreachable=["gone1"])
+    inv = inventory(rig, tmp_path, policies, waivers, failing="n3", unreachable=["gone1"])
     doc = yaml.safe_load(inv.read_text())
     doc["all"]["hosts"]["n4"]["vcheck_bin"] = "/nonexistent/vcheck"      # n4's run leaves no report
     inv.write_text(yaml.safe_dump(doc, sort_keys=False))
