@@ -5,6 +5,7 @@ the failing node's alert and the fleet gate, and `vcheck gate --prometheus` deci
 `vcheck merge` does on the same runs' JSON reports."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -51,31 +52,41 @@ def observed(policy_file, tmp_path) -> Path:
     return report
 
 
-def run_node(name: str, zone: str, policy: Path, observed: Path, textfile: Path, report: Path) -> int:
+def run_node(name: str, zone: str, policy: Path, observed: Path, textfile: Path, report: Path, *args: str) -> int:
     """`vcheck run` as a node's cron job runs it: the textfile for node_exporter and the JSON."""
     r = vcheck("run", str(policy), "--replay", str(observed), "--prom-textfile", str(textfile), "--json", str(report),
-               env={"VCHECK_NODE_NAME": name, "VCHECK_NODE_LABELS": f"zone={zone},rack=r-{name}"})
+               *args, env={"VCHECK_NODE_NAME": name, "VCHECK_NODE_LABELS": f"zone={zone},rack=r-{name}"})
     assert r.returncode in (0, 1), r.stdout + r.stderr
     return r.returncode
 
 
+def waiver_file(path: Path, expires: str) -> Path:
+    path.write_text(f"waivers:\n  - check: ops::never\n    justification: known, INC-7\n    expires: {expires}\n")
+    return path
+
+
 def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporters, prometheus_server, policy_file,
                                                                      observed, tmp_path):
-    passing, failing = policy_file(PASSING, "pass.yaml"), policy_file(FAILING, "fail.yaml")
+    # one policy set on every node; the check "never" fails everywhere and is waived (a known
+    # failure) until n3's waiver expires
+    policy = policy_file(FAILING, "ops.yaml")
+    waived = waiver_file(tmp_path / "waivers.yaml", "2999-01-01")
+    expired = waiver_file(tmp_path / "expired.yaml", (dt.date.today() - dt.timedelta(days=1)).isoformat())
     exporters = node_exporters(len(NODES) + 1)       # the last one's node never ran vcheck
     reports = {}
     for (name, zone), ne in zip(NODES, exporters):
         reports[name] = tmp_path / f"{name}.json"
-        assert run_node(name, zone, passing, observed, ne.textfile, reports[name]) == 0
+        assert run_node(name, zone, policy, observed, ne.textfile, reports[name], "--waivers", str(waived)) == 0
     prom = prometheus_server([ne.target for ne in exporters],
                              tuned_rules(stale_after=120, max_failing_ratio=0.25))
     prom.wait_for("the four nodes' vcheck series",
                   lambda: len(prom.query("vcheck:node_failing == 0")) == 4 and prom.query("vcheck:fleet_nodes"))
     assert prom.alerts("VcheckCheckFailing") == [] and prom.alerts("VcheckFleetGate") == []
 
-    # n3's next run fails: its alert fires, from the change (not before it)
+    assert prom.query('vcheck_check_status{outcome="waived"} == 0')      # waived: said, not alerted
+    # n3's waiver has expired: its next run fails, and its alert fires, from the change (not before it)
     changed = time.time()
-    assert run_node("n3", "b", failing, observed, exporters[2].textfile, reports["n3"]) == 1
+    assert run_node("n3", "b", policy, observed, exporters[2].textfile, reports["n3"], "--waivers", str(expired)) == 1
     changed = min(changed, exporters[2].textfile.stat().st_mtime)
     alerts = prom.wait_for("n3's VcheckCheckFailing alert", lambda: prom.alerts("VcheckCheckFailing"))
     assert {a["labels"]["node"] for a in alerts} == {"n3"}
@@ -180,26 +191,28 @@ def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_se
 
 
 
-THIN = PASSING + '  - {id: thin, metric: cpu.idle, expect: "<= 100%", for: 5s, window: 5s}\n'
-SLOW = PASSING.replace("window: 1s", "window: 5s")
+THIN = FAILING + '  - {id: thin, metric: cpu.idle, expect: "<= 100%", for: 5s, window: 5s}\n'
 
 
 def test_gate_and_merge_agree_on_every_way_a_node_fails(node_exporters, prometheus_server, policy_file, observed,
                                                         tmp_path):
-    """One node per way: passing, a failed check, a waived failure, an inconclusive check, an
-    interrupted run, nothing judged. `vcheck gate` on their series and `vcheck merge` on the
-    same runs' reports fail the same nodes for the same run-level reasons, line for line."""
-    waivers = tmp_path / "waivers.yaml"
-    waivers.write_text("waivers:\n  - check: never\n    justification: known, ticket 7\n    expires: 2999-01-01\n")
-    runs = {"ok": ([str(policy_file(PASSING, "ok.yaml")), "--replay", str(observed)], 0),
-            "fail": ([str(policy_file(FAILING, "fail.yaml")), "--replay", str(observed)], 1),
-            "waived": ([str(policy_file(FAILING, "waived.yaml")), "--replay", str(observed), "--waivers", str(waivers)], 0),
-            "thin": ([str(policy_file(THIN, "thin.yaml")), "--replay", str(observed)], 1),
-            "cut": ([str(policy_file(SLOW, "slow.yaml")), "--timeout", "1s"], 2),
-            "empty": ([str(policy_file(PASSING, "empty.yaml")), "--replay", str(observed), "-k", "nothing-matches"], 5)}
+    """One node per way, one policy set (which checks a node runs is chosen with -k): passing, a
+    failed check, a waived failure, an inconclusive check, an interrupted run, nothing judged.
+    `vcheck gate` on their series and `vcheck merge` on the same runs' reports fail the same
+    nodes for the same run-level reasons, line for line."""
+    policy = str(policy_file(THIN, "ops.yaml"))
+    waivers = waiver_file(tmp_path / "waivers.yaml", "2999-01-01")
+    replay = ["--replay", str(observed)]
+    runs = {"ok": ([*replay, "-k", "idle-ok"], 0),
+            "fail": ([*replay, "-k", "idle-ok or never"], 1),
+            "waived": ([*replay, "-k", "not thin", "--waivers", str(waivers)], 0),
+            "thin": ([*replay, "-k", "idle-ok or thin"], 1),
+            "cut": (["-k", "idle-ok", "--window", "5s", "--timeout", "1s"], 2),      # a real window, cut short
+            "empty": ([*replay, "-k", "nothing-matches"], 5)}
     exporters = dict(zip(runs, node_exporters(len(runs))))
     for name, (args, expected) in runs.items():
-        r = vcheck("run", *args, "--prom-textfile", str(exporters[name].textfile), "--json", str(tmp_path / f"{name}.json"),
+        r = vcheck("run", policy, *args, "--prom-textfile", str(exporters[name].textfile),
+                   "--json", str(tmp_path / f"{name}.json"),
                    env={"VCHECK_NODE_NAME": name})
         assert r.returncode == expected, (name, r.stdout[-500:], r.stderr[-500:])
     prom = prometheus_server([ne.target for ne in exporters.values()], tuned_rules(stale_after=300, max_failing_ratio=0.5))
