@@ -120,8 +120,11 @@ def test_vcheck_run_in_a_namespace_judges_its_drops(veth_pair, policy_file, tmp_
         report = tmp_path / "r.json"
         run = subprocess.Popen(["ip", "netns", "exec", b.name, *VCHECK, "run", str(policy), "--json", str(report)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        time.sleep(1.2)
-        udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 300, size=1000)
+        # bursts until the run ends: whenever its window begins (start-up varies with load), it sees some
+        deadline = time.monotonic() + 120
+        while run.poll() is None and time.monotonic() < deadline:
+            udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 100, size=1000)
+            time.sleep(0.3)
         out, err = run.communicate(timeout=120)
     finally:
         sink.close()

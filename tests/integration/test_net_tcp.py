@@ -48,6 +48,8 @@ def test_rtt_and_retransmits_on_a_delayed_lossy_link(impaired_link, bpf_path):
             ss_samples += ss_rtts(link.a.name, PORT)
             time.sleep(0.2)
             assert client.poll() is None
+        # every byte acknowledged: the connection is idle, its srtt no longer moves
+        final = ss_rtts(link.a.name, PORT)
         c.sample(1.0)          # while the client still holds its socket
         ref1 = nstat(link.a.name)
         c.stop(1.1)
@@ -66,19 +68,25 @@ def test_rtt_and_retransmits_on_a_delayed_lossy_link(impaired_link, bpf_path):
     flow = next(e for e in node.events if e["remote"] == f"{link.addr_b}:{PORT}")
     if bpf_path == "core":      # segments, as RetransSegs counts them
         assert sum(by_ns[netns_a].values) == retrans and flow["count"] == retrans
-    else:                       # packets: a resent TSO packet of several segments counts once
-        assert retrans / 2 <= sum(by_ns[netns_a].values) == flow["count"] <= retrans
+    else:                       # packets (a resent TSO packet counts once); every namespace is netns 0
+        assert retrans / 2 <= flow["count"] <= retrans <= sum(by_ns[netns_a].values) + retrans
     if bpf_path == "core":
         assert "python" in flow.get("socket_owner", ""), flow
 
-    # RTT: the sender's srtt is the relay's delay both ways and more; ss saw the same
+    # RTT: the sender's srtt is at least the relay's delay both ways, in every sample
     rtt = {o.label_dict["netns"]: o for o in store.for_metric("net.tcp.rtt")}
     h = rtt[netns_a].histogram
-    assert h.count > 0 and ss_samples
-    p50 = h.percentile(0.5).value
-    assert 2 * link.delay_ms / 1000 <= p50 * (1 + RELATIVE_ERROR)
-    lo, hi = min(ss_samples), max(ss_samples)
-    assert lo * (1 - RELATIVE_ERROR) - 0.005 <= p50 <= hi * (1 + RELATIVE_ERROR) + 0.005, (p50, ss_samples)
-    print(f"p50 {p50 * 1000:.2f} ms, ss {lo * 1000:.2f}-{hi * 1000:.2f} ms, retransmitted {retrans}")
-    slow = rtt[netns_a].events[0]
-    assert slow["remote"] == f"{link.addr_b}:{PORT}" and slow["latency"] >= 2 * link.delay_ms / 1000
+    assert h.count > 0 and ss_samples and len(final) == 1
+    floor = 2 * link.delay_ms / 1000
+    if bpf_path == "core":      # under bcc netns 0 holds every flow of the host, fast ones too
+        assert h.percentile(0.01).value >= floor * (1 - RELATIVE_ERROR)
+    # the flow's last srtt is what ss -ti shows for the idle connection, but for the last ACK's
+    # update: tcp_probe fires as a segment arrives, before the kernel folds its RTT sample in
+    flow = next(e for e in rtt[netns_a].events if e["remote"] == f"{link.addr_b}:{PORT}")
+    assert abs(flow["last_srtt"] - final[0]) <= RELATIVE_ERROR * final[0], (flow, final)
+    assert flow["latency"] >= max(final[0], floor)         # its largest srtt
+    # and ss's snapshots during the transfer lie within what the histogram recorded
+    assert h.percentile(0.0001).low * (1 - RELATIVE_ERROR) <= min(ss_samples)
+    assert max(ss_samples) <= h.max_exact * h.scale + 1e-6
+    print(f"p50 {h.percentile(0.5).value * 1000:.2f} ms, ss {min(ss_samples) * 1000:.2f}-"
+          f"{max(ss_samples) * 1000:.2f} ms, last {final[0] * 1000:.3f} ms, retransmitted {retrans}")

@@ -292,15 +292,19 @@ class TcpSink:
 def tcp_send(ns: str, addr: str, port: int, nbytes: int, chunk: int = 16384, pause: float = 0.0,
              linger: float = 0.0) -> subprocess.Popen:
     """Start a client in ns that sends nbytes to addr:port (pausing between chunks), prints
-    "sent" when the peer has it all, keeps the connection `linger` seconds more, then closes."""
+    "sent" when the peer has acknowledged it all (its send queue is empty: no segment arrives
+    after, so its smoothed RTT stays put), keeps the connection open and idle `linger` seconds
+    more, then closes."""
     return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent("""
-        import socket, sys, time
+        import fcntl, socket, struct, sys, time
+        TIOCOUTQ = 0x5411
         c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
         left, chunk, pause = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
         while left > 0:
             n = min(chunk, left); c.sendall(b"x" * n); left -= n
             if pause: time.sleep(pause)
-        c.shutdown(socket.SHUT_WR); c.recv(1)
+        while struct.unpack("i", fcntl.ioctl(c.fileno(), TIOCOUTQ, bytes(4)))[0]:
+            time.sleep(0.01)
         print("sent", flush=True); time.sleep(float(sys.argv[6])); c.close()
         """), addr, str(port), str(nbytes), str(chunk), str(pause), str(linger)], stdout=subprocess.PIPE, text=True)
 
