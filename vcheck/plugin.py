@@ -166,6 +166,11 @@ def pytest_make_collect_report(collector: pytest.Collector):
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash[STATE_KEY]
+    for item in session.items:    # selected items only: -k and -m may leave a long for: out
+        if isinstance(item, CheckItem):
+            why = state.too_short(item.check, f"{_shown(item.path)}:{item.check.line}:{item.check.col}")
+            if why and why not in state.policy_errors:
+                state.policy_errors.append(why)
     if state.policy_errors:
         raise pytest.UsageError(*state.policy_errors)
     known = {(p.name, c.id) for p in state.policies.values() for c in p.checks} | {
@@ -359,6 +364,13 @@ def _keep_pending(signum: int) -> None:
             signal.pthread_kill(main.ident, signum)
     except (OSError, ValueError):
         pass
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
 
 
 def _cost(state: RunState) -> dict | None:

@@ -66,9 +66,6 @@ def _declared_check(function: Any, marker: pytest.Mark, state: RunState) -> Chec
     from dataclasses import replace
 
     if state.window_override:
-        if check.for_ and check.for_ > state.window_override:
-            raise PolicyError(path, line, 1, f"@observe on {function.__name__}: --window {state.window_override:g}s "
-                                             f"is shorter than its for: {check.for_:g}s")
         check = replace(check, window=state.window_override, interval=min(check.interval, state.window_override))
     return replace(check, line=line, col=1, expect_text="(python)")
 

@@ -10,7 +10,7 @@ from typing import Mapping
 import pytest
 
 from .catalog import Catalog
-from .errors import PolicyError, Unavailable
+from .errors import Unavailable
 from .observations import ObservationStore
 from .policy import Check, Policy, load_policy
 from .procfs import HostRoots
@@ -42,14 +42,17 @@ class RunState:
         if path not in self.policies:
             p = load_policy(path, self.catalog, display=_display(path))
             if self.window_override:
-                for c in p.checks:       # refused before sampling: it could only end inconclusive
-                    if c.for_ and c.for_ > self.window_override:
-                        raise PolicyError(_display(path), c.line, c.col,
-                                          f"check {c.id}: --window {self.window_override:g}s is shorter than its "
-                                          f"for: {c.for_:g}s; give a window of at least {c.for_:g}s")
                 p = replace(p, checks=tuple(_with_window(c, self.window_override) for c in p.checks))
             self.policies[path] = p
         return self.policies[path]
+
+    def too_short(self, check: Check, where: str) -> str | None:
+        """Why --window cannot judge this check (it could only end inconclusive), as the
+        'FILE:LINE:COL: ...' line that refuses the run before sampling; None when it can."""
+        if self.window_override and check.for_ and check.for_ > self.window_override:
+            return (f"{where}: check {check.id}: --window {self.window_override:g}s is shorter than its for: "
+                    f"{check.for_:g}s; give a window of at least {check.for_:g}s")
+        return None
 
     def entities_for(self, check: Check) -> list[dict[str, str] | None]:
         """Entities this check makes items for, discovered cheaply at collection time (a replay

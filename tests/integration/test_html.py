@@ -65,9 +65,9 @@ def run(tmp_path_factory):
     q = _vcheck("report", str(d / "r.json"), "--html", str(d / "saved.html"), cwd=d)
     assert q.returncode == 0, q.stdout + q.stderr
     report = json.loads((d / "r.json").read_text())
-    by_id = {r["nodeid"]: r for r in report["results"]}
-    for nodeid in ("html-rig.yaml::user[cpu1]", f"html-rig.yaml::disk-outliers[{root_device()}]",
-                   "html-rig.yaml::runq[cpu1]"):
+    by_id = {r["id"]: r for r in report["results"]}
+    for nodeid in ("html-rig::user[cpu1]", f"html-rig::disk-outliers[{root_device()}]",
+                   "html-rig::runq[cpu1]"):
         r = by_id.get(nodeid, {})
         # failed on what was observed, not for want of data
         assert r.get("outcome") == "fail" and any(e["outcome"] == "fail" for e in r["entities"]), \
@@ -139,16 +139,16 @@ def test_each_failing_item_shows_its_plot_in_a_browser_without_network(run, brow
     assert _console_errors(browser) == []
     failing = [r for r in report["results"] if r["outcome"] == "fail"]
     for r in failing:
-        row = _row(browser, r["nodeid"])
-        assert row is not None, r["nodeid"]
+        row = _row(browser, r["id"])
+        assert row is not None, r["id"]
         figures = row.find_elements("css selector", "figure.vc-figure svg.vc-plot")
         bad = [e for e in r["entities"] if e["outcome"] == "fail"]
-        assert len(figures) >= len(bad) and all(f.is_displayed() for f in figures[:len(bad)]), r["nodeid"]
+        assert len(figures) >= len(bad) and all(f.is_displayed() for f in figures[:len(bad)]), r["id"]
         assert _rect(browser, figures[0])["h"] > 100
     # the slowest I/Os, and who issued them, as a table: the JSON report's first 20 events
     disk = next(r for r in failing if r["check"] == "disk-outliers")
     events = disk["entities"][0]["events"]
-    table = _row(browser, disk["nodeid"]).find_element("css selector", "table.vc-events")
+    table = _row(browser, disk["id"]).find_element("css selector", "table.vc-events")
     head = [th.text for th in table.find_elements("css selector", "th")]
     rows = table.find_elements("css selector", "tr")[1:]
     assert len(rows) == min(20, len(events)) and "comm" in head
@@ -168,7 +168,7 @@ def test_each_failing_item_shows_its_plot_in_a_browser_without_network(run, brow
 def test_the_threshold_line_sits_where_the_axis_maps_its_value(run, browser):
     d, report = run
     _open(browser, d / "live.html")
-    svg = _row(browser, "html-rig.yaml::user[cpu1]").find_element("css selector", "svg.vc-plot-series")
+    svg = _row(browser, "html-rig::user[cpu1]").find_element("css selector", "svg.vc-plot-series")
     ticks = [(float(g.get_attribute("data-value")), g.find_element("css selector", "line"))
              for g in svg.find_elements("css selector", "g.vc-ytick")]
     (v0, l0), (v1, l1) = ticks[0], ticks[-1]
@@ -179,7 +179,7 @@ def test_the_threshold_line_sits_where_the_axis_maps_its_value(run, browser):
     expected = y0 + (30.0 - v0) * (y1 - y0) / (v1 - v0)
     assert abs(r["y"] + r["h"] / 2 - expected) <= 1.0, (r, expected)
     # the shaded stretch is where the run says the longest violation was
-    lv = next(e for e in report["results"] if e["nodeid"] == "html-rig.yaml::user[cpu1]")["entities"][0]["series"][
+    lv = next(e for e in report["results"] if e["id"] == "html-rig::user[cpu1]")["entities"][0]["series"][
         "longest_violation"]
     shade = svg.find_element("css selector", "rect.vc-violation")
     assert float(shade.get_attribute("data-start")) == pytest.approx(lv["start"])
@@ -196,7 +196,7 @@ def test_the_histogram_marks_p99_in_the_bucket_that_holds_it(run, browser):
         if seen >= rank:
             break
     _open(browser, d / "live.html")
-    svg = _row(browser, "html-rig.yaml::runq[cpu1]").find_element("css selector", "svg.vc-plot-histogram")
+    svg = _row(browser, "html-rig::runq[cpu1]").find_element("css selector", "svg.vc-plot-histogram")
     bar = svg.find_element("css selector", "rect.vc-bar-p99")
     assert float(bar.get_attribute("data-low")) == pytest.approx(low * h["scale"], rel=1e-4)
     assert float(bar.get_attribute("data-high")) == pytest.approx(high * h["scale"], rel=1e-4)
@@ -224,7 +224,7 @@ def test_dark_and_light_themes_both_apply(run, browser):
 def test_the_report_rendered_from_the_saved_json_is_the_same(run, browser):
     d, report = run
     live, saved = _blob(d / "live.html"), _blob(d / "saved.html")
-    assert set(live["tests"]) == set(saved["tests"]) == {r["nodeid"] for r in report["results"]}
+    assert set(live["tests"]) == set(saved["tests"]) == {r["id"] for r in report["results"]}
     for nodeid, rows in live["tests"].items():
         other = saved["tests"][nodeid]
         assert [r["result"] for r in rows] == [r["result"] for r in other], nodeid
@@ -253,13 +253,13 @@ def test_the_fleet_page_links_the_failing_nodes_cell_to_its_evidence(run, browse
     assert p.returncode == 1 and "zone=a: 1 of 2 nodes failing" in p.stdout, p.stdout + p.stderr
     _open(browser, d / "fleet.html")
     assert _console_errors(browser) == []
-    cell = browser.find_element("css selector", 'tr[data-node="node-a"] td[data-check="html-rig.yaml::user"]')
+    cell = browser.find_element("css selector", 'tr[data-node="node-a"] td[data-check="html-rig::user"]')
     assert cell.get_attribute("data-outcome") == "fail"
     for healthy in ("node-b", "node-c"):
         assert browser.find_elements("css selector", f'tr[data-node="{healthy}"] td a') == []
     cell.find_element("css selector", "a").click()
     target = browser.execute_script("return document.querySelector(':target')")
-    failed = {r["nodeid"] for r in report["results"] if r["check"] == "user" and r["outcome"] == "fail"}
+    failed = {r["id"] for r in report["results"] if r["check"] == "user" and r["outcome"] == "fail"}
     assert target is not None and target.get_attribute("data-nodeid") in failed     # cpu1, and cpu0 if it was busy
     assert browser.execute_script("return arguments[0].closest('section').dataset.node", target) == "node-a"
     assert target.find_element("css selector", "svg.vc-plot-series line.vc-threshold").is_displayed()

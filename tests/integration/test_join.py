@@ -54,7 +54,7 @@ def test_merge_joins_a_guest_to_the_host_that_runs_it(tmp_path):
     run(tmp_path / "guest.yaml", tmp_path / "lost.json",
         {"VCHECK_NODE_NAME": "g2", "VCHECK_SYS": str(fake_sys(tmp_path / "sys2", "0000-none", "nobody"))})
     assert json.loads((tmp_path / "guest.json").read_text())["node"]["vm_identity"]["product_uuid"] == UUID
-    r = subprocess.run(VCHECK + ["merge", str(tmp_path / "host.json"), str(tmp_path / "guest.json"),
+    r = subprocess.run(VCHECK + ["merge", "--allow-mixed-policies", str(tmp_path / "host.json"), str(tmp_path / "guest.json"),
                                  str(tmp_path / "lost.json"), "--json", str(tmp_path / "fleet.json")],
                        capture_output=True, text=True, timeout=60)
     assert "Traceback" not in r.stderr, r.stderr

@@ -195,7 +195,10 @@ def test_garbage_in_vcheck_proc_is_reported_not_a_traceback(tmp_path):
     (fake / "pressure").mkdir(parents=True)
     for name in ("stat", "diskstats", "pressure/cpu", "pressure/memory", "pressure/io"):
         (fake / name).write_bytes(os.urandom(300))
-    r = vcheck("run", "--window", "1s", "-m", "guest", "-k", "not disk", env={"VCHECK_PROC": str(fake)})
+    policy = tmp_path / "guest.yaml"
+    policy.write_text("policy: guest\nchecks:\n  - {id: steal, metric: cpu.steal, per: cpu, expect: '< 10%', window: 1s}\n"
+                      "  - {id: idle, metric: cpu.idle, expect: '>= 0%', window: 1s}\n")
+    r = vcheck("run", str(policy), env={"VCHECK_PROC": str(fake)})
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert r.returncode == 1, r.stdout + r.stderr       # the guest layer cannot be judged: it fails
     assert "no data" in r.stdout

@@ -126,7 +126,7 @@ class Evidence:
         try:
             return self._result_html(record, anchor)
         except _UNDRAWABLE as exc:
-            return (Markup('<div class="vc vc-evidence"{} data-nodeid="{}"><p class="vc-note">evidence could not be drawn: {}: {}</p></div>').format(_attr("id", anchor), str(record.get("nodeid")), type(exc).__name__, str(exc)[:200]))
+            return (Markup('<div class="vc vc-evidence"{} data-nodeid="{}"><p class="vc-note">evidence could not be drawn: {}: {}</p></div>').format(_attr("id", anchor), result_id(record), type(exc).__name__, str(exc)[:200]))
 
     def _result_html(self, record: Mapping[str, Any], anchor: str) -> Markup:
         entities = list(record.get("entities") or [])
@@ -134,7 +134,7 @@ class Evidence:
         info = self.metrics.get(record["metric"], has_hist)
         thresholds = value_thresholds(record, info)
         shown = sorted(entities, key=lambda e: _ENTITY_ORDER.get(e.get("outcome"), 9))[:MAX_ENTITIES]
-        out = [Markup('<div class="vc vc-evidence"{} data-nodeid="{}" data-outcome="{}">').format(_attr("id", anchor), record["nodeid"], str(record["outcome"])),
+        out = [Markup('<div class="vc vc-evidence"{} data-nodeid="{}" data-outcome="{}">').format(_attr("id", anchor), result_id(record), str(record["outcome"])),
                Markup('<p class="vc-head">{}</p>').format(headline(record))]
         if not entities:
             out.append(Markup('<p class="vc-note">{}</p>').format(record.get("reason") or "no entity was judged"))
