@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from array import array
 import platform
 import re
 from dataclasses import dataclass, field
@@ -98,39 +99,57 @@ def reason_name(code: int, names: Mapping[int, str]) -> str:
 
 
 class Kallsyms:
-    """Kernel text addresses -> 'function+0xoff', read once on first use (root sees addresses)."""
+    """Kernel text addresses -> 'function+0xoff', read once on first use (root sees addresses).
+
+    /proc/kallsyms holds ~100k+ text symbols: they are kept as an address array and one blob
+    of names (a few MB), not as Python tuples (which cost ~40 MB at peak)."""
 
     def __init__(self, proc: Path):
         self._proc = proc
-        self._addrs: list[int] | None = None
-        self._names: list[str] = []
+        self._addrs: array | None = None
+        self._ends = array("I")
+        self._blob = bytearray()
 
     def _load(self) -> None:
-        addrs, names = [], []
+        addrs, ends, blob = array("Q"), array("I"), bytearray()
+        ordered = True
         try:
-            text = read_text(self._proc / "kallsyms")
+            with open(self._proc / "kallsyms", "rb") as f:
+                for line in f:
+                    parts = line.split(None, 3)
+                    if len(parts) < 3 or parts[1] not in (b"t", b"T"):
+                        continue
+                    a = int(parts[0], 16)
+                    if not a:
+                        continue
+                    if addrs and a < addrs[-1]:
+                        ordered = False          # modules follow the core kernel
+                    addrs.append(a)
+                    blob += parts[2]
+                    ends.append(len(blob))
         except OSError:
-            text = ""
-        pairs = []
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] in ("t", "T"):
-                a = int(parts[0], 16)
-                if a:
-                    pairs.append((a, parts[2]))
-        pairs.sort()
-        for a, n in pairs:
-            addrs.append(a)
-            names.append(n)
-        self._addrs, self._names = addrs, names
+            pass
+        if not ordered:
+            order = sorted(range(len(addrs)), key=addrs.__getitem__)
+            starts = [0] + list(ends[:-1])
+            names = [bytes(blob[starts[i]:ends[i]]) for i in order]
+            addrs = array("Q", (addrs[i] for i in order))
+            blob, ends = bytearray(), array("I")
+            for n in names:
+                blob += n
+                ends.append(len(blob))
+        self._addrs, self._ends, self._blob = addrs, ends, blob
 
     def name(self, addr: int) -> str:
         if self._addrs is None:
             self._load()
+        assert self._addrs is not None
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or not addr:
             return f"{addr:#x}"
-        return f"{self._names[i]}+{addr - self._addrs[i]:#x}"
+        start = self._ends[i - 1] if i else 0
+        name = self._blob[start:self._ends[i]].decode("utf-8", "replace")
+        return f"{name}+{addr - self._addrs[i]:#x}"
 
 
 def netns_inode(link: str) -> str:

@@ -40,6 +40,12 @@ def test_kallsyms_names_the_function(tmp_path):
     k = Kallsyms(tmp_path)
     assert k.name(0xffffffff81000137) == "udp_queue_rcv_one_skb+0x37"
     assert k.name(0xffffffff81000510) == "tcp_v4_rcv+0x10"
+    # module symbols follow the core kernel's, at addresses of their own: looked up all the same
+    (tmp_path / "kallsyms").write_text("ffffffff81000000 T _stext\nffffffffc0000000 t br_handle_frame\t[bridge]\n"
+                                       "ffffffff80000000 t early_fn\n")
+    k = Kallsyms(tmp_path)
+    assert k.name(0xffffffffc0000010) == "br_handle_frame+0x10"
+    assert k.name(0xffffffff80000004) == "early_fn+0x4" and k.name(0xffffffff81000001) == "_stext+0x1"
 
 
 def test_netns_inode():
