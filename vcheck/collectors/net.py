@@ -57,8 +57,8 @@ class SoftnetRow:
 
 
 def parse_softnet(text: str) -> dict[int, SoftnetRow]:
-    """/proc/net/softnet_stat: one hex row per online CPU. Since 5.10 the 13th column is the
-    CPU's number (rows skip offline CPUs); older kernels are read in row order."""
+    """/proc/net/softnet_stat: one hex row per online CPU. Where the kernel has it, the 13th
+    column is the CPU's number (rows skip offline CPUs); older kernels are read in row order."""
     out = {}
     for i, line in enumerate(ln for ln in text.splitlines() if ln.strip()):
         cols = [int(c, 16) for c in line.split()]

@@ -10,7 +10,7 @@ NET_DEV = """Inter-|   Receive                                                | 
   eth0: 240992401    4659    1    7    0     0          0         0   250321    3274    0    2    0     0       0          0
 """
 
-# 6.x: 13th column is the CPU number; CPU 1 is offline here, so rows are CPUs 0 and 2
+# a 13th column (this 6.18 kernel has it) is the CPU number; CPU 1 is offline here, so rows are CPUs 0 and 2
 SOFTNET = """00000011 00000003 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
 0000123f 00000000 0000000a 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000002 00000000 00000000
 """
@@ -32,7 +32,7 @@ def test_net_dev():
 def test_softnet_rows_are_named_by_their_cpu_column():
     assert sorted(parse_softnet(SOFTNET)) == [0, 2]
     assert parse_softnet(SOFTNET)[2].squeezed == 10
-    assert sorted(parse_softnet(SOFTNET_OLD)) == [0, 1]   # before 5.10: row order
+    assert sorted(parse_softnet(SOFTNET_OLD)) == [0, 1]   # no CPU column: row order
 
 
 def test_snmp_pairs_and_negative_values():
