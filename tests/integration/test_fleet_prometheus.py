@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -172,9 +173,10 @@ def test_gate_refuses_to_pass_without_an_answer(prometheus_server, node_exporter
     assert r.returncode == 5 and "holds no vcheck series" in r.stderr and r.stdout == ""
 
 
-def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_server, policy_file, observed, tmp_path):
+def test_gate_says_when_two_vcheck_versions_or_two_targets_report(node_exporters, prometheus_server, policy_file,
+                                                                    observed, tmp_path):
     passing = policy_file(PASSING, "pass.yaml")
-    a, b = node_exporters(2)
+    a, b, c = node_exporters(3)
     run_node("n1", "a", passing, observed, a.textfile, tmp_path / "n1.json")
     run_node("n2", "a", passing, observed, b.textfile, tmp_path / "n2.json")
     # n2's file as an older vcheck wrote it (its version label)
@@ -182,13 +184,17 @@ def test_gate_says_when_two_vcheck_versions_report(node_exporters, prometheus_se
     tmp = b.textdir / ".vcheck.prom.tmp"          # node_exporter reads *.prom only
     tmp.write_text(text.replace('version="', 'version="0.0.1-old'))
     tmp.rename(b.textfile)
-    prom = prometheus_server([a.target, b.target])
-    prom.wait_for("two versions", lambda: len(prom.query("count by (version) (vcheck_run_info)")) == 2)
+    # a third target serving n1's file as well (a node scraped twice)
+    shutil.copy(a.textfile, c.textdir / ".vcheck.prom.tmp")
+    (c.textdir / ".vcheck.prom.tmp").rename(c.textfile)
+    prom = prometheus_server([a.target, b.target, c.target])
+    prom.wait_for("two versions", lambda: len(prom.query("count by (version) (vcheck_run_info)")) == 2
+                  and len(prom.query("vcheck_run_timestamp_seconds")) == 3)
     r = vcheck("gate", "--prometheus", prom.url)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fleet: 0 of 2 nodes failing" in r.stdout
     assert "come from 2 vcheck versions" in r.stderr and "0.0.1-old" in r.stderr
-
+    assert f"node n1 is reported by 2 targets ({', '.join(sorted([a.target, c.target]))})" in r.stderr
 
 
 THIN = FAILING + '  - {id: thin, metric: cpu.idle, expect: "<= 100%", for: 5s, window: 5s}\n'

@@ -63,6 +63,7 @@ class FleetSeries:
     nodes: list[NodeResult]
     versions: dict[str, int] = field(default_factory=dict)
     at: float = 0.0
+    doubles: dict[str, list[str]] = field(default_factory=dict)   # node -> the targets that all report it
 
 
 def shown_url(url: str) -> str:
@@ -289,8 +290,9 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
         n = node(instance, f"{shown_url(c.base)}: {instance} (job {job})")
         n.failed.append("(target down: no vcheck series)" if v < 1 else "(target up, but no vcheck series: vcheck "
                         "does not write its textfile there)")
+    doubles = {name: sorted(i for i, _ in pairs) for name, pairs in instances.items() if len(pairs) > 1}
     return FleetSeries(nodes=[nodes[k] for k in sorted(nodes)],
-                       versions={m.get("version", ""): int(v) for m, v in versions}, at=at)
+                       versions={m.get("version", ""): int(v) for m, v in versions}, at=at, doubles=doubles)
 
 
 def version_note(versions: dict[str, int]) -> str | None:
@@ -317,6 +319,9 @@ def run_gate(q: GateQuery, max_failing: str | None, json_out: str | None = None,
     note = version_note(fleet.versions)
     if note:
         print(printable(note), file=sys.stderr)
+    for name, targets in sorted(fleet.doubles.items())[:10]:   # merge refuses a node given twice; here it is one node
+        print(printable(f"vcheck: node {name} is reported by {len(targets)} targets ({', '.join(targets[:5])}): "
+                        "counted once, failing if any of its series says so"), file=sys.stderr)
     rc = EXIT_OK if g.passed else EXIT_FAILED
     outputs = []
     if json_out:
