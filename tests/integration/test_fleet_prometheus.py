@@ -128,7 +128,8 @@ def test_prometheus_alerts_on_the_failing_node_and_gates_the_fleet(node_exporter
     page = (tmp_path / "gate.html").read_text()
     assert "gate FAILED" in page and 'data-node="n3"' in page and "<h2>zone=b</h2>" in page
     n3 = next(n for n in g["nodes"] if n["name"] == "n3")
-    assert n3["failed"] == sorted(f"ops::never[{cpu}]" for cpu in cpus)
+    assert n3["failed"] == sorted(f"ops::never[{cpu}]" for cpu in cpus) == \
+        sorted(next(n for n in m["nodes"] if n["name"] == "n3")["failed"])
     assert n3["counts"] == {"pass": 1, "fail": len(cpus)} == next(n for n in m["nodes"] if n["name"] == "n3")["counts"]
 
     # n4's textfile is old (node_exporter's mtime): its result is stale, and the gate fails it
@@ -205,7 +206,7 @@ def test_gate_and_merge_agree_on_every_way_a_node_fails(node_exporters, promethe
     """One node per way, one policy set (which checks a node runs is chosen with -k): passing, a
     failed check, a waived failure, an inconclusive check, an interrupted run, nothing judged.
     `vcheck gate` on their series and `vcheck merge` on the same runs' reports fail the same
-    nodes for the same run-level reasons, line for line."""
+    nodes, naming the same items and run-level reasons, line for line."""
     policy = str(policy_file(THIN, "ops.yaml"))
     waivers = waiver_file(tmp_path / "waivers.yaml", "2999-01-01")
     replay = ["--replay", str(observed)]
@@ -230,10 +231,10 @@ def test_gate_and_merge_agree_on_every_way_a_node_fails(node_exporters, promethe
     assert gate.stdout.splitlines()[0] == merge.stdout.splitlines()[0] == \
         "fleet: 4 of 6 nodes failing (allowed 3) - GATE FAILED: cut, empty, fail, thin"
 
-    def verdicts(path: Path) -> dict[str, tuple[bool, list[str]]]:
-        return {n["name"]: (n["failing"], [f for f in n["failed"] if f.startswith("(")])
-                for n in json.loads(path.read_text())["nodes"]}
+    def verdicts(path: Path) -> dict[str, tuple[bool, list[str]]]:       # items as policy::check[entity]
+        return {n["name"]: (n["failing"], sorted(n["failed"])) for n in json.loads(path.read_text())["nodes"]}
     assert verdicts(tmp_path / "gate.json") == verdicts(tmp_path / "merge.json")
+    assert verdicts(tmp_path / "gate.json")["thin"] == (True, ["ops::thin"])
     assert verdicts(tmp_path / "gate.json")["cut"] == (True, ["(run interrupted)"])
     assert verdicts(tmp_path / "gate.json")["empty"] == (True, ["(exit 5: nothing collected)"])
     # the rules count the same nodes
