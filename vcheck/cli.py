@@ -99,7 +99,7 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
     cwd = os.getcwd()
     rootdir = cwd if os.path.commonpath([cwd, common]) == cwd else common
     out = list(policies) + ["-c", str(ini), "--rootdir", rootdir, "--noconftest", "-p", "vcheck.plugin", "--vcheck-cli",
-                            "-p", "no:cacheprovider", *NOT_NEEDED, "-rfEsx", "-o", "junit_family=xunit1",
+                            "-p", "no:cacheprovider", *NOT_NEEDED, "-rfs", "--no-header", "-o", "junit_family=xunit1",
                             "-o", "junit_logging=system-out", "-o", f"junit_suite_name={host}"]
     if getattr(args, "junitxml", None):
         out.append(f"--junitxml={private / 'junit.xml'}")
@@ -117,7 +117,10 @@ def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
         out += ["-m", args.m]
     if getattr(args, "window", None):
         out.append(f"--window={args.window}")
-    if getattr(args, "verbose", 0):
+    # a line per check with its figure at the end by default; -q: one character per check only
+    if getattr(args, "quiet", False):
+        out.append("-q")
+    elif getattr(args, "verbose", 0):
         out.append("-" + "v" * args.verbose)
     return out + list(getattr(args, "pytest_args", []) or [])
 
@@ -536,16 +539,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    """The catalogue in 100 columns: name, layer, unit and entity on one line, what it is below."""
+    import textwrap
+
     cat = Catalog()
-    rows = [("METRIC", "LAYER", "UNIT", "PER", "SOURCE", "DESCRIPTION")]
+    wanted = (getattr(args, "filter", None) or "").lower()
+    rows = []
     for name in sorted(cat.metrics):
         m = cat.metrics[name]
+        layer = LAYER_SHOWN.get((m.layer, name.split(".", 1)[0]), m.layer)
+        if wanted and wanted not in name.lower() and wanted not in layer.lower():
+            continue
         unit = UNIT_LABEL.get(m.dimension, m.dimension) or "count"
-        rows.append((name, m.layer, unit, ",".join(m.labels) or "node", m.source, m.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        rows.append((name, layer, unit, ",".join(m.labels) or "node", m.description, m.source))
+    if not rows:
+        print(printable(f"vcheck: no metric matches {wanted!r}"), file=sys.stderr)
+        return EXIT_USAGE
+    width = max(len(r[0]) for r in rows)
+    print(f"{'METRIC':<{width}}  {'LAYER':<20} {'UNIT':<8} PER")
+    for name, layer, unit, per, description, source in rows:
+        print(f"{name:<{width}}  {layer:<20} {unit:<8} {per}")
+        for line in textwrap.wrap(f"{description} (from {source})", width=94):
+            print(f"      {line}")
     return 0
+
+
+# where a layer's name alone would mislead: the cgroup.* family reads the cgroups of the node vcheck
+# runs on (its guest layer, `-m guest`), systemd units and pods alike
+LAYER_SHOWN = {("guest", "cgroup"): "guest (node cgroups)"}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -572,12 +593,76 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vcheck", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+# pytest's options `vcheck run` passes on (anything else is vcheck's usage error): selection and
+# stopping, and how much the terminal says. No plugin loading (-p), no ini overrides (-o).
+PASSED_ON = {"-x": 0, "--exitfirst": 0, "--maxfail": 1, "--deselect": 1, "-r": 1, "--tb": 1, "-l": 0,
+             "--showlocals": 0, "--co": 0, "--collect-only": 0, "--color": 1, "--durations": 1}
 
-    run = sub.add_parser("run", help="sample the node once and judge the policies")
-    run.add_argument("policies", nargs="*", help=f"policy files (default: the bundled {DEFAULT_PACK})")
+
+def _not_passed_on(extra: Sequence[str]) -> str | None:
+    """The first argument `vcheck run` does not pass on to pytest, or None."""
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        name, eq, _ = arg.partition("=")
+        if name in PASSED_ON:
+            i += 1 if eq or PASSED_ON[name] == 0 else 2
+            continue
+        if arg.startswith("-r") and len(arg) > 2 or arg.startswith("-x") and set(arg[1:]) <= {"x", "l"}:
+            i += 1                   # -rfs, -xl: glued forms
+            continue
+        return arg
+    return None
+
+
+DESCRIPTION = """vcheck: evidence-backed health checks for a virtualized node, at every layer - the KVM
+host, the VM guest and the containers inside. Policies (YAML, or Python check files) are judged
+on one sampling window; every check passes, fails or is inconclusive, and says why."""
+
+EXAMPLES = {
+    "vcheck": """examples:
+  vcheck run                                  the bundled node conformance pack (60 s)
+  vcheck run my-policy.yaml --junitxml r.xml  your policy, JUnit for CI
+  vcheck metrics cpu                          what can be checked (filtered)
+  vcheck explain r.json                       why a saved run failed, top-down""",
+    "run": """examples:
+  vcheck run                                     the bundled node conformance pack
+  vcheck run policy.yaml checks.py --json r.json the policy and Python checks, JSON report
+  vcheck run --window 10s -k steal               shorter window, only checks matching 'steal'
+  vcheck run --prom-textfile /var/lib/node_exporter/textfile/vcheck.prom   (cron)
+
+pytest options passed on: -x/--exitfirst, --maxfail N, --deselect ID, -r CHARS, --tb STYLE,
+-l/--showlocals, --co/--collect-only, --color WHEN, --durations N
+exit codes: 0 passed, 1 a check failed or was inconclusive, 2 interrupted, 3 internal error,
+4 usage error, 5 nothing to judge, 6 --lock held elsewhere, 7 an output could not be written""",
+    "validate": "example:\n  vcheck validate policy.yaml checks.py     load and check them; nothing is sampled",
+    "list": "example:\n  vcheck list policy.yaml                   the items a run would judge on this node",
+    "metrics": "examples:\n  vcheck metrics                            every metric\n"
+               "  vcheck metrics net                        the metrics whose name or layer holds 'net'",
+    "compare": "example:\n  vcheck compare before.json after.json     judge AFTER against BEFORE with the policies "
+               "both were made with",
+    "merge": "example:\n  vcheck merge n*.json --max-failing-nodes 2% --domain-label zone --html fleet.html",
+    "report": "example:\n  vcheck report r.json --html r.html        the page a run with --html would have written",
+    "explain": "example:\n  vcheck explain r.json 'node-conformance::guest-cpu-steal[cpu3]'",
+    "doctor": "example:\n  vcheck doctor                             what this node can observe, and why not",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="vcheck", description=DESCRIPTION, epilog=EXAMPLES["vcheck"],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"vcheck {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = add("run", "sample the node once and judge the policies")
+    run.add_argument("policies", nargs="*", metavar="POLICY",
+                     help=f"policy files (.yaml) and Python check files (.py); default: the bundled {DEFAULT_PACK}")
     run.add_argument("--junitxml", metavar="FILE", help="write JUnit XML here")
     run.add_argument("--json", metavar="FILE", help="write the JSON report (observations included) here")
     run.add_argument("--html", metavar="FILE", help="write an HTML report (pytest-html, evidence drawn as plots) here")
@@ -590,21 +675,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prom-textfile", metavar="PATH", help="write Prometheus text format (node_exporter textfile collector)")
     run.add_argument("--lock", metavar="PATH", help="exit at once (code 6) if another run holds this lock")
     run.add_argument("--timeout", metavar="DURATION", help="bound the whole run; past it: detach, report as interrupted, exit 2")
-    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more detail per check (-vv: pytest's full detail)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="one character per check instead of a line with its figure")
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="load and compile policies only")
-    val.add_argument("policies", nargs="*")
+    val = add("validate", "load and check policies and Python check files; nothing is sampled")
+    val.add_argument("policies", nargs="*", metavar="POLICY")
     val.set_defaults(func=cmd_validate)
 
-    lst = sub.add_parser("list", help="the items a run would judge")
-    lst.add_argument("policies", nargs="*")
+    lst = add("list", "the items a run would judge")
+    lst.add_argument("policies", nargs="*", metavar="POLICY")
     lst.set_defaults(func=cmd_list)
 
-    met = sub.add_parser("metrics", help="the metric catalogue")
+    met = add("metrics", "the metric catalogue")
+    met.add_argument("filter", nargs="?", help="only metrics whose name or layer contains this")
     met.set_defaults(func=cmd_metrics)
 
-    cmp_ = sub.add_parser("compare", help="judge a saved run against an earlier one (regress: checks)")
+    cmp_ = add("compare", "judge a saved run against an earlier one (regress: checks)")
     cmp_.add_argument("before", help="baseline JSON report")
     cmp_.add_argument("after", help="JSON report to judge")
     cmp_.add_argument("policies", nargs="*",
@@ -617,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--junitxml", metavar="FILE")
     cmp_.set_defaults(func=cmd_compare, junitxml=None)
 
-    mrg = sub.add_parser("merge", help="combine per-node reports (JSON or JUnit) into a fleet report and gate")
+    mrg = add("merge", "combine per-node reports (JSON or JUnit) into a fleet report and gate")
     mrg.add_argument("reports", nargs="+")
     mrg.add_argument("--json", metavar="FILE", help="write the fleet JSON report here")
     mrg.add_argument("--junitxml", metavar="FILE", help="write one JUnit file with a suite per node")
@@ -640,17 +729,17 @@ def build_parser() -> argparse.ArgumentParser:
     gat.add_argument("--html", metavar="FILE", help="write the fleet page")
     gat.set_defaults(func=cmd_gate)
 
-    rep = sub.add_parser("report", help="render a saved JSON report as HTML (no sampling, no judging)")
+    rep = add("report", "render a saved JSON report as HTML (no sampling, no judging)")
     rep.add_argument("report", help="a JSON report written by vcheck run --json")
     rep.add_argument("--html", metavar="FILE", required=True, help="write the HTML report here")
     rep.set_defaults(func=cmd_report)
 
-    exp = sub.add_parser("explain", help="the walk for a failing item of a saved report, top-down")
+    exp = add("explain", "the walk for a failing item of a saved report, top-down")
     exp.add_argument("report", help="a JSON report written by vcheck run --json")
     exp.add_argument("item", nargs="?", help="a nodeid or check id (default: every failing item)")
     exp.set_defaults(func=cmd_explain)
 
-    doc = sub.add_parser("doctor", help="what this node can observe, and why not where it cannot")
+    doc = add("doctor", "what this node can observe, and why not where it cannot")
     doc.add_argument("--json", action="store_true", help="machine-readable rows")
     doc.set_defaults(func=cmd_doctor)
     return p
@@ -682,6 +771,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         if getattr(args, "command", None) != "run":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        bad = _not_passed_on(extra)
+        if bad:
+            parser.error(f"unknown option {bad} for 'vcheck run'; 'vcheck run --help' lists the pytest options "
+                         "it passes on")
         args.pytest_args = extra
     try:
         with _reports_own_stdout(args, ("json", "junitxml", "html", "prom_textfile")):
@@ -724,18 +817,21 @@ def entry() -> NoReturn:
     rc = main()
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
-        pending = sorted(signal.sigpending() & set(ENDING_SIGNALS))
     except (ValueError, OSError):
-        pending = []
-    if pending and rc != EXIT_INTERRUPTED:
-        print(f"vcheck: interrupted by {signal.Signals(pending[0]).name} as the run ended; the reports "
-              "written are complete", file=sys.stderr)
-        rc = EXIT_INTERRUPTED
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
         pass
-    sys.exit(rc)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    pending = sorted(signal.sigpending() & set(ENDING_SIGNALS))
+    if pending and rc != EXIT_INTERRUPTED:
+        os.write(2, f"vcheck: interrupted by {signal.Signals(pending[0]).name} as the run ended; the reports "
+                    "written are complete\n".encode())
+        rc = EXIT_INTERRUPTED
+    # at once: nothing after this decision (no interpreter teardown, no thread joins) can
+    # take a signal that would then go unanswered; every file was closed and flushed above
+    os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ class PolicyFile(pytest.File):
             for labels in state.entities_for(check):
                 # a name from the node (or a replayed report) reaches the terminal: escape it
                 name = check.id if labels is None else f"{check.id}[{printable(entity_name(labels, list(labels)))}]"
-                item = CheckItem.from_parent(self, name=name, check=check, labels=labels, policy=policy)
+                # the item's id is the result's identity (policy name, not path): what -v, --deselect,
+                # JUnit and every report say, wherever vcheck was started from
+                item = CheckItem.from_parent(self, name=name, check=check, labels=labels, policy=policy,
+                                             nodeid=f"{policy.name}::{name}")
                 item.add_marker(check.layer)
                 yield item
 

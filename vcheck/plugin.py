@@ -26,6 +26,7 @@ from .pycheck import containers, observed, vcheck_entity, vcheck_node, vms  # no
 from .runstate import STATE_KEY, RunState
 from .selection import entity_name
 from .session import SamplingSession, plan
+from .terminal import VcheckTerminal, place_skip
 from .units import UnitError, format_duration, parse_duration
 from .waivers import covering, load_waivers, unmatched
 
@@ -85,6 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ReportFormatError, UsageError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[STATE_KEY] = state
+    if not config.pluginmanager.has_plugin("vcheck-terminal"):
+        config.pluginmanager.register(VcheckTerminal(), "vcheck-terminal")
     outputs = []
     if config.option.vcheck_json:
         outputs.append(json_output(config.option.vcheck_json))
@@ -141,6 +144,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     state = config.stash[STATE_KEY]
     for item in items:
         pycheck.attach(item, state)
+        if pycheck.IS_CHECK_KEY in item.stash:
+            item._nodeid = pycheck.identity(item)     # as a YAML item's: module::function[params]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -200,6 +205,11 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         state.store = state.replay
         return
     the_plan = plan(checks, state.catalog)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.get_verbosity() >= 0:
+        reporter.write_line(f"vcheck: observing this node for {format_duration(the_plan.window)} "
+                            f"({len(checks)} {'check' if len(checks) == 1 else 'checks'}: "
+                            f"{', '.join(the_plan.collectors)})")
     show = _progress_printer(config, the_plan.window)
     state.session = SamplingSession(the_plan, state.catalog, state.roots, progress=show)
     try:
@@ -229,9 +239,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     # (classname = policy, name = check[entity]) and pytest-html say it as the JSON report does
     if isinstance(item, CheckItem):
         rep.nodeid = item.identity
+        rep.vcheck_item = True
         rep.vcheck_result = item.result_record()
+        place_skip(rep, _shown(item.path), item.check.line)
     elif pycheck.IS_CHECK_KEY in item.stash:
         rep.nodeid = pycheck.identity(item)
+        rep.vcheck_item = True
     if pycheck.IS_CHECK_KEY in item.stash and (rep.when == "call" or not rep.passed):
         if rep.failed:
             evidence = pycheck.evidence_section(item)
@@ -407,17 +420,24 @@ class _Progress:
         self.capman = config.pluginmanager.getplugin("capturemanager")
         self.tw = config.get_terminal_writer()
         self.shown = False
+        self.lines_every = 0.0          # a terminal: one line redrawn; else a line every this often
+        self.last_line = 0.0
 
     def __call__(self, elapsed: float, window: float, names: list[str]) -> None:
         left = max(window - elapsed, 0.0)
         line = f"vcheck: sampling {', '.join(names)} - {left:4.0f}s left of {format_duration(window)}"
         with self._uncaptured():
+            if self.lines_every:        # a CI log: a whole line now and then, never a carriage return
+                if elapsed - self.last_line >= self.lines_every and left > 0:
+                    self.tw.line(f"vcheck: {format_duration(round(elapsed))} of {format_duration(window)} observed")
+                    self.last_line = elapsed
+                return
             self.tw.write("\r" + line.ljust(78))
             self.tw.flush()
         self.shown = True
 
     def finish(self) -> None:
-        if self.shown:
+        if self.shown and not self.lines_every:
             with self._uncaptured():
                 self.tw.write("\r" + " " * 78 + "\r")
                 self.tw.flush()
@@ -427,8 +447,16 @@ class _Progress:
         return self.capman.global_and_fixture_disabled() if self.capman else contextlib.nullcontext()
 
 
+PROGRESS_LINE_EVERY = 10.0     # seconds between progress lines in a log (not a terminal)
+
+
 def _progress_printer(config: pytest.Config, window: float) -> _Progress | None:
     mode = config.option.vcheck_progress
-    if mode == "off" or (mode == "auto" and (not sys.stdout.isatty() or os.environ.get("CI"))):
+    if mode == "off" or config.get_verbosity() < 0:
         return None
-    return _Progress(config, window)
+    progress = _Progress(config, window)
+    if mode == "auto" and (not sys.stdout.isatty() or os.environ.get("CI")):
+        if window <= PROGRESS_LINE_EVERY:
+            return None          # a short window needs no news
+        progress.lines_every = PROGRESS_LINE_EVERY
+    return progress

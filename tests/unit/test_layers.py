@@ -16,7 +16,7 @@ LAYERS = {
     1: ("vcheck.probes", "vcheck.bpf_build", "vcheck.libbpf", "vcheck.evidence", "vcheck.policy", "vcheck.selection", "vcheck.waivers"),
     2: ("vcheck.collectors", "vcheck.identity"),   # identity: the collectors' discovery, for evidence
     3: ("vcheck.catalog", "vcheck.session", "vcheck.judge", "vcheck.report", "vcheck.doctor",
-        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel"),
+        "vcheck.runstate", "vcheck.observe", "vcheck.nodemodel", "vcheck.terminal"),
     4: ("vcheck.items", "vcheck.pycheck"),
     5: ("vcheck.plugin",),
     6: ("vcheck.cli", "vcheck.__main__"),

@@ -1,0 +1,114 @@
+"""What an operator reads on the terminal: vcheck's own outcome words (PASS, FAIL,
+INCONCLUSIVE, SKIP, WAIVED) through pytest's own reporting hooks, so `vcheck run` and
+`pytest policy.yaml` read the same; one line per check with its figure and threshold; the
+evidence of inconclusive and waived checks in sections of their own (pytest would call them
+errors and xfails); skips placed at the policy line, never at the line of vcheck's code that
+skipped.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytest
+
+from .evidence import printable
+from .model import Outcome
+
+# category (the summary line's count), letter (progress), word (verbose line)
+_STATUS = {
+    Outcome.PASS: ("passed", ".", "PASS"),
+    Outcome.FAIL: ("failed", "F", "FAIL"),
+    Outcome.ERROR: ("inconclusive", "I", "INCONCLUSIVE"),
+    Outcome.SKIP: ("skipped", "s", "SKIP"),
+    Outcome.WAIVED: ("waived", "w", "WAIVED"),
+}
+MAX_FIGURE = 60
+
+
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """The verdict a report of a vcheck item stands for, or None for a phase that says nothing."""
+    if report.when == "setup":
+        if report.failed:
+            return Outcome.ERROR
+        if report.skipped:
+            return Outcome.WAIVED if hasattr(report, "wasxfail") else Outcome.SKIP
+        return None
+    if report.when == "call":
+        if report.skipped and hasattr(report, "wasxfail"):
+            return Outcome.WAIVED
+        return Outcome.FAIL if report.failed else Outcome.SKIP if report.skipped else Outcome.PASS
+    return Outcome.ERROR if report.failed else None          # teardown: only a failure speaks
+
+
+def figure(record: Mapping[str, Any] | None) -> str:
+    """The measured figure and its threshold of the worst entity: 'max 0.4% (< 10%)'."""
+    if not record:
+        return ""
+    order = {"fail": 0, "inconclusive": 1, "missing": 2, "pass": 3}
+    entities = sorted(record.get("entities") or [], key=lambda e: order.get(e.get("outcome"), 9))
+    for e in entities:
+        for m in e.get("measurements") or []:
+            if m.get("measured_text"):
+                text = f"{m.get('statistic')} {m['measured_text']} ({m.get('threshold_text')})"
+                if len(entities) > 1:
+                    text = f"{e.get('entity')}: {text}"
+                return printable(text)[:MAX_FIGURE]
+    return ""
+
+
+class VcheckTerminal:
+    """Registered by the plugin for every run that holds vcheck items."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[str, tuple[str, str]] = {}    # identity -> (word, figure or reason)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
+        if not getattr(report, "vcheck_item", False):
+            return None
+        outcome = outcome_of(report)
+        if outcome is None:
+            return "", "", ""
+        return _STATUS[outcome]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = outcome_of(report) if getattr(report, "vcheck_item", False) else None
+        if outcome is None:
+            return
+        record = getattr(report, "vcheck_result", None)
+        detail = figure(record) if outcome not in (Outcome.SKIP, Outcome.WAIVED) else ""
+        self.verdicts[report.nodeid] = (_STATUS[outcome][2], detail or printable(_reason(report, record)))
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        """One line per check (its verdict, figure and threshold), then the evidence of
+        inconclusive checks and the reasons of waived ones: pytest lists only its own categories."""
+        if self.verdicts and config.get_verbosity() >= 0:
+            terminalreporter.write_sep("=", f"vcheck: {_plural(len(self.verdicts), 'check')}")
+            width = min(max(len(k) for k in self.verdicts), 60)
+            for name, (word, detail) in self.verdicts.items():
+                terminalreporter.write_line(f"{word:<12} {printable(name):<{width}}  {detail}"[:200].rstrip())
+        inconclusive = terminalreporter.stats.get("inconclusive", [])
+        if inconclusive:
+            terminalreporter.write_sep("=", "INCONCLUSIVE: vcheck could not decide these")
+            for rep in inconclusive:
+                terminalreporter.write_sep("_", rep.nodeid)
+                terminalreporter.write_line(str(rep.longreprtext or "").rstrip())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _reason(report: pytest.TestReport, record: Mapping[str, Any] | None) -> str:
+    if record and record.get("reason"):
+        return str(record["reason"])
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[-1]).removeprefix("Skipped: ")
+    return str(getattr(report, "wasxfail", "") or "")
+
+
+def place_skip(report: pytest.TestReport, path: str, line: int) -> None:
+    """A skip shown at the policy line ('demo.yaml:3: no data ...'), not at vcheck's code."""
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        reason = str(report.longrepr[2])
+        report.longrepr = (path, line, reason.removeprefix("Skipped: "))
