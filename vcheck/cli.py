@@ -500,7 +500,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     try:
         spec = _failing_nodes_spec(args.max_failing_nodes) if args.max_failing_nodes is not None else None
         q = GateQuery(args.prometheus, args.domain_label, parse_duration(args.stale_after),
-                      parse_duration(args.lookback), parse_duration(args.timeout, maximum=3600))
+                      parse_duration(args.lookback), parse_duration(args.timeout, maximum=3600),
+                      mixed_policies=args.allow_mixed_policies)
     except (ValueError, UnitError) as exc:
         print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return EXIT_USAGE
@@ -724,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     gat.add_argument("--stale-after", metavar="DURATION", default="15m", help="an older result fails its node (default 15m)")
     gat.add_argument("--lookback", metavar="DURATION", default="1h", help="a node gone within this long fails (default 1h)")
     gat.add_argument("--timeout", metavar="DURATION", default="10s", help="give up on Prometheus after this long: exit 4")
+    gat.add_argument("--allow-mixed-policies", action="store_true",
+                     help="gate nodes judged with different policy sets (refused by default, as in merge)")
     gat.add_argument("--json", metavar="FILE", help="write the fleet JSON report here")
     gat.add_argument("--junitxml", metavar="FILE", help="write one JUnit file with a suite per node")
     gat.add_argument("--html", metavar="FILE", help="write the fleet page")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import EXIT_FAILED, EXIT_NO_TESTS, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, VcheckError
+from ..errors import EXIT_FAILED, EXIT_NO_TESTS, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, UsageError, \
+    VcheckError
 from ..evidence import printable, redact
 from .output import write_output
 from .merge import NOT_HEALTHY_EXITS, NodeResult, fleet_html, fleet_json, fleet_junit, gate
@@ -39,6 +40,10 @@ class PrometheusUnreachable(VcheckError):
     """Prometheus could not be asked or did not answer as its query API does."""
 
     exit_code = EXIT_USAGE
+
+
+class MixedPolicies(UsageError):
+    """The fleet's nodes were judged with different policy sets (merge refuses such reports too)."""
 
 
 class NoVcheckSeries(VcheckError):
@@ -54,6 +59,7 @@ class GateQuery:
     stale_after: float = 900.0      # 3 runs of a 5-minute timer
     lookback: float = 3600.0        # a node whose series went within this long still counts
     timeout: float = 10.0           # the whole exchange, all queries together
+    mixed_policies: bool = False    # gate nodes judged with different policy sets (merge's --allow-mixed-policies)
 
 
 @dataclass
@@ -213,6 +219,7 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
         "failing": 'vcheck_check_status{outcome=~"fail|error"}',
         "old_files": f"min by (instance, job) ({TEXTFILE}) < {at - q.stale_after:.3f}",
         "versions": "count by (version) (max by (node, version) (vcheck_run_info))",
+        "policy_sets": "count by (policies) (max by (node, policies) (vcheck_run_info))",
         # targets of the jobs that carry vcheck series, without any
         "silent": f"(up unless on (instance, job) {ever}) and on (job) group by (job) ({ever})",
     }
@@ -227,6 +234,8 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
         raise NoVcheckSeries(f"Prometheus at {shown_url(c.base)} holds no vcheck series (vcheck_run_timestamp_seconds) "
                              f"now or in the last {_ago(q.lookback)}: is node_exporter's textfile directory where "
                              "`vcheck run --prom-textfile` writes, and is it scraped?")
+    if len(got["policy_sets"]) > 1 and not q.mixed_policies:
+        raise _mixed_policies(c)
     counts, failing, mtimes, versions = got["counts"], got["failing"], got["old_files"], got["versions"]
     status, interrupted, targets = got["status"], got["interrupted"], got["silent"]
     domains, gone_domains = got.get("domains", []), got.get("gone_domains", [])
@@ -295,6 +304,23 @@ def read_fleet(q: GateQuery, now: float | None = None) -> FleetSeries:
                        versions={m.get("version", ""): int(v) for m, v in versions}, at=at, doubles=doubles)
 
 
+def _policy_names(label: str) -> str:
+    """'k8s@bb...,ops@aa...' as merge says a policy set: 'k8s (bb...), ops (aa...)'."""
+    pairs = [p.rpartition("@") for p in label.split(",") if p]
+    return ", ".join(f"{name} ({sha[:8]})" for name, _, sha in pairs) or "none"
+
+
+def _mixed_policies(c: _Client) -> MixedPolicies:
+    """Nodes judged with different policy sets are no one fleet, as in merge: refused, naming a
+    node of each of two sets."""
+    first: dict[str, str] = {}
+    for m, _ in sorted(c.query("max by (node, policies) (vcheck_run_info)"), key=lambda s: s[0].get("node", "")):
+        first.setdefault(m.get("policies", ""), m.get("node", ""))
+    (one, a), (other, b) = sorted(first.items())[:2] if len(first) > 1 else (("", "?"), ("", "?"))
+    return MixedPolicies(f"Prometheus at {shown_url(c.base)}: node {b} was judged with policies {_policy_names(other)}, "
+                         f"node {a} with {_policy_names(one)}; gate on one policy set, or give --allow-mixed-policies")
+
+
 def version_note(versions: dict[str, int]) -> str | None:
     """Nodes written by several vcheck versions (a rollout of vcheck itself): said, not refused;
     each node is judged on its own series, which one version wrote."""
@@ -310,7 +336,7 @@ def run_gate(q: GateQuery, max_failing: str | None, json_out: str | None = None,
     is merge's (0 passed, 1 the gate failed, 7 an output lost) or the error's (4, 5)."""
     try:
         fleet = read_fleet(q)
-    except (PrometheusUnreachable, NoVcheckSeries) as exc:
+    except (PrometheusUnreachable, MixedPolicies, NoVcheckSeries) as exc:
         print(printable(f"vcheck: {exc}"), file=sys.stderr)
         return exc.exit_code
     g = gate(fleet.nodes, max_failing, q.domain_label)

@@ -49,6 +49,12 @@ def previous_last_success(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def policy_set(report: dict[str, Any]) -> str:
+    """The policies a run judged, as one label value: 'name@sha256,...' sorted, so nodes of one
+    policy set carry the same value (a fleet gate refuses mixed sets, as merge does)."""
+    return ",".join(sorted(f"{p.get('name', '')}@{p.get('sha256', '')}" for p in report.get("policies") or []))
+
+
 def render(report: dict[str, Any], duration: float, previous_text: str | None = None,
            now: float | None = None) -> str:
     now = time.time() if now is None else now
@@ -112,8 +118,8 @@ def render(report: dict[str, Any], duration: float, previous_text: str | None = 
     # (VCHECK_NODE_LABELS) as key/value, so any label can be a failure domain of the fleet
     # rules and of `vcheck gate --prometheus --domain-label KEY` (label names such as
     # topology.kubernetes.io/zone are no Prometheus label names)
-    family("vcheck_run_info", "gauge", "the vcheck version that wrote this file",
-           [(_labels(node=host, version=report.get("vcheck", "")), 1.0)])
+    family("vcheck_run_info", "gauge", "the vcheck version that wrote this file, and the policies judged (name@sha256)",
+           [(_labels(node=host, version=report.get("vcheck", ""), policies=policy_set(report)), 1.0)])
     node_labels = sorted(((report.get("node") or {}).get("labels") or {}).items())
     if node_labels:
         family("vcheck_node_label", "gauge", "a node label (VCHECK_NODE_LABELS): a failure domain for the fleet gate",

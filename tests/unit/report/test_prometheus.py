@@ -31,10 +31,10 @@ def test_unseen_events_get_a_series_only_when_there_were_any():
 
 
 def test_version_and_node_labels_for_the_fleet_rules():
-    report = {**REPORT, "vcheck": "0.1.0",
+    report = {**REPORT, "vcheck": "0.1.0", "policies": [{"name": "k8s", "sha256": "bb"}, {"name": "ops", "sha256": "aa"}],
               "node": {"hostname": "n1", "labels": {"topology.kubernetes.io/zone": "a", "rack": 'r"7'}}}
     text = render(report, 1.0, now=1800000000)
-    assert 'vcheck_run_info{node="n1",version="0.1.0"} 1' in text
+    assert 'vcheck_run_info{node="n1",version="0.1.0",policies="k8s@bb,ops@aa"} 1' in text
     assert 'vcheck_node_label{node="n1",key="topology.kubernetes.io/zone",value="a"} 1' in text
     assert 'vcheck_node_label{node="n1",key="rack",value="r\\"7"} 1' in text
     assert "vcheck_node_label" not in render(REPORT, 1.0, now=1800000000)   # no labels, no series
