@@ -34,7 +34,7 @@ from typing import Mapping
 from ..model import MetricSpec
 from ..selection import MAX_TREE_DEPTH, tree_depth
 from ..procfs import HostRoots, read_text
-from ..units import BYTE_RATE, BYTES, COUNT, PERCENT
+from ..units import BYTE_RATE, BYTES, COUNT, PERCENT, format_value
 from .base import Collector, Unavailable
 from .guest import parse_pressure
 
@@ -306,7 +306,7 @@ class BlkioBlindness:
         for dev, moved in sorted(d1.items()):
             moved -= d0.get(dev, moved)
             if moved > 0 and c1.get(dev, 0) - c0.get(dev, 0) <= 0:
-                return (f"blkio counted none of the {moved / 1048576:.1f} MiB that {names.get(dev, dev)} "
+                return (f"blkio counted none of the {format_value(moved, BYTES)} that {names.get(dev, dev)} "
                         f"moved in the window (/proc/diskstats): this kernel counts a device's I/O in "
                         f"blkio.throttle.* only once a throttle rule is set on it")
         return ""
