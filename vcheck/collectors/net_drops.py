@@ -206,19 +206,27 @@ class NamespaceOwners:
         more = f" and {len(pids) - 1} more" if len(pids) > 1 else ""
         return (f"ip netns {named}: " if named else "") + first.describe() + more
 
-    def socket_owner(self, netns: str, ino: int) -> str:
-        """The process holding socket inode `ino`, looked for among the namespace's processes."""
-        if not ino:
-            return ""
-        want = f"socket:[{ino}]"
-        for pid in self.members(netns) or []:
+    def socket_owners(self, netns: str, inos: set[int]) -> dict[int, str]:
+        """The processes holding these socket inodes, found in one pass over the fds of the
+        namespace's processes (stopping when all are found); a socket nobody holds says so."""
+        want = {f"socket:[{i}]": i for i in inos if i}
+        found: dict[int, str] = {}
+        for pid in self.members(netns) if want else []:
             try:
                 for fd in os.scandir(self.roots.proc / str(pid) / "fd"):
-                    if os.readlink(fd.path) == want:
-                        return self.resolver.resolve(pid).describe()
+                    ino = want.pop(os.readlink(fd.path), None)
+                    if ino is not None:
+                        found[ino] = self.resolver.resolve(pid).describe()
             except OSError:
                 continue
-        return f"socket inode {ino} (no process holds it now)"
+            if not want:
+                break
+        found.update({i: f"socket inode {i} (no process holds it now)" for i in want.values()})
+        return found
+
+    def socket_owner(self, netns: str, ino: int) -> str:
+        """The process holding socket inode `ino`, looked for among the namespace's processes."""
+        return self.socket_owners(netns, {ino}).get(ino, "") if ino else ""
 
 
 def _ip_netns_name(roots: HostRoots, netns: str) -> str:

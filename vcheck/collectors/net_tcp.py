@@ -112,22 +112,35 @@ class TcpLatencyCollector(Collector):
         return str(n) if n else "0"
 
     def _socket_owner(self, ns: str, ino: int) -> str:
+        """As _name_sockets found it while the window ran."""
         if not ino:
             return ""
-        if (ns, ino) not in self._sockets or self._sockets[(ns, ino)].endswith("(no process holds it now)"):
-            self._sockets[(ns, ino)] = self._owners.socket_owner(ns, ino)
-        return self._sockets[(ns, ino)]
+        return self._sockets.get((ns, ino), f"socket inode {ino} (no process held it when vcheck looked)")
 
-    def _rtt_owners(self) -> None:
-        """Name the slowest flows' sockets each interval: a short connection's process is gone by the end."""
-        if self._prog is None or "net.tcp.rtt" not in self.request.metrics or "net.tcp.rtt" in self._blind:
-            return
-        flows = sorted(((int(v.max_srtt_us), v) for _, v in self._prog["flows"].items()), key=lambda x: -x[0])
-        for _, v in flows[:SLOWEST_FLOWS * 4]:
-            self._socket_owner(self._netns(int(v.f.netns)), int(v.sock_ino))
+    def _name_sockets(self) -> None:
+        """Each interval, the sockets of the flows evidence will show (the most retransmitting,
+        the slowest) are named while their processes live: a short connection's process is gone
+        by the end of the window. One pass over each namespace's fds names them all."""
+        want: dict[str, set[int]] = {}
+        top = sorted((r for r in self._flows.values() if r["count"]), key=lambda r: -r["count"])
+        for r in top[:RETRANSMITTING_FLOWS]:
+            want.setdefault(r["netns"], set()).add(r["sock_ino"])
+        if self._prog is not None and "net.tcp.rtt" in self.request.metrics and "net.tcp.rtt" not in self._blind:
+            flows = sorted((v for _, v in self._prog["flows"].items()), key=lambda v: -int(v.max_srtt_us))
+            for v in flows[:SLOWEST_FLOWS * 2]:
+                want.setdefault(self._netns(int(v.f.netns)), set()).add(int(v.sock_ino))
+        for ns, inos in want.items():
+            missing = {i for i in inos if i and (ns, i) not in self._sockets}
+            if missing:
+                for ino, who in self._owners.socket_owners(ns, missing).items():
+                    if not who.endswith("(no process holds it now)"):
+                        self._sockets[(ns, ino)] = who      # a socket nobody holds yet is tried again
 
     def sample(self, t: float) -> None:
-        self._rtt_owners()
+        self._sample_retransmits(t)
+        self._name_sockets()
+
+    def _sample_retransmits(self, t: float) -> None:
         if self._prog is None or "net.tcp.retransmits" not in self.request.metrics:
             return
         span, self._prev_t = t - self._prev_t, t
@@ -150,7 +163,6 @@ class TcpLatencyCollector(Collector):
                                           "sock_ino": 0}
             row["count"] += d
             row["sock_ino"] = int(v.sock_ino) or row["sock_ino"]
-            self._socket_owner(ns, row["sock_ino"])     # now, while the process may still hold it
         for ns, d in per_ns.items():
             self.store.add_sample("net.tcp.retransmits", {"netns": ns}, t, float(d), span,
                                   {"owner": self._owners.owner(ns)})
@@ -164,6 +176,8 @@ class TcpLatencyCollector(Collector):
         # collector sampled by hand) leaves more than half an interval to read
         if t - self._prev_t >= self.request.interval / 2:
             self.sample(t)
+        else:
+            self._name_sockets()
         counters = prog.counters()
         if "net.tcp.retransmits" in self.request.metrics and "net.tcp.retransmits" not in self._blind:
             rows = sorted((r for r in self._flows.values() if r["count"]), key=lambda r: -r["count"])
