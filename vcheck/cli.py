@@ -73,7 +73,8 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
             status = EXIT_USAGE
             continue
         if not quiet:
-            print(f"{p}: ok, policy {pol.name} with {len(pol.checks)} checks")
+            n = len(pol.checks)
+            print(f"{p}: ok, policy {pol.name} with {n} {'check' if n == 1 else 'checks'}")
     return status
 
 
@@ -182,7 +183,7 @@ def _preload(paths: Sequence[str | None]) -> Preloaded | int:
 
 def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
                      argv: Callable[[Path], list[str]] | None = None, judging: bool = True,
-                     preloaded: Preloaded | None = None) -> int:
+                     preloaded: Preloaded | None = None, plugins: Sequence[object] = ()) -> int:
     """Run pytest on the policies without anything the operator did not name; JUnit and HTML go
     to a private directory first and are then written to their place like every other output.
     `argv` replaces the policies' arguments; with judging=False (a saved report drawn) failed
@@ -200,7 +201,7 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
                 return loaded
             preloaded = loaded
         rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra),
-                             plugins=[preloaded]))
+                             plugins=[preloaded, *plugins]))
         if not judging and rc == EXIT_FAILED:
             rc = EXIT_OK
         from .report.output import write_output
@@ -529,7 +530,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    return _validate_all(_policies(args), Catalog(), quiet=False)
+    """Policies are loaded and checked; Python check files are imported and collected as a run
+    would (unknown metric, bad window, an import error: the same FILE:LINE errors as run)."""
+    paths = _policies(args)
+    status = _validate_all(paths, Catalog(), quiet=False)
+    checks = [p for p in paths if p.endswith(".py") and Path(p).is_file()]
+    for path in checks:
+        counted = _Collected()
+        one = argparse.Namespace(**{**vars(args), "policies": [path], "quiet": True})
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):   # pytest's listing: not ours
+            rc = _hermetic_pytest(one, ["--collect-only"], plugins=[counted])
+        if rc == EXIT_OK:
+            print(f"{path}: ok, {counted.items} Python check item{'s' if counted.items != 1 else ''}")
+        elif rc == EXIT_NO_TESTS:
+            print(printable(f"vcheck: {path}: no check in it (test_ functions)"), file=sys.stderr)
+            status = status or EXIT_USAGE
+        else:
+            status = status or rc
+    return status
+
+
+class _Collected:
+    """How many items a collection made (vcheck validate on a Python check file)."""
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    def pytest_collection_finish(self, session) -> None:
+        self.items = len(session.items)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

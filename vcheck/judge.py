@@ -18,7 +18,7 @@ from .observations import Observation, ObservationStore
 from .model import EntityOutcome, Kind, OnMissing, Outcome
 from .policy import Check
 from .selection import entity_name, observations_for
-from .units import COUNT, format_value
+from .units import COUNT, TIME, format_value
 
 MIN_COVERAGE = 0.5   # a series that covers less than half its window is inconclusive
 FOR_TOLERANCE = 0.25  # of an interval: sampling jitter allowed when measuring a stretch
@@ -149,7 +149,8 @@ class DistributionView:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.6g}"
+    """A bucket bound as the terminal writes a duration (every distribution vcheck keeps is one)."""
+    return format_value(v, TIME)
 
 
 # --- evaluating the AST -----------------------------------------------------------------

@@ -62,6 +62,10 @@ class Observed:
     info: dict[str, str] = field(default_factory=dict)
     unseen: int = 0   # events the kernel counted that the probe never timed (Observation.unseen)
     unseen_seconds: float | None = 0.0   # what they took together at most; None: unbounded
+    # the evidence a YAML item on the same entity shows: who held the CPU while it waited, the
+    # slowest events (what explain and the HTML pages draw for either kind of check)
+    culprits: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         what = f"{self.histogram.count} events" if self.histogram is not None else f"{len(self.values)} samples"
@@ -150,9 +154,14 @@ class Observed:
 
 def merge_observations(metric: str, dimension: str, window: float, parts: Iterable[tuple[str, Any]]) -> Observed:
     """One Observed from the item's observations (entity name, Observation) in the window."""
+    from .evidence import merge_culprits
+
     out = Observed(metric, dimension, window)
+    culprit_lists = []
     for name, o in parts:
         out.entities.append(name)
+        culprit_lists.append(list(o.culprits))
+        out.events.extend(o.events)
         out.info.update(o.info)
         out.notes.extend(n for n in o.notes if n not in out.notes)
         if o.blind:
@@ -168,4 +177,5 @@ def merge_observations(metric: str, dimension: str, window: float, parts: Iterab
         out.values.extend(o.values[i] for i in keep)
         out.times.extend(o.times[i] for i in keep)
         out.weights.extend(weights[i] if i < len(weights) else 1.0 for i in keep)
+    out.culprits = merge_culprits(culprit_lists)
     return out

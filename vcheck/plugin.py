@@ -84,7 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.option.vcheck_waivers:
             state.waivers = load_waivers(config.option.vcheck_waivers)
     except (ReportFormatError, UsageError) as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise usage_error(str(exc)) from None
     config.stash[STATE_KEY] = state
     if not config.pluginmanager.has_plugin("vcheck-terminal"):
         config.pluginmanager.register(VcheckTerminal(), "vcheck-terminal")
@@ -99,15 +99,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(recorder, "vcheck-report")
 
 
+def usage_error(*lines: str) -> pytest.UsageError:
+    """A usage error as vcheck says it: each line once on stderr, 'vcheck: FILE:LINE:COL: ...'
+    (pytest's own 'ERROR: ' form is not printed: the error carries no text of its own)."""
+    for line in dict.fromkeys(lines):
+        print(printable(f"vcheck: {line}"), file=sys.stderr)
+    return pytest.UsageError()
+
+
 def _duration_option(text: str | None, flag: str) -> float | None:
     if not text:
         return None
     try:
         seconds = parse_duration(text)
     except UnitError as exc:
-        raise pytest.UsageError(f"{flag}: {exc}") from None
+        raise usage_error(f"{flag}: {exc}") from None
     if not 0 < seconds <= MAX_TIMEOUT:
-        raise pytest.UsageError(f"{flag} {text}: must be more than 0 and at most 7d")
+        raise usage_error(f"{flag} {text}: must be more than 0 and at most 7d")
     return seconds
 
 
@@ -177,7 +185,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             if why and why not in state.policy_errors:
                 state.policy_errors.append(why)
     if state.policy_errors:
-        raise pytest.UsageError(*state.policy_errors)
+        raise usage_error(*state.policy_errors)
     known = {(p.name, c.id) for p in state.policies.values() for c in p.checks} | {
         (Path(str(i.path)).stem, getattr(i, "originalname", i.name)) for i in session.items
         if pycheck.IS_CHECK_KEY in i.stash}
@@ -252,6 +260,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 rep.sections.append(("vcheck evidence", evidence))
             _waive(item, rep)
         rep.vcheck_result = pycheck.result_record(item, rep)
+        item.stash[_RECORD] = rep.vcheck_result
+    elif pycheck.IS_CHECK_KEY in item.stash and rep.when == "teardown" and _RECORD in item.stash:
+        # pytest-html draws an item's extras from its teardown report: the result rides there too,
+        # so a Python item's page shows the same evidence as a YAML item's (and as `vcheck report`)
+        rep.vcheck_result = item.stash[_RECORD]
 
 
 def _waive(item: pytest.Item, rep: pytest.TestReport) -> None:
@@ -412,6 +425,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _PREVIOUS_SIGTERM: pytest.StashKey = pytest.StashKey()
+_RECORD: pytest.StashKey[dict] = pytest.StashKey()
 _TIMER: pytest.StashKey = pytest.StashKey()
 class _Progress:
     def __init__(self, config: pytest.Config, window: float):

@@ -441,7 +441,8 @@ class BlockLatencyCollector(Collector):
                          "before vcheck attached (a request slower than the start-up), or a later "
                          "piece of a request the driver completed in parts")
         if counters["collision"]:
-            notes.append(f"{counters['collision']} issues found a request of the same device, sector "
+            n = counters["collision"]
+            notes.append(f"{n} {'issue' if n == 1 else 'issues'} found a request of the same device, sector "
                          "and op in flight: that one was timed from the later issue")
         if counters["flush_overflow"]:
             notes.append(f"{counters['flush_overflow']} flushes were issued while the device had more "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..evidence import printable
-from ..units import format_duration
+from ..units import BYTES, TIME, format_duration, format_value
 from .json_report import result_id
 
 NOT_HEALTHY = ("fail", "error")
@@ -26,6 +26,18 @@ def select(report: dict[str, Any], item: str | None) -> list[dict[str, Any]]:
 def known_ids(report: dict[str, Any], limit: int = 20) -> str:
     ids = [result_id(r) for r in report.get("results") or []]
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "") if ids else "none"
+
+
+def _event_value(key: str, value: Any) -> str:
+    """An event's field as the terminal writes it: durations and sizes in their units."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and key in ("latency", "duration", "wait", "queue", "rtt", "srtt"):
+        return format_value(value, TIME)
+    if number and key == "bytes":
+        return format_value(value, BYTES)
+    if number and key == "time":
+        return f"+{value:.3f}s"
+    return str(value)
 
 
 def _fmt_info(info: dict[str, Any], keys: Iterable[str]) -> str:
@@ -81,7 +93,8 @@ def explain(report: dict[str, Any], item: str | None = None) -> str:
                     continue
                 task = f"pid {ev['pid']} '{ev.get('comm', '?')}'" if "pid" in ev else ""
                 who = f"{task} ({ev['owner']})" if task and ev.get("owner") else task or ev.get("owner", "")
-                detail = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("owner", "pid", "comm"))
+                detail = ", ".join(f"{k}={_event_value(k, v)}" for k, v in ev.items()
+                                   if k not in ("owner", "pid", "comm"))
                 out.append(f"    event: {detail}" + (f"; issued by {who}" if who else ""))
             if not culprits and not e.get("events") and "reason_code" not in info:
                 out.append("    culprit: none recorded (this metric carries no culprit or event evidence)")
