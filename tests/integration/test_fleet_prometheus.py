@@ -198,6 +198,26 @@ def test_gate_says_when_two_vcheck_versions_or_two_targets_report(node_exporters
     assert f"node n1 is reported by 2 targets ({', '.join(sorted([a.target, c.target]))})" in r.stderr
 
 
+def test_gate_refuses_mixed_policy_sets_as_merge_does(node_exporters, prometheus_server, policy_file, observed,
+                                                      tmp_path):
+    a, b = node_exporters(2)
+    run_node("n1", "a", policy_file(PASSING, "ops.yaml"), observed, a.textfile, tmp_path / "n1.json")
+    other = tmp_path / "other"
+    other.mkdir()
+    run_node("n2", "a", policy_file(PASSING.replace("<= 100%", "<= 99.9%"), "other/ops.yaml"), observed, b.textfile,
+             tmp_path / "n2.json")
+    prom = prometheus_server([a.target, b.target])
+    prom.wait_for("both nodes", lambda: len(prom.query("vcheck_run_info")) == 2)
+    gate = vcheck("gate", "--prometheus", prom.url)
+    merge = vcheck("merge", str(tmp_path / "n1.json"), str(tmp_path / "n2.json"))
+    assert gate.returncode == merge.returncode == 4 and gate.stdout == "", gate.stderr + merge.stderr
+    assert "was judged with policies ops (" in gate.stderr and "node n1" in gate.stderr and "node n2" in gate.stderr
+    assert "or give --allow-mixed-policies" in gate.stderr and gate.stderr.count("\n") == 1
+    gate = vcheck("gate", "--prometheus", prom.url, "--allow-mixed-policies")
+    merge = vcheck("merge", str(tmp_path / "n1.json"), str(tmp_path / "n2.json"), "--allow-mixed-policies")
+    assert gate.returncode == merge.returncode == 0 and "fleet: 0 of 2 nodes failing" in gate.stdout
+
+
 THIN = FAILING + '  - {id: thin, metric: cpu.idle, expect: "<= 100%", for: 5s, window: 5s}\n'
 
 
