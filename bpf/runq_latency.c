@@ -32,6 +32,9 @@
  * Bounds: 65536 runnable tasks, 16384 (victim, culprit) pairs; a charge that finds the map
  * full is counted in counters[COUNTER_CULPRITS_FULL].
  */
+#if defined(VCHK_NO_HIST) && !defined(VCHK_WATCH)
+#define VCHK_WATCH                     /* no histogram means watched tasks only: it needs the watch */
+#endif
 #include "vcheck_compat.h"   /* built by bcc or as a CO-RE object */
 #include "vcheck_hist.h"
 
