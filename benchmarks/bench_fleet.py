@@ -86,7 +86,8 @@ def openmetrics(nodes: int, now: float, path: Path) -> int:
         family(fh, "vcheck_run_checks", ((f'node="n{i}",outcome="{o}",{inst[i]}',
                                           (len(CHECKS) - (i in failing)) if o == "pass" else int(o == "fail" and i in failing))
                                          for i in range(nodes) for o in ("pass", "fail", "skip", "error", "waived", "not-run")))
-        family(fh, "vcheck_run_info", ((f'node="n{i}",version="0.1.0",{inst[i]}', 1) for i in range(nodes)))
+        family(fh, "vcheck_run_info", ((f'node="n{i}",version="0.1.0",policies="node-conformance@{"ab" * 32}",{inst[i]}', 1)
+                                        for i in range(nodes)))
         family(fh, "vcheck_node_label", ((f'node="n{i}",key="zone",value="z{i // 100}",{inst[i]}', 1) for i in range(nodes)))
         family(fh, "vcheck_check_status",
                ((f'policy="node-conformance",check="{c}",entity="node",node="n{i}",'
