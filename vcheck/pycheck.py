@@ -21,7 +21,7 @@ from .nodemodel import ContainerView, NodeModel, VmView
 from .observe import MARKER, Observed, merge_observations
 from .policy import Check, load_policy_bytes
 from .runstate import STATE_KEY, RunState
-from .selection import entity_name, observations_for
+from .selection import entity_name, entity_of, observations_for
 
 CHECK_KEY: pytest.StashKey[Check] = pytest.StashKey()
 IS_CHECK_KEY: pytest.StashKey[bool] = pytest.StashKey()
@@ -220,10 +220,10 @@ def observed(request: pytest.FixtureRequest, vcheck_entity: Mapping[str, str] | 
     obs = observations_for(check, state.store.all(), labels)
     window = min(check.window, state.store.window.duration or check.window)
     got = merge_observations(check.metric.name, check.metric.dimension, window,
-                             [(entity_name(o.label_dict), o) for o in obs])
+                             [(entity_of(o.label_dict, check.metric.labels), o) for o in obs])
     if not obs:
         got.notes.append(state.store.unavailable.get(check.metric.name, "") or
-                         f"no {check.metric.entity} data for {entity_name(labels) if labels else 'this node'}")
+                         f"no {check.metric.entity} data for {entity_of(labels, check.metric.labels) if labels else 'this node'}")
     item.stash[OBSERVED_KEY] = got
     return got
 

@@ -30,10 +30,17 @@ def entity_name(labels: Labels, keys: Iterable[str] | None = None) -> str:
     parts = []
     for k in keys:
         v = labels.get(k)
-        if v is None:
+        if not v:               # absent or empty (a VM with no namespace): no '-trial'
             continue
         parts.append(f"{k}{v}" if v.isdigit() else v)
     return "-".join(parts) or "node"
+
+
+def entity_of(labels: Labels, metric_labels: Iterable[str]) -> str:
+    """An entity's one name everywhere (item, verdict, `observed`, explain): the metric's own
+    labels first, in the catalogue's order, then any others sorted ('trial-vcpu0')."""
+    first = [k for k in metric_labels if k in labels]
+    return entity_name(labels, first + sorted(set(labels) - set(first)))
 
 
 DEFAULT_TREE_DEPTH = 2     # /system.slice/nginx.service
