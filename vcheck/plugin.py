@@ -248,6 +248,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if isinstance(item, CheckItem):
         rep.nodeid = item.identity
         rep.vcheck_item = True
+        store = item.config.stash[STATE_KEY].store
+        if rep.when == "call" and store is not None:
+            # what the item was judged over, not the microseconds judging took (HTML, JUnit time)
+            rep.duration = min(item.check.window, store.window.duration or item.check.window)
         rep.vcheck_result = item.result_record()
         place_skip(rep, _shown(item.path), item.check.line)
     elif pycheck.IS_CHECK_KEY in item.stash:
