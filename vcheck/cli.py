@@ -155,6 +155,31 @@ def _reports_own_stdout(args: argparse.Namespace, names: Sequence[str]) -> Itera
         sys.stdout = terminal
 
 
+def pytest_hookimpl(**kw):  # noqa: ANN201 - pytest imported lazily (vcheck's start-up stays cheap)
+    import pytest
+
+    return pytest.hookimpl(**kw)
+
+
+class ShownPaths:
+    """JUnit and HTML are written privately, then moved where the operator asked: the lines
+    pytest's junitxml and pytest-html print name the operator's paths, not the private ones."""
+
+    def __init__(self, junitxml: str | None, html: str | None):
+        self.junitxml, self.html = junitxml, html
+
+    @pytest_hookimpl(tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: object, config: object) -> None:
+        from _pytest.junitxml import xml_key
+
+        xml = config.stash.get(xml_key, None)          # type: ignore[attr-defined]
+        if xml is not None and self.junitxml:
+            xml.logfile = self.junitxml
+        for plugin in config.pluginmanager.get_plugins():   # type: ignore[attr-defined]
+            if self.html and hasattr(plugin, "_report_path"):
+                plugin._report_path = Path(os.path.abspath(self.html))
+
+
 class Preloaded:
     """Saved reports the command line already read and checked (once: a pipe or /dev/stdin can
     be read only once, and pytest's capture puts /dev/null on stdin), handed to the plugin."""
@@ -201,7 +226,8 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
                 return loaded
             preloaded = loaded
         rc = int(pytest.main((argv or (lambda p: _pytest_args(args, p)))(private) + list(extra),
-                             plugins=[preloaded, *plugins]))
+                             plugins=[preloaded, ShownPaths(getattr(args, "junitxml", None),
+                                                            getattr(args, "html", None)), *plugins]))
         if not judging and rc == EXIT_FAILED:
             rc = EXIT_OK
         from .report.output import write_output

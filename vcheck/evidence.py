@@ -270,10 +270,16 @@ def printable(text: str) -> str:
                         f"\\u{ord(m.group()):04x}", text)
 
 
+# a verdict as an operator reads it (pytest's 'error' is vcheck's inconclusive)
+OUTCOME_WORD = {"pass": "PASS", "fail": "FAIL", "error": "INCONCLUSIVE", "skip": "SKIP", "waived": "WAIVED",
+                "not-run": "NOT RUN"}
+
+
 def render(v: Verdict, description: str = "", remediation: str = "", max_entities: int = 12) -> str:
     """The text a human reads in one glance: verdict line, then the offending entities first."""
     lines = [f"{v.metric} expect {v.expect!r}" + (f" for {format_duration(v.for_)}" if v.for_ else "")
-             + f" over {format_duration(v.window)}: {v.outcome.upper()}" + (f" ({v.reason})" if v.reason else "")]
+             + f" over {format_duration(v.window)}: {OUTCOME_WORD.get(v.outcome, str(v.outcome).upper())}"
+             + (f" ({v.reason})" if v.reason else "")]
     if description:
         lines.append(f"  why it matters: {description}")
     order = {EntityOutcome.FAIL: 0, EntityOutcome.INCONCLUSIVE: 1, EntityOutcome.MISSING: 2, EntityOutcome.PASS: 3}

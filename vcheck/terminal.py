@@ -76,7 +76,7 @@ class VcheckTerminal:
         if outcome is None:
             return
         record = getattr(report, "vcheck_result", None)
-        detail = figure(record) if outcome not in (Outcome.SKIP, Outcome.WAIVED) else ""
+        detail = figure(record) if outcome in (Outcome.PASS, Outcome.FAIL) else ""
         self.verdicts[report.nodeid] = (_STATUS[outcome][2], detail or printable(_reason(report, record)))
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

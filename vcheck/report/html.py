@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pytest
 
 from .. import __version__
-from ..evidence import EntityEvidence, Measurement, Verdict, render
+from ..evidence import OUTCOME_WORD, EntityEvidence, Measurement, Verdict, render
 from ..expr import And, Comparison, Expr, ExprError, Or, Outliers, leaves, parse
 from ..histogram import MAX_INDEX, RELATIVE_ERROR, Histogram
 from ..judge import longest_violation
@@ -230,7 +230,7 @@ def headline(record: Mapping[str, Any]) -> str:
     for_ = record.get("for")
     window = record.get("window")
     return (f"{record['metric']} expect {record.get('expect')!r}" + (f" for {format_duration(for_)}" if for_ else "")
-            + (f" over {format_duration(window)}" if window else "") + f": {str(record['outcome']).upper()}"
+            + (f" over {format_duration(window)}" if window else "") + f": {OUTCOME_WORD.get(str(record['outcome']), str(record['outcome']).upper())}"
             + (f" ({record['reason']})" if record.get("reason") else ""))
 
 
