@@ -264,7 +264,7 @@ def judge(check: Check, store: ObservationStore, item_labels: Mapping[str, str] 
     """Verdict for one item. `observed` is how long the session actually sampled."""
     spec = check.metric
     window = min(check.window, observed) if observed else check.window
-    obs = observations_for(check, store.all(), item_labels)
+    obs = observations_for(check, store, item_labels)
     entities: list[EntityEvidence] = []
     if spec.kind == Kind.DISTRIBUTION:
         groups: dict[tuple, list[Observation]] = {}
@@ -432,8 +432,8 @@ def judge_regression(check: Check, verdict: Verdict, store: ObservationStore, ba
     if r is None:
         return
     spec = check.metric
-    now_obs = observations_for(check, store.all(), item_labels)
-    base_obs = observations_for(check, baseline.all(), item_labels)
+    now_obs = observations_for(check, store, item_labels)
+    base_obs = observations_for(check, baseline, item_labels)
     window = store.window.duration or check.window
     base_window = baseline.window.duration or check.window
     regressed = []

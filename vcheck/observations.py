@@ -73,6 +73,11 @@ class ObservationStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._obs: dict[tuple[str, Labels], Observation] = {}
+        # the same observations by metric, and (built when first asked, dropped when the metric
+        # gains an entity) by metric and label pair: an item finds its own observations without
+        # scanning every other one, so judging a report is linear in its size
+        self._by_metric: dict[str, dict[Labels, Observation]] = {}
+        self._by_pair: dict[str, dict[tuple[str, str], list[Observation]]] = {}
         self.unavailable: dict[str, str] = {}   # metric -> why it cannot be observed here
         self.window = Window()
         self.collector_notes: dict[str, list[str]] = {}
@@ -86,6 +91,7 @@ class ObservationStore:
             o = self._obs.get(key)
             if o is None:
                 o = self._obs[key] = Observation(metric, key[1])
+                self._filed(o)
             if info:
                 o.info.update(info)
             return o
@@ -111,6 +117,12 @@ class ObservationStore:
         """File a whole observation (a replay loading a saved run)."""
         with self._lock:
             self._obs[(o.metric, o.labels)] = o
+            self._filed(o)
+
+    def _filed(self, o: Observation) -> None:
+        """Keep the indexes in step with _obs (the lock is held)."""
+        self._by_metric.setdefault(o.metric, {})[o.labels] = o
+        self._by_pair.pop(o.metric, None)
 
     def mark_gone(self, labels_match: Mapping[str, str], t: float, reason: str) -> None:
         """Every observation whose labels include labels_match: the entity vanished at t."""
@@ -136,7 +148,25 @@ class ObservationStore:
     # --- reading (items, reports) -----------------------------------------------------
     def for_metric(self, metric: str) -> list[Observation]:
         with self._lock:
-            return [o for (m, _), o in self._obs.items() if m == metric]
+            return list(self._by_metric.get(metric, {}).values())
+
+    def matching(self, metric: str, labels: Mapping[str, str] | None = None) -> list[Observation]:
+        """The observations of `metric` whose labels include every pair of `labels`, in the
+        order they were filed; the cost is that of the fewest observations one pair names."""
+        with self._lock:
+            mine = self._by_metric.get(metric, {})
+            if not labels:
+                return list(mine.values())
+            index = self._by_pair.get(metric)
+            if index is None:
+                index = self._by_pair[metric] = {}
+                for o in mine.values():
+                    for pair in o.labels:
+                        index.setdefault(pair, []).append(o)
+            lists = [index.get((str(k), str(v)), []) for k, v in labels.items()]
+            fewest = min(lists, key=len)
+        want = {(str(k), str(v)) for k, v in labels.items()}
+        return [o for o in fewest if want.issubset(o.labels)]
 
     def all(self) -> list[Observation]:
         with self._lock:

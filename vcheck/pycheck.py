@@ -217,7 +217,7 @@ def observed(request: pytest.FixtureRequest, vcheck_entity: Mapping[str, str] | 
     if state.store is None:
         pytest.fail("vcheck: no sampling session ran for this item", pytrace=False)
     labels = dict(vcheck_entity) if vcheck_entity else None
-    obs = observations_for(check, state.store.all(), labels)
+    obs = observations_for(check, state.store, labels)
     window = min(check.window, state.store.window.duration or check.window)
     got = merge_observations(check.metric.name, check.metric.dimension, window,
                              [(entity_of(o.label_dict, check.metric.labels), o) for o in obs])

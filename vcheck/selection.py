@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from .model import MetricSpec
-from .observations import Observation
+from .observations import Observation, ObservationStore
 from .policy import Check, Selector
 
 Labels = Mapping[str, str]
@@ -88,11 +88,14 @@ def item_entities(check: Check, discovered: Sequence[Labels] | None) -> list[dic
     if not keys:
         return [None]
     out: list[dict[str, str] | None] = []
+    seen: set[tuple[str, ...]] = set()
     for d in discovered or ():
         if not selected(check, d):
             continue
         proj = {k: str(d[k]) for k in keys if k in d}
-        if len(proj) == len(keys) and proj not in out:
+        key = tuple(proj.values())
+        if len(proj) == len(keys) and key not in seen:
+            seen.add(key)
             out.append(proj)
     return out or [None]
 
@@ -101,11 +104,15 @@ def _has_per_labels(spec: MetricSpec, per: tuple[str, ...], labels: Labels) -> b
     return all(p in labels or p in spec.data_only_labels for p in per)
 
 
-def observations_for(check: Check, observations: Iterable[Observation],
+def observations_for(check: Check, observations: ObservationStore | Iterable[Observation],
                      item_labels: Labels | None) -> list[Observation]:
-    """The observations an item judges."""
+    """The observations an item judges. From a store, only the item's own are looked at (its
+    index by label), so judging every item costs what they observed, not items x observations."""
     spec = check.metric
-    obs = [o for o in observations if o.metric == spec.name]
+    if isinstance(observations, ObservationStore):
+        obs = observations.matching(spec.name, item_labels)
+    else:
+        obs = [o for o in observations if o.metric == spec.name]
     if not check.per and not check.select:
         # the node-wide figure; with select:, the chosen entities are judged one by one
         aggregate = [o for o in obs if not o.labels]

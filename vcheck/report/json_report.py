@@ -219,12 +219,20 @@ class _Shape:
         return Histogram(scale=scale, buckets=buckets, total=int(count), sum=self.num(d.get("sum"), f"{where}.sum"),
                          max_exact=self.num(d.get("max"), f"{where}.max", optional=True))
 
+    def numbers(self, v: Any, where: str) -> list[float]:
+        """A series: finite numbers. A list of floats (what vcheck writes) is checked in one
+        pass; anything else number by number, naming the first bad one."""
+        xs = self.lst(v, where)
+        if all(type(x) is float for x in xs) and (not xs or -MAX_MAGNITUDE <= min(xs) and max(xs) <= MAX_MAGNITUDE):
+            return list(xs)
+        return [self.num(x, where) for x in xs]   # type: ignore[misc]
+
     def observation(self, v: Any, where: str) -> Observation:
         d = self.obj(v, where)
-        times = [self.num(x, f"{where}.times") for x in self.lst(_given(d, "times", []), f"{where}.times")]
-        values = [self.num(x, f"{where}.values") for x in self.lst(_given(d, "values", []), f"{where}.values")]
-        spans = [self.num(x, f"{where}.spans") for x in self.lst(_given(d, "spans", []), f"{where}.spans")]
-        weights = [self.num(x, f"{where}.weights") for x in self.lst(_given(d, "weights", []), f"{where}.weights")]
+        times = self.numbers(_given(d, "times", []), f"{where}.times")
+        values = self.numbers(_given(d, "values", []), f"{where}.values")
+        spans = self.numbers(_given(d, "spans", []), f"{where}.spans")
+        weights = self.numbers(_given(d, "weights", []), f"{where}.weights")
         if not len(times) == len(values) == len(spans) or weights and len(weights) != len(values):
             raise self.fail(where, f"times, values, spans (and weights) differ in length ({len(times)}, "
                                    f"{len(values)}, {len(spans)}, {len(weights)})")
@@ -321,11 +329,13 @@ class _Shape:
             self.text(n, f"{where}.notes")
 
     def record(self, v: Any, where: str) -> dict[str, Any]:
-        """An outlier or event: a flat object of strings, numbers, booleans and null."""
+        """An outlier or event: a flat object of strings, numbers, booleans and null, or short
+        lists of those (the interfaces a drop was seen on)."""
         d = self.obj(v, where)
         for k, x in d.items():
-            if isinstance(x, (dict, list)) or (isinstance(x, (int, float)) and not _bounded(x)):
-                raise self.fail(f"{where}.{k}", f"expected a string or a number, got {_short(x)}")
+            for y in (self.lst(x, f"{where}.{k}", 1000) if isinstance(x, list) else [x]):
+                if isinstance(y, (dict, list)) or (isinstance(y, (int, float)) and not _bounded(y)):
+                    raise self.fail(f"{where}.{k}", f"expected a string or a number, got {_short(y)}")
         return d
 
     def report(self, data: Any) -> None:
