@@ -5,6 +5,7 @@ rendering lives here too, and so does redaction, because evidence leaves the nod
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +112,13 @@ def _redact_userinfo(m: re.Match) -> str:
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _clean_text(text: str) -> str:
+    """redact() of one string of a saved report, lone surrogates replaced; cached: a fleet's
+    reports repeat the same names, notes and commands thousands of times."""
+    return redact(_SURROGATE_RE.sub("\ufffd", text))
+
+
 def redact_tree(data: Any, limit: int = 10_000_000) -> Any:
     """A parsed report (another node's, possibly crafted) with every string redacted and every
     lone surrogate replaced, so no reader prints a secret or fails to encode a name. Walked
@@ -121,8 +129,7 @@ def redact_tree(data: Any, limit: int = 10_000_000) -> Any:
         items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
         for k, x in list(items):
             if isinstance(x, str):
-                clean = _SURROGATE_RE.sub("\ufffd", x)
-                v[k] = redact(clean)
+                v[k] = _clean_text(x)
             elif isinstance(x, (dict, list)):
                 stack.append(x)
             if isinstance(v, dict) and isinstance(k, str) and _SURROGATE_RE.search(k):

@@ -33,7 +33,7 @@ def test_outcomes_read_in_vcheck_words_with_a_line_per_check(tmp_path):
     strict = tmp_path / "strict.yaml"          # a copy of the golden pack whose run-queue check fails
     strict.write_text((GOLDEN / "node-conformance.yaml").read_text().replace('"p99 < 10ms"', '"p99 < 1us"'))
     r = vcheck("run", "--replay", str(GOLDEN / "replay-source.json"), str(strict), str(GOLDEN / "kvm-host.yaml"),
-               "--waivers", str(waivers), cwd=tmp_path)
+               "--waivers", str(waivers), "--junitxml", "j.xml", cwd=tmp_path)
     out = r.stdout + r.stderr
     no_leaks(out)
     assert r.returncode == 1, out                      # inconclusive steal still fails the run
@@ -48,6 +48,11 @@ def test_outcomes_read_in_vcheck_words_with_a_line_per_check(tmp_path):
     assert "kvm-host.yaml:13:" in r.stdout                 # a skip is placed at the policy line
     assert "2 inconclusive" in r.stdout and "1 waived" in r.stdout
     assert "INCONCLUSIVE (inconclusive: for: 60s needs 60s of samples" in r.stdout
+    junit = (tmp_path / "j.xml").read_text()
+    no_leaks(junit)
+    assert 'type="vcheck.inconclusive"' in junit and 'message="inconclusive: ' in junit
+    assert 'type="vcheck.waived"' in junit and 'message="waived: ' in junit
+    assert "failed on setup" not in junit
 
 
 def test_outputs_are_announced_by_the_paths_given_and_stdout_carries_only_the_report(tmp_path):
