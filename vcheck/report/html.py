@@ -101,24 +101,51 @@ def saved_observations(report: Mapping[str, Any]) -> ObservationSource:
     return lambda metric: by_metric.get(metric, [])
 
 
+class _MetricIndex:
+    """One metric's saved observations by label pair, so an entity's are found without scanning
+    every other entity's (a page of n items costs n, not n squared)."""
+
+    def __init__(self, observations: list[dict[str, Any]]):
+        self.all = observations
+        self.has_histogram = any(o.get("histogram") for o in observations)
+        self.by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for o in observations:
+            for k, v in (o.get("labels") or {}).items():
+                self.by_pair.setdefault((str(k), str(v)), []).append(o)
+
+    def including(self, labels: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The observations whose labels hold every pair of `labels` (in the report's order)."""
+        if not labels:
+            return self.all
+        fewest = min((self.by_pair.get((str(k), str(v)), []) for k, v in labels.items()), key=len)
+        return [o for o in fewest if all((o.get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+
 class Evidence:
     """Renders result records as HTML, from plain data only."""
 
     def __init__(self, observations: ObservationSource, metrics: MetricInfos | None = None):
         self.observations = observations
         self.metrics = metrics or MetricInfos()
+        self._indexes: dict[str, _MetricIndex] = {}
+
+    def _index(self, metric: str) -> _MetricIndex:
+        if metric not in self._indexes:
+            self._indexes[metric] = _MetricIndex(list(self.observations(metric)))
+        return self._indexes[metric]
 
     # which observations an entity was judged on (see judge.py and selection.py)
     def members(self, record: Mapping[str, Any], entity: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
         item = record.get("labels") or {}
         labels = entity.get("labels") or {}
-        obs = [o for o in self.observations(record["metric"])
-               if all((o.get("labels") or {}).get(k) == v for k, v in item.items())]
+        if any(k in item and item[k] != v for k, v in labels.items()):
+            return []      # an entity outside its item holds none of the item's observations
+        obs = self._index(record["metric"]).including({**item, **labels})
         if kind != Kind.DISTRIBUTION or not labels:
             exact = [o for o in obs if (o.get("labels") or {}) == labels]
             if exact or kind != Kind.DISTRIBUTION:
                 return exact
-        return [o for o in obs if all((o.get("labels") or {}).get(k) == v for k, v in labels.items())]
+        return obs
 
     def result_html(self, record: Mapping[str, Any], anchor: str = "") -> Markup:
         """The evidence block of one result. A saved report is untrusted input and only its
@@ -130,7 +157,7 @@ class Evidence:
 
     def _result_html(self, record: Mapping[str, Any], anchor: str) -> Markup:
         entities = list(record.get("entities") or [])
-        has_hist = any(o.get("histogram") for o in self.observations(record["metric"]))
+        has_hist = self._index(record["metric"]).has_histogram
         info = self.metrics.get(record["metric"], has_hist)
         thresholds = value_thresholds(record, info)
         shown = sorted(entities, key=lambda e: _ENTITY_ORDER.get(e.get("outcome"), 9))[:MAX_ENTITIES]
@@ -207,7 +234,7 @@ class Evidence:
             return f"{record.get('nodeid')}: {record.get('outcome')} ({type(exc).__name__} in the saved evidence: {exc})"
 
     def _text(self, record: Mapping[str, Any]) -> str:
-        has_hist = any(o.get("histogram") for o in self.observations(record["metric"]))
+        has_hist = self._index(record["metric"]).has_histogram
         info = self.metrics.get(record["metric"], has_hist)
         entities = []
         for e in record.get("entities") or []:
