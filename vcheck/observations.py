@@ -126,11 +126,13 @@ class ObservationStore:
 
     def mark_gone(self, labels_match: Mapping[str, str], t: float, reason: str) -> None:
         """Every observation whose labels include labels_match: the entity vanished at t."""
-        want = set(labels_of(labels_match))
         with self._lock:
-            for o in self._obs.values():
-                if want <= set(o.labels) and o.gone_at is None:
-                    o.gone_at, o.gone_reason = t, reason
+            metrics = list(self._by_metric)
+        for metric in metrics:
+            for o in self.matching(metric, labels_match):
+                with self._lock:
+                    if o.gone_at is None:
+                        o.gone_at, o.gone_reason = t, reason
 
     def mark_unavailable(self, metrics: Iterable[str], reason: str) -> None:
         with self._lock:
