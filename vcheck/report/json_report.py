@@ -28,6 +28,7 @@ All values are in the metric's base unit: seconds, bytes, percent (0-100), count
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -125,18 +126,41 @@ def layers_observed(store: ObservationStore | None, layer_of: Mapping[str, str])
 
 
 def _finite(x: Any) -> Any:
-    """Standard JSON has no NaN or Infinity: such a figure is written as null."""
+    """Standard JSON has no NaN or Infinity: such a figure is written as null. What holds none
+    is returned as it is (a report is not copied to be written)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        out = None
+        for k, v in x.items():
+            f = _finite(v)
+            if f is not v:
+                out = dict(x) if out is None else out
+                out[k] = f
+        return x if out is None else out
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        items = None
+        for i, v in enumerate(x):
+            f = _finite(v)
+            if f is not v:
+                items = list(x) if items is None else items
+                items[i] = f
+        return x if items is None else items
     return x
 
 
 def dumps(report: dict[str, Any]) -> bytes:
-    return (json.dumps(_finite(report), indent=1, default=str, allow_nan=False) + "\n").encode()
+    """The report as JSON bytes, encoded in batches (the text is never held twice, nor as a
+    list of its million pieces)."""
+    out, batch = io.BytesIO(), []
+    for chunk in json.JSONEncoder(indent=1, default=str, allow_nan=False).iterencode(_finite(report)):
+        batch.append(chunk)
+        if len(batch) >= 4096:
+            out.write("".join(batch).encode())
+            batch.clear()
+    batch.append("\n")
+    out.write("".join(batch).encode())
+    return out.getvalue()
 
 
 # --- reading a saved report (untrusted input) --------------------------------------------
