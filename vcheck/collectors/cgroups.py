@@ -25,7 +25,9 @@ window and marks the I/O figures blind.
 """
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Mapping
 
 from ..model import MetricSpec
 from ..selection import MAX_TREE_DEPTH, tree_depth
-from ..procfs import HostRoots, read_text
+from ..procfs import PROC_READ_LIMIT, HostRoots, read_text
 from ..units import BYTE_RATE, BYTES, COUNT, PERCENT, format_value
 from .base import Collector, Unavailable
 from .guest import parse_pressure
@@ -118,56 +120,138 @@ def _kv(text: str) -> dict[str, int]:
     return out
 
 
+def _field(text: str, key: str) -> int:
+    """One 'key value' line of a flat keyed file (memory.stat has 40 lines; one is needed), 0
+    when absent, as _kv(text).get(key, 0)."""
+    if text.startswith(key + " "):
+        start = len(key) + 1
+    else:
+        at = text.find("\n" + key + " ")
+        if at < 0:
+            return 0
+        start = at + len(key) + 2
+    end = text.find("\n", start)
+    value = text[start:end if end >= 0 else len(text)].strip()
+    return int(value) if value.lstrip("-").isdigit() else 0
+
+
 def _int_or_max(text: str) -> int | None:
     t = text.strip()
     return None if t == "max" else int(t)
 
 
-def _read(path: Path) -> str:
-    return read_text(path)
+class OpenFiles:
+    """Cgroup files kept open across samples and re-read with pread at offset 0 (the kernel
+    regenerates a cgroup file's text on a read from offset 0), so a sample costs one syscall per
+    file instead of open, read and close. At most `budget` descriptors; past it a file is read
+    by its path. A file that could not be opened is remembered as absent (None)."""
+
+    CHUNK = 65536
+
+    def __init__(self, budget: int = 0):
+        self.budget = budget
+        self._fds: dict[str, int | None] = {}
+
+    def read(self, path: str) -> str:
+        fd = self._fds.get(path, -1)
+        if fd is None:
+            raise FileNotFoundError(2, "no such file", str(path))
+        if fd == -1:
+            if len(self._fds) >= self.budget:
+                return read_text(Path(path))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._fds[path] = None
+                raise
+            self._fds[path] = fd
+        data = os.pread(fd, self.CHUNK, 0)
+        while len(data) % self.CHUNK == 0 and data:     # a long memory.stat: read on
+            more = os.pread(fd, self.CHUNK, len(data))
+            if not more:
+                break
+            data += more
+            if len(data) > PROC_READ_LIMIT:
+                raise OSError(errno.EFBIG, "too large", str(path))
+        return data.decode("utf-8", "replace")
+
+    def forget(self, directory: Path | str) -> None:
+        """Close what is open under `directory` (a cgroup that is gone)."""
+        prefix = f"{directory}/"
+        for path in [p for p in self._fds if p.startswith(prefix) and "/" not in p[len(prefix):]]:
+            fd = self._fds.pop(path)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+        self._fds.clear()
 
 
-def _opt(path: Path) -> str | None:
+def _at(directory: Path | str, name: str) -> str:
+    """A file of a cgroup directory, as a string (a Path per read costs more than the read)."""
+    return f"{directory}/{name}"
+
+
+def _read(path: Path | str, files: OpenFiles | None = None) -> str:
+    return files.read(path) if files is not None else read_text(path)
+
+
+def _opt(path: Path | str, files: OpenFiles | None = None) -> str | None:
     try:
-        return read_text(path)
+        return _read(path, files)
     except OSError:
         return None
 
 
-def _int_opt(path: Path) -> int | None:
-    text = _opt(path)
+def _int_opt(path: Path | str, files: OpenFiles | None = None) -> int | None:
+    text = _opt(path, files)
     return None if text is None else int(text.strip())
 
 
-def read_v2(directory: Path) -> CgroupSample:
+# the figures that need each group of files read; `limits` is the evidence (cpu_limit, memory_limit)
+ALL_FIGURES = frozenset(V1_OWNER) | {"psi", "limits"}
+
+
+def wanted(metrics: frozenset[str], prefix: str) -> frozenset[str]:
+    """The figures (as figures() names them) that `metrics` need, 'psi' for any pressure one."""
+    out = {m[len(prefix):] for m in metrics if m.startswith(prefix)}
+    return frozenset({"psi" if f.startswith("psi.") else f for f in out})
+
+
+def read_v2(directory: Path, want: frozenset[str] = ALL_FIGURES, files: OpenFiles | None = None) -> CgroupSample:
     """One v2 cgroup directory. A controller not enabled for it (no memory.current, no
-    nr_periods in cpu.stat) gives no figure, not a zero."""
-    cpu = _kv(_read(directory / "cpu.stat"))
+    nr_periods in cpu.stat) gives no figure, not a zero. Only the files `want` needs are read."""
+    cpu = _kv(_read(_at(directory, "cpu.stat"), files))
     missing = {}
-    quota_text = _opt(directory / "cpu.max")
+    quota_text = _opt(_at(directory, "cpu.max"), files) if "limits" in want else None
     cpu_limit = None
     if quota_text:
         quota, period = quota_text.split()
         cpu_limit = None if quota == "max" else int(quota) / int(period)
     if "nr_periods" not in cpu:
         missing["cpu"] = "the cpu controller is not enabled for it"
-    current = _int_opt(directory / "memory.current")
+    memory = want & {"memory", "memory.limit_pct", "oom_kills", "limits"}
+    current = _int_opt(_at(directory, "memory.current"), files) if memory else None
     working = None
     if current is None:
-        missing["memory"] = "the memory controller is not enabled for it"
-    else:
-        mem_stat = _kv(_opt(directory / "memory.stat") or "")
-        working = max(current - mem_stat.get("inactive_file", 0), 0)
-    mem_max = _opt(directory / "memory.max")
-    events = _kv(_opt(directory / "memory.events") or "")
-    pids = _int_opt(directory / "pids.current")
-    if pids is None:
+        if memory:
+            missing["memory"] = "the memory controller is not enabled for it"
+    elif want & {"memory", "memory.limit_pct"}:
+        working = max(current - _field(_opt(_at(directory, "memory.stat"), files) or "", "inactive_file"), 0)
+    mem_max = _opt(_at(directory, "memory.max"), files) if want & {"memory.limit_pct", "limits"} else None
+    events = _kv(_opt(_at(directory, "memory.events"), files) or "") if "oom_kills" in want else {}
+    pids = _int_opt(_at(directory, "pids.current"), files) if want & {"pids", "pids.limit_pct"} else None
+    if pids is None and want & {"pids", "pids.limit_pct"}:
         missing["pids"] = "the pids controller is not enabled for it"
-    pids_max = _opt(directory / "pids.max")
-    io_text = _opt(directory / "io.stat")
+    pids_max = _opt(_at(directory, "pids.max"), files) if "pids.limit_pct" in want else None
+    io_text = _opt(_at(directory, "io.stat"), files) if want & {"io.bytes", "io.ops"} else None
     io_bytes = io_ops = None
     if io_text is None:
-        missing["io"] = "the io controller is not enabled for it"
+        if want & {"io.bytes", "io.ops"}:
+            missing["io"] = "the io controller is not enabled for it"
     else:
         io_bytes = io_ops = 0
         for line in io_text.splitlines():
@@ -177,9 +261,9 @@ def read_v2(directory: Path) -> CgroupSample:
                     io_bytes += int(v)
                 elif k in ("rios", "wios"):
                     io_ops += int(v)
-    psi: dict[str, int] | None = {}
-    for resource in ("cpu", "memory", "io"):
-        text = _opt(directory / f"{resource}.pressure")
+    psi: dict[str, int] | None = {} if "psi" in want else None
+    for resource in ("cpu", "memory", "io") if "psi" in want else ():
+        text = _opt(_at(directory, f"{resource}.pressure"), files)
         if text is None:
             psi = None
             break
@@ -193,7 +277,7 @@ def read_v2(directory: Path) -> CgroupSample:
         throttled_ns=cpu.get("throttled_usec", 0) * 1000 if has_cpu else None,
         cpu_limit=cpu_limit, memory_bytes=working,
         memory_limit=_int_or_max(mem_max) if mem_max and current is not None else None,
-        oom_kills=events.get("oom_kill", 0) if current is not None else None,
+        oom_kills=events.get("oom_kill", 0) if current is not None and "oom_kills" in want else None,
         pids=pids, pids_limit=_int_or_max(pids_max) if pids_max and pids is not None else None,
         io_bytes=io_bytes, io_ops=io_ops)
 
@@ -201,12 +285,13 @@ def read_v2(directory: Path) -> CgroupSample:
 V1_NO_LIMIT = 1 << 62   # memory.limit_in_bytes when unlimited is PAGE_COUNTER_MAX * page size
 
 
-def v1_dirs(root: Path, paths: Mapping[str, str]) -> tuple[dict[str, Path], dict[str, str]]:
+def v1_dirs(root: Path, paths: Mapping[str, str], mounts: Mapping[str, Path | None] | None = None
+            ) -> tuple[dict[str, Path], dict[str, str]]:
     """Per v1 controller the cgroup's directory, and for the controllers that do not hold it
-    why (controller -> "not in the memory hierarchy")."""
+    why (controller -> "not in the memory hierarchy"). `mounts`: v1_mount of each, found once."""
     dirs, missing = {}, {}
     for c in V1_CONTROLLERS:
-        mount = v1_mount(root, c)
+        mount = mounts[c] if mounts is not None else v1_mount(root, c)
         if mount is None or c not in paths:
             missing[c] = f"the {c} controller is not mounted"
             continue
@@ -218,36 +303,44 @@ def v1_dirs(root: Path, paths: Mapping[str, str]) -> tuple[dict[str, Path], dict
     return dirs, missing
 
 
-def read_v1(root: Path, paths: Mapping[str, str]) -> CgroupSample:
+def read_v1(root: Path, paths: Mapping[str, str], want: frozenset[str] = ALL_FIGURES,
+            files: OpenFiles | None = None,
+            found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
     """A cgroup across the v1 hierarchies (paths as /proc/PID/cgroup gives them), each figure
-    from the controller that owns it; one in none of them is gone (FileNotFoundError)."""
-    dirs, missing = v1_dirs(root, paths)
+    from the controller that owns it; one in none of them is gone (FileNotFoundError). Only the
+    files `want` needs are read; `found`: v1_dirs already looked up (a collector's, once)."""
+    dirs, missing = found if found is not None else v1_dirs(root, paths)
     if not dirs:
         raise FileNotFoundError(f"cgroup {paths.get('cpu') or paths.get('memory') or '?'} is in no hierarchy")
     cpu_ns = periods = throttled = throttled_ns = cpu_limit = None
     memory = mem_limit = oom = pids = pids_limit = io_bytes = io_ops = None
-    if "cpuacct" in dirs:
-        cpu_ns = int(_read(dirs["cpuacct"] / "cpuacct.usage").strip())
-    if "cpu" in dirs:
-        cpu = _kv(_read(dirs["cpu"] / "cpu.stat"))
+    if "cpuacct" in dirs and "cpu" in want:
+        cpu_ns = int(_read(_at(dirs["cpuacct"], "cpuacct.usage"), files).strip())
+    if "cpu" in dirs and want & {"cpu.throttled", "cpu.throttled_time"}:
+        cpu = _kv(_read(_at(dirs["cpu"], "cpu.stat"), files))
         periods, throttled, throttled_ns = (cpu.get("nr_periods", 0), cpu.get("nr_throttled", 0),
                                             cpu.get("throttled_time", 0))
-        quota = int((_opt(dirs["cpu"] / "cpu.cfs_quota_us") or "-1").strip())
-        period = int((_opt(dirs["cpu"] / "cpu.cfs_period_us") or "100000").strip())
+    if "cpu" in dirs and "limits" in want:
+        quota = int((_opt(_at(dirs["cpu"], "cpu.cfs_quota_us"), files) or "-1").strip())
+        period = int((_opt(_at(dirs["cpu"], "cpu.cfs_period_us"), files) or "100000").strip())
         cpu_limit = quota / period if quota > 0 else None
     if "memory" in dirs:
-        mem_stat = _kv(_opt(dirs["memory"] / "memory.stat") or "")
-        usage = int(_read(dirs["memory"] / "memory.usage_in_bytes").strip())
-        memory = max(usage - mem_stat.get("total_inactive_file", 0), 0)
-        limit = int((_opt(dirs["memory"] / "memory.limit_in_bytes") or str(V1_NO_LIMIT)).strip())
-        mem_limit = None if limit >= V1_NO_LIMIT else limit
-        oom = _kv(_opt(dirs["memory"] / "memory.oom_control") or "").get("oom_kill", 0)
-    if "pids" in dirs:
-        pids = int(_read(dirs["pids"] / "pids.current").strip())
-        pids_max = _opt(dirs["pids"] / "pids.max")
-        pids_limit = _int_or_max(pids_max) if pids_max else None
-    if "blkio" in dirs:
-        io_bytes, io_ops = (sum(blkio_by_device(_opt(dirs["blkio"] / name) or "").values())
+        if want & {"memory", "memory.limit_pct"}:
+            inactive = _field(_opt(_at(dirs["memory"], "memory.stat"), files) or "", "total_inactive_file")
+            usage = int(_read(_at(dirs["memory"], "memory.usage_in_bytes"), files).strip())
+            memory = max(usage - inactive, 0)
+        if want & {"memory.limit_pct", "limits"}:
+            limit = int((_opt(_at(dirs["memory"], "memory.limit_in_bytes"), files) or str(V1_NO_LIMIT)).strip())
+            mem_limit = None if limit >= V1_NO_LIMIT else limit
+        if "oom_kills" in want:
+            oom = _field(_opt(_at(dirs["memory"], "memory.oom_control"), files) or "", "oom_kill")
+    if "pids" in dirs and want & {"pids", "pids.limit_pct"}:
+        pids = int(_read(_at(dirs["pids"], "pids.current"), files).strip())
+        if "pids.limit_pct" in want:
+            pids_max = _opt(_at(dirs["pids"], "pids.max"), files)
+            pids_limit = _int_or_max(pids_max) if pids_max else None
+    if "blkio" in dirs and want & {"io.bytes", "io.ops"}:
+        io_bytes, io_ops = (sum(blkio_by_device(_opt(_at(dirs["blkio"], name), files) or "").values())
                             for name in ("blkio.throttle.io_service_bytes", "blkio.throttle.io_serviced"))
     return CgroupSample(
         cpu_ns=cpu_ns, periods=periods, throttled_periods=throttled, throttled_ns=throttled_ns,
@@ -413,10 +506,19 @@ def walk(roots: HostRoots, depth: int) -> list[str]:
     return sorted(seen, key=lambda p: (p.count("/") if p != "/" else 0, ))
 
 
-def read_cgroup(roots: HostRoots, mode: str, path: str) -> CgroupSample:
+def read_cgroup(roots: HostRoots, mode: str, path: str, want: frozenset[str] = ALL_FIGURES,
+                files: OpenFiles | None = None,
+                found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
     if mode == "v2":
-        return read_v2(roots.cgroup / path.lstrip("/"))
-    return read_v1(roots.cgroup, {c: path for c in V1_CONTROLLERS})
+        return read_v2(roots.cgroup / path.lstrip("/"), want, files)
+    return read_v1(roots.cgroup, {c: path for c in V1_CONTROLLERS}, want, files, found)
+
+
+def fd_budget() -> int:
+    """How many cgroup files a collector keeps open: half the descriptors this process may
+    hold, less a reserve for everything else (BPF maps, the runtime's sockets)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(0, min(soft, 1 << 20) // 2 - 256)
 
 
 def _cg_spec(name: str, dim: str, desc: str, natural: str = "max") -> MetricSpec:
@@ -472,6 +574,21 @@ class CgroupCollector(Collector):
             self.store.mark_unavailable(psi, "per-cgroup PSI needs cgroup v2; this node runs cgroup v1")
 
     def begin(self, t0: float) -> None:
+        # each sample reads only the files its figures need, through descriptors kept open; the
+        # limits (evidence) are read in full once here, and again each sample only where a
+        # requested figure is a share of one (memory.limit_pct, pids.limit_pct)
+        self._want = wanted(self.request.metrics, "cgroup.")
+        self._files = OpenFiles(fd_budget())
+        mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS} if self._mode == "v1" else {}
+        self._found = {p: v1_dirs(self.roots.cgroup, {c: p for c in V1_CONTROLLERS}, mounts)
+                       for p in self._paths} if self._mode == "v1" else {}
+        self._limits = {}
+        for p in self._paths:
+            try:     # by path: the limits are not read again, their descriptors would be wasted
+                full = read_cgroup(self.roots, self._mode, p, frozenset({"limits"}), None, self._found.get(p))
+            except (OSError, ValueError):
+                full = None
+            self._limits[p] = limits(full) if full is not None else {}
         self._prev = {p: self._read(p) for p in self._paths}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
@@ -480,11 +597,17 @@ class CgroupCollector(Collector):
         io = {m for m in self.request.metrics if m in ("cgroup.io.bytes", "cgroup.io.ops")}
         self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
-    def _read(self, path: str) -> CgroupSample | None:
+    def _read(self, path: str, want: frozenset[str] | None = None) -> CgroupSample | None:
         try:
-            return read_cgroup(self.roots, self._mode, path)
+            return read_cgroup(self.roots, self._mode, path, self._want if want is None else want,
+                               self._files, self._found.get(path))
         except (OSError, ValueError):
             return None
+
+    def close(self) -> None:
+        files = getattr(self, "_files", None)
+        if files is not None:
+            files.close()
 
     def sample(self, t: float) -> None:
         mono = time.monotonic()
@@ -501,10 +624,13 @@ class CgroupCollector(Collector):
                 if a is not None:
                     self._gone.add(path)
                     self.store.mark_gone({"cgroup": path}, t, f"cgroup {path} was removed")
+                    for d in self._found.get(path, ({}, {}))[0].values() if self._mode == "v1" else \
+                            [self.roots.cgroup / path.lstrip("/")]:
+                        self._files.forget(d)
                 continue
             if a is None:
                 continue
-            info = {"unit": unit_of(path), **limits(b)}
+            info = {"unit": unit_of(path), **self._limits.get(path, {}), **limits(b)}
             for key, value in figures(a, b, wall).items():
                 metric = f"cgroup.{key}"
                 if metric in self.request.metrics:
