@@ -17,7 +17,8 @@ SHIPPED = sorted((REPO / "policies").glob("*.yaml"))
 
 def test_every_shipped_policy_is_inconclusive_for_a_spinning_vm(spinning_vm, tmp_path):
     report = tmp_path / "r.json"
-    r = subprocess.run(VCHECK + ["run", *map(str, SHIPPED), "--window", "3s", "-m", "hypervisor",
+    # the exit checks only: a 3 s window cannot judge the packs' for: 60s checks (refused, exit 4)
+    r = subprocess.run(VCHECK + ["run", *map(str, SHIPPED), "--window", "3s", "-m", "hypervisor", "-k", "exit",
                                  "--json", str(report)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 1, r.stdout + r.stderr

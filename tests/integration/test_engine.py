@@ -98,13 +98,10 @@ checks:
     assert {x["check"]: x["entities"][0]["samples"] for x in r.results()} == {"a": 3, "b": 3, "c": 2}
 
 
-def test_too_short_a_window_is_inconclusive_never_a_pass(run_vcheck, policy_file):
+def test_too_short_a_window_is_refused_before_sampling_never_a_pass(run_vcheck, policy_file):
     path = policy_file("policy: short\nchecks:\n  - {id: steal, metric: cpu.steal, expect: '< 10%', for: 3s, window: 10s}\n")
     r = run_vcheck(str(path), "--window", "2s")
-    assert r.returncode == 1, r.stdout
-    res = r.result("steal")
-    assert res["outcome"] == "error" and "inconclusive" in res["reason"]
-    assert "ERROR" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    assert r.returncode == 4 and "--window 2s is shorter than its for: 3s" in r.stderr, r.stdout + r.stderr
 
 
 BAD = "policy: bad\nchecks:\n  - id: a\n    metric: cpu.stea\n    expect: '< 1%'\n"
