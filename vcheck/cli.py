@@ -315,11 +315,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _preload([args.replay, args.baseline])          # so is a --replay FIFO
     if isinstance(loaded, int):
         return loaded
+    if args.baseline:
+        said = _baseline_fits(args, loaded.reports[args.baseline])
+        if isinstance(said, int):
+            return said
+        for line in said:
+            print(printable(f"vcheck: {line}"), file=sys.stderr)
     if deadline is not None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         left = deadline - time.monotonic()
         args.timeout = f"{max(left, 0.001):.3f}s"           # the session's own timer takes the rest
     return _hermetic_pytest(args, preloaded=loaded)
+
+
+def _baseline_fits(args: argparse.Namespace, baseline: dict) -> list[str] | int:
+    """A baseline is of this node and of the policies judged now, as compare's pair is; the
+    operator may say otherwise (--allow-different-*), and the output then says so."""
+    import socket
+
+    catalog = Catalog()
+    now = {"node": {"hostname": os.environ.get("VCHECK_NODE_NAME") or socket.gethostname()},
+           "policies": [{"name": p.name, "sha256": p.sha256} for p in
+                        (load_policy(path, catalog) for path in _policies(args) if not path.endswith(".py"))]}
+    named = argparse.Namespace(before=args.baseline, after="this run",
+                               allow_different_nodes=args.allow_different_nodes,
+                               allow_different_policies=args.allow_different_policies)
+    return _same_run_kind(named, baseline, now)
 
 
 def _start_timeout(text: str | None) -> float | None | int:
@@ -729,7 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-k", metavar="EXPR", help="only checks whose id matches (pytest -k)")
     run.add_argument("-m", metavar="LAYER", help="only checks of this layer: guest, hypervisor, container")
     run.add_argument("--window", metavar="DURATION", help="observe for this long instead of each policy's window")
-    run.add_argument("--baseline", metavar="REPORT", help="judge regress: checks against this earlier JSON report")
+    run.add_argument("--baseline", metavar="REPORT", help="judge regress: checks against this earlier JSON report "
+                     "(of this node and these policies)")
+    run.add_argument("--allow-different-nodes", action="store_true",
+                     help="with --baseline: accept a baseline of another node (said in the output)")
+    run.add_argument("--allow-different-policies", action="store_true",
+                     help="with --baseline: accept a baseline made with other policies (said in the output)")
     run.add_argument("--replay", metavar="REPORT", help="judge on a saved run's observations instead of sampling")
     run.add_argument("--waivers", metavar="FILE", help="waiver file: known failures reported as waived until they expire")
     run.add_argument("--prom-textfile", metavar="PATH", help="write Prometheus text format (node_exporter textfile collector)")

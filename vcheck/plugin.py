@@ -376,9 +376,8 @@ def _hold_ending_signals(config: pytest.Config) -> None:
     stream whose reader stalls is given up when one is pending (report/output.py)."""
     import threading
 
-    timer = config.stash.get(_TIMER, None)
-    if timer is not None:
-        timer.cancel()
+    # --timeout's timer keeps running: past it, its SIGTERM is pending, so a report stream whose
+    # reader stalls is given up and the run ends with exit 2
     if threading.current_thread() is threading.main_thread():
         signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING)
 
