@@ -209,9 +209,16 @@ class Evidence:
         if series is None:
             return ""
         # a figure that is not a finite number (written as null) is a gap, not a point
-        keep = [i for i, (t, v) in enumerate(zip(series.get("times") or [], series["values"]))
-                if _finite(t) and _finite(v)]
         spans = series.get("spans") or []
+        window = float(record.get("window") or 0)
+
+        def judged(i: int, t: float) -> bool:
+            """Within the item's own window, as judge.SeriesView takes samples (a `window: 1s`
+            item of a 60 s session is drawn over its 1 s)."""
+            half = spans[i] / 2 if i < len(spans) and _finite(spans[i]) else 0.5
+            return not window or t <= window + half
+        keep = [i for i, (t, v) in enumerate(zip(series.get("times") or [], series["values"]))
+                if _finite(t) and _finite(v) and judged(i, t)]
         times = [series["times"][i] for i in keep]
         values = [series["values"][i] for i in keep]
         spans = [spans[i] if i < len(spans) else 0.0 for i in keep]
