@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .files import read_up_to
 from .procfs import HostRoots, read_text
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "mnt", "pid")   # joined in this order: pid applies to children
@@ -100,16 +101,9 @@ def read_in_root(roots: HostRoots, pid: int, path: str, limit: int) -> tuple[byt
     finally:
         os.close(handle)
     try:
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_up_to(fd, limit)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     return data[:limit], len(data) > limit
 
 

@@ -509,7 +509,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     from .report.join import render as render_joins
     from .report.merge import fleet_html, fleet_json, fleet_junit, gate, guest_host_joins, load_node_reports
-    from .report.output import write_output
+    from .report.output import write_outputs
 
     spec = None
     if args.max_failing_nodes is not None:
@@ -536,13 +536,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         outputs.append((args.junitxml, fleet_junit(nodes)))
     if args.html:
         outputs.append((args.html, fleet_html(nodes, g, args.domain_label)))
-    for path, data in outputs:
-        try:
-            write_output(path, data)
-        except OutputError as exc:
-            print(printable(f"vcheck: {exc}"), file=sys.stderr)
-            rc = EXIT_OUTPUT if rc == EXIT_OK else rc
-    return rc
+    return write_outputs(outputs, rc)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

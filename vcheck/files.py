@@ -15,6 +15,19 @@ def describe_kind(st: os.stat_result) -> str:
             "a FIFO" if stat.S_ISFIFO(m) else "a symbolic link" if stat.S_ISLNK(m) else "not a regular file")
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """At most limit + 1 bytes from fd, read in pieces (never the whole of a huge file in memory):
+    one byte more than the limit says there was more."""
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
     """At most `limit` bytes of a regular file, FIFO or pipe (read once: process substitution
     works); refuses directories and devices, and a file over the limit. Raises OSError or
@@ -26,15 +39,9 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
             raise ValueError(f"{what} is {describe_kind(st)}, not a file")
         if stat.S_ISFIFO(st.st_mode):
             os.set_blocking(fd, True)
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise ValueError(f"{what} is larger than {limit // (1 << 20) or 1} MiB")
-        return b"".join(chunks)
+        data = read_up_to(fd, limit)
+        if len(data) > limit:
+            raise ValueError(f"{what} is larger than {limit // (1 << 20) or 1} MiB")
+        return data
     finally:
         os.close(fd)

@@ -25,6 +25,7 @@ from typing import Iterable
 import yaml
 
 from .errors import UsageError
+from .files import read_up_to
 
 WAIVER_KEYS = ("check", "entity", "justification", "expires")
 MAX_WAIVER_BYTES = 1 << 20
@@ -98,20 +99,14 @@ def _read(path: str) -> bytes:
         st = os.fstat(fd)   # what was opened, not what the name pointed at a moment ago
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{path}:1:1: not a regular file (a waiver file is YAML text)")
-        chunks, total = [], 0
-        while total <= MAX_WAIVER_BYTES:
-            chunk = os.read(fd, min(1 << 16, MAX_WAIVER_BYTES + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        raw = read_up_to(fd, MAX_WAIVER_BYTES)
     except OSError as exc:
         raise UsageError(f"{path}:1:1: cannot read waiver file: {exc.strerror}") from None
     finally:
         os.close(fd)
-    if total > MAX_WAIVER_BYTES:
+    if len(raw) > MAX_WAIVER_BYTES:
         raise UsageError(f"{path}:1:1: waiver file larger than {MAX_WAIVER_BYTES // 1024} KiB")
-    return b"".join(chunks)
+    return raw
 
 
 def _decode(path: str, raw: bytes) -> str:

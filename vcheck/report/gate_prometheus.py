@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import sys
 import time
 import urllib.error
@@ -26,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import EXIT_FAILED, EXIT_NO_TESTS, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, OutputError, UsageError, \
+from ..errors import EXIT_FAILED, EXIT_NO_TESTS, EXIT_OK, EXIT_USAGE, UsageError, \
     VcheckError
 from ..evidence import printable, redact
-from .output import write_output
+from .output import write_outputs
 from .merge import NOT_HEALTHY_EXITS, NodeResult, fleet_html, fleet_json, fleet_junit, gate
 
 MAX_RESPONSE_BYTES = 256 << 20      # a 10,000-node fleet's answers are a few MiB
@@ -359,10 +358,4 @@ def run_gate(q: GateQuery, max_failing: str | None, json_out: str | None = None,
         outputs.append((junit_out, fleet_junit(fleet.nodes)))
     if html_out:
         outputs.append((html_out, fleet_html(fleet.nodes, g, q.domain_label)))
-    for path, data in outputs:
-        try:
-            write_output(path, data)
-        except OutputError as exc:
-            print(printable(f"vcheck: {exc}"), file=sys.stderr)
-            rc = EXIT_OUTPUT if rc == EXIT_OK else rc
-    return rc
+    return write_outputs(outputs, rc)

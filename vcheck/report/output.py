@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import OutputError
+from ..errors import EXIT_OK, EXIT_OUTPUT, OutputError
 from ..files import describe_kind as _kind
 
 _NULL = (1, 3)                                        # /dev/null
@@ -195,6 +195,18 @@ def _replace_atomically(target: Path, data: bytes, mode: int) -> None:
             except OSError:
                 pass
             raise
+
+
+def write_outputs(outputs: list[tuple[str, bytes]], rc: int) -> int:
+    """Each (path, data) written as write_output does; a failure is one line on stderr and the
+    others are still written. Returns rc, or 7 (EXIT_OUTPUT) when rc was 0 and one failed."""
+    for path, data in outputs:
+        try:
+            write_output(path, data)
+        except OutputError as exc:
+            print(f"vcheck: {exc}", file=sys.stderr)
+            rc = EXIT_OUTPUT if rc == EXIT_OK else rc
+    return rc
 
 
 def read_previous(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:
