@@ -106,6 +106,14 @@ class ObservationStore:
             if weight is not None:
                 o.weights.append(weight)
 
+    def append(self, o: Observation, t: float, value: float, span: float) -> None:
+        """add_sample on a series the collector already holds (from series()): a collector with
+        thousands of entities skips finding it by its labels every sample."""
+        with self._lock:
+            o.times.append(t)
+            o.values.append(value)
+            o.spans.append(span)
+
     def set_histogram(self, metric: str, labels: Mapping[str, object], hist: Histogram,
                       info: Mapping[str, str] | None = None) -> Observation:
         o = self.series(metric, labels, info)

@@ -33,7 +33,7 @@ class HostRoots:
 PROC_READ_LIMIT = 16 << 20   # far above any /proc or /sys file vcheck reads; VCHECK_PROC may point anywhere
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path | str) -> str:
     """A /proc or /sys file, bounded: one over PROC_READ_LIMIT is an OSError, as an unreadable one."""
     # os.read in pieces until EOF: a buffered f.read(PROC_READ_LIMIT + 1) allocates the whole
     # limit on every call (33 us for an 8-byte cgroup file, against 7 us this way)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..model import MetricSpec
+from ..observations import Observation
 from ..selection import MAX_TREE_DEPTH, tree_depth
 from ..procfs import PROC_READ_LIMIT, HostRoots, read_text
 from ..units import BYTE_RATE, BYTES, COUNT, PERCENT, format_value
@@ -158,7 +159,7 @@ class OpenFiles:
             raise FileNotFoundError(2, "no such file", str(path))
         if fd == -1:
             if len(self._fds) >= self.budget:
-                return read_text(Path(path))
+                return read_text(path)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -582,13 +583,16 @@ class CgroupCollector(Collector):
         mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS} if self._mode == "v1" else {}
         self._found = {p: v1_dirs(self.roots.cgroup, {c: p for c in V1_CONTROLLERS}, mounts)
                        for p in self._paths} if self._mode == "v1" else {}
-        self._limits = {}
+        self._limits: dict[str, dict[str, str]] = {}
+        self._series: dict[tuple[str, str], Observation] = {}    # (figure, cgroup) -> its series
+        self._metric_of = {m[len("cgroup."):]: m for m in self.request.metrics if m.startswith("cgroup.")}
         for p in self._paths:
             try:     # by path: the limits are not read again, their descriptors would be wasted
                 full = read_cgroup(self.roots, self._mode, p, frozenset({"limits"}), None, self._found.get(p))
             except (OSError, ValueError):
                 full = None
             self._limits[p] = limits(full) if full is not None else {}
+        self._info = {p: {"unit": unit_of(p), **self._limits[p]} for p in self._paths}
         self._prev = {p: self._read(p) for p in self._paths}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
@@ -630,11 +634,20 @@ class CgroupCollector(Collector):
                 continue
             if a is None:
                 continue
-            info = {"unit": unit_of(path), **self._limits.get(path, {}), **limits(b)}
+            info = self._info[path]
+            now = limits(b)        # read each sample only where a figure is a share of a limit
+            if now and any(info.get(k) != v for k, v in now.items()):
+                info = self._info[path] = {**info, **now}
+                for key in figures(a, b, wall):
+                    self._series.pop((key, path), None)     # filed again below, with the new info
             for key, value in figures(a, b, wall).items():
-                metric = f"cgroup.{key}"
-                if metric in self.request.metrics:
-                    self.store.add_sample(metric, {"cgroup": path}, t, value, span, info)
+                metric = self._metric_of.get(key)
+                if metric is None:
+                    continue
+                o = self._series.get((key, path))
+                if o is None:
+                    o = self._series[(key, path)] = self.store.series(metric, {"cgroup": path}, info)
+                self.store.append(o, t, value, span)
             note_absent(self.store, self._noted, "cgroup.", {"cgroup": path}, b, self.request.metrics, info)
         self._prev.update(cur)
         self._prev_mono, self._prev_t = mono, t
