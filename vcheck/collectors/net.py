@@ -61,7 +61,10 @@ def parse_softnet(text: str) -> dict[int, SoftnetRow]:
     column is the CPU's number (rows skip offline CPUs); older kernels are read in row order."""
     out = {}
     for i, line in enumerate(ln for ln in text.splitlines() if ln.strip()):
-        cols = [int(c, 16) for c in line.split()]
+        try:
+            cols = [int(c, 16) for c in line.split()]
+        except ValueError:
+            continue
         if len(cols) < 3:
             continue
         cpu = cols[12] if len(cols) >= 13 else i

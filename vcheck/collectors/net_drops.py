@@ -185,7 +185,10 @@ class NamespaceOwners:
 
     def owner(self, netns: str) -> str:
         if netns not in self._cache:
-            self._cache[netns] = self._owner(netns)
+            try:
+                self._cache[netns] = self._owner(netns)
+            except Exception as exc:   # evidence must not cost the counts themselves
+                self._cache[netns] = f"unresolved ({exc.__class__.__name__})"
         return self._cache[netns]
 
     def _owner(self, netns: str) -> str:
@@ -216,13 +219,19 @@ class NamespaceOwners:
                 for fd in os.scandir(self.roots.proc / str(pid) / "fd"):
                     ino = want.pop(os.readlink(fd.path), None)
                     if ino is not None:
-                        found[ino] = self.resolver.resolve(pid).describe()
+                        found[ino] = self._describe(pid)
             except OSError:
                 continue
             if not want:
                 break
         found.update({i: f"socket inode {i} (no process holds it now)" for i in want.values()})
         return found
+
+    def _describe(self, pid: int) -> str:
+        try:
+            return self.resolver.resolve(pid).describe()
+        except Exception as exc:   # evidence must not cost the counts themselves
+            return f"pid {pid} (unresolved: {exc.__class__.__name__})"
 
     def socket_owner(self, netns: str, ino: int) -> str:
         """The process holding socket inode `ino`, looked for among the namespace's processes."""
