@@ -8,6 +8,7 @@ vanished or too-thin data into skip / fail / inconclusive as the check's ``on_mi
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -240,21 +241,54 @@ def sustained_level(op: str, times: list[float], values: list[float], spans: lis
     for `< X` the highest L such that every sample of some for_-long stretch was >= L (for `> X`
     the lowest L with every sample <= L). The check fails exactly when that level breaks the
     comparison, so it is the figure a dashboard plots against the threshold. None: no stretch
-    of samples lasts for_ seconds."""
+    of samples lasts for_ seconds.
+
+    Each stretch starts at a sample i and ends at the first j whose spans from i add up to
+    for_ - slack; j only moves forward as i does, so one pass with a deque of the stretch's
+    candidates for its extreme value finds them all (linear in the samples, not samples x the
+    samples in a stretch)."""
     upper = op in ("<", "<=")
-    best = None
     n = len(values)
+    target = for_ - slack
+    prefix = [0.0]
+    for s in spans:
+        prefix.append(prefix[-1] + s)
+    best = None
+    window: deque[int] = deque()     # indexes in [i, j], their values monotonic: window[0] is the extreme
+    j = -1                            # the last index pushed
     for i in range(n):
-        covered, level = 0.0, None
-        for j in range(i, n):
-            covered += spans[j]
+        while window and window[0] < i:
+            window.popleft()
+        end = _stretch_end(spans, prefix, i, max(j, i), target)
+        if end is None:
+            break                     # a later start covers even less
+        while j < end:
+            j += 1
             v = values[j]
-            level = v if level is None else (min(level, v) if upper else max(level, v))
-            if covered >= for_ - slack:
-                if best is None or (level > best if upper else level < best):
-                    best = level
-                break
+            while window and (values[window[-1]] >= v if upper else values[window[-1]] <= v):
+                window.pop()
+            window.append(j)
+        level = values[window[0]]
+        if best is None or (level > best if upper else level < best):
+            best = level
     return best
+
+
+def _stretch_end(spans: list[float], prefix: list[float], i: int, start: int, target: float) -> int | None:
+    """The first j >= start whose spans i..j add up to `target`: from the prefix sums, and where
+    those are too close to call, summed sample by sample as a stretch was always measured."""
+    tol = 1e-9 * max(1.0, abs(target))
+    for j in range(start, len(spans)):
+        covered = prefix[j + 1] - prefix[i]
+        if covered >= target + tol:
+            return j
+        if covered > target - tol:
+            exact = 0.0
+            for k in range(i, j + 1):
+                exact += spans[k]
+            if exact >= target:
+                return j
+    return None
 
 
 # --- one item ----------------------------------------------------------------------------

@@ -48,6 +48,11 @@ from ..files import read_bounded
 FORMAT = "vcheck.report"
 VERSION = 1
 MAX_REPORT_BYTES = 256 << 20    # a day of 1 s samples of every metric fits many times over
+# what a report may hold once parsed, counted in its bytes before parsing: a value costs Python
+# ~32 bytes, an object ~250, so 256 MiB of '0,' or '{},' would otherwise take gigabytes. A 100,000-
+# observation report of 60 samples each holds 18.3 M values and 0.3 M objects.
+MAX_VALUES = 24_000_000         # commas + 1: numbers, strings and the rest (at most ~0.8 GB)
+MAX_OBJECTS = 2_000_000         # '{' (at most ~0.5 GB)
 MAX_SERIES = 1_000_000          # samples in one observation
 MAX_BUCKETS = MAX_INDEX
 MAX_DEPTH = 64                  # JSON nesting; a report needs under 10
@@ -509,6 +514,13 @@ def read_report(path: str) -> dict[str, Any]:
 
 def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     """read_report on bytes already read (a report can be read only once from a pipe)."""
+    # bounded before parsing, not after: commas and braces inside strings count too (an
+    # overestimate, never an under-)
+    values, objects = raw.count(b",") + 1, raw.count(b"{")
+    if values > MAX_VALUES:
+        raise ReportFormatError(f"{path}: too large to read: {values:,} values (at most {MAX_VALUES:,})")
+    if objects > MAX_OBJECTS:
+        raise ReportFormatError(f"{path}: too large to read: {objects:,} objects (at most {MAX_OBJECTS:,})")
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
