@@ -174,7 +174,8 @@ def _encode(x: Any, level: int, out: list[str]) -> None:
             return
         pad = "\n" + " " * (level + 1)
         if all(type(v) is float for v in x):
-            out.append("[" + pad + ("," + pad).join(map(_number, x)) + "\n" + " " * level + "]")
+            text = map(float.__repr__, x) if all(map(math.isfinite, x)) else map(_number, x)
+            out.append("[" + pad + ("," + pad).join(text) + "\n" + " " * level + "]")
             return
         out.append("[" + pad)
         for i, v in enumerate(x):
