@@ -126,8 +126,8 @@ def redact_tree(data: Any, limit: int = 10_000_000) -> Any:
     stack = [data]
     while stack:
         v = stack.pop()
-        if isinstance(v, list) and all(type(x) is float for x in v):
-            continue      # a series: nothing to redact (most of a report)
+        if isinstance(v, list) and all(type(x) is float or type(x) is int for x in v):
+            continue      # a series or a bucket: nothing to redact (most of a report)
         items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
         for k, x in list(items):
             if isinstance(x, str):

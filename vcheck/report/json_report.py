@@ -572,6 +572,8 @@ def max_depth(data: Any) -> int:
             v = list(v.values())
         if isinstance(v, list):
             deepest = max(deepest, d)
+            if v and type(v[0]) in (float, int) and all(type(x) in (float, int) for x in v):
+                continue      # a series: no deeper
             stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
     return deepest
 
