@@ -406,10 +406,12 @@ class BlkioBlindness:
         return ""
 
 
-def read_container(roots: HostRoots, mode: str, paths: dict[str, str]) -> CgroupSample:
+def read_container(roots: HostRoots, mode: str, paths: dict[str, str], want: frozenset[str] = ALL_FIGURES,
+                   files: OpenFiles | None = None,
+                   found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
     if mode == "v2":
-        return read_v2(roots.cgroup / paths.get("", "/").lstrip("/"))
-    return read_v1(roots.cgroup, paths)
+        return read_v2(roots.cgroup / paths.get("", "/").lstrip("/"), want, files)
+    return read_v1(roots.cgroup, paths, want, files, found)
 
 
 def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
@@ -515,11 +517,12 @@ def read_cgroup(roots: HostRoots, mode: str, path: str, want: frozenset[str] = A
     return read_v1(roots.cgroup, {c: path for c in V1_CONTROLLERS}, want, files, found)
 
 
-def fd_budget() -> int:
-    """How many cgroup files a collector keeps open: half the descriptors this process may
-    hold, less a reserve for everything else (BPF maps, the runtime's sockets)."""
+def fd_budget(share: float = 0.5) -> int:
+    """How many cgroup files a collector keeps open: its share of the descriptors this process
+    may hold (the host layer half, containers a quarter), less a reserve for everything else
+    (BPF maps, the runtime's sockets)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return max(0, min(soft, 1 << 20) // 2 - 256)
+    return max(0, int(min(soft, 1 << 20) * share) - 256)
 
 
 def _cg_spec(name: str, dim: str, desc: str, natural: str = "max") -> MetricSpec:

@@ -16,8 +16,9 @@ from ...model import MetricSpec
 from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
-from ..cgroups import (BlkioBlindness, CgroupSample, cgroup_mode, figures, limits, mark_blkio_blind, note_absent,
-                       proc_cgroups, read_container)
+from ..cgroups import (V1_CONTROLLERS, BlkioBlindness, CgroupSample, OpenFiles, cgroup_mode, fd_budget, figures,
+                       limits, mark_blkio_blind, note_absent, proc_cgroups, read_container, v1_dirs, v1_mount,
+                       wanted)
 from .container import Container
 from .docker import docker_sockets
 from .discovery import cri_sockets, discover_containers, host_namespaces, namespace_ids, nspid
@@ -129,6 +130,14 @@ class ContainerCollector(Collector):
         # evidence attributes are fixed for the window: split them from the 0/1 facts once
         self._public = {cid: {k: v for k, v in info.items() if not k.startswith("container.")}
                         for cid, (_, _, info) in self._containers.items()}
+        # only the files the requested figures (and the limits evidence shows) need, kept open
+        self._want = wanted(self.request.metrics, "container.") | {"limits"}
+        self._files = OpenFiles(fd_budget(0.25))
+        self._found = {}
+        if self._mode == "v1":
+            mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS}
+            self._found = {cid: v1_dirs(self.roots.cgroup, paths, mounts)
+                           for cid, (_, paths, _) in self._containers.items()}
         self._prev = {cid: self._read(cid) for cid in self._containers}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
@@ -137,10 +146,15 @@ class ContainerCollector(Collector):
         io = {m for m in self.request.metrics if m in ("container.io.bytes", "container.io.ops")}
         self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
+    def close(self) -> None:
+        files = getattr(self, "_files", None)
+        if files is not None:
+            files.close()
+
     def _read(self, cid: str) -> CgroupSample | None:
         _, paths, _ = self._containers[cid]
         try:
-            return read_container(self.roots, self._mode, paths)
+            return read_container(self.roots, self._mode, paths, self._want, self._files, self._found.get(cid))
         except (OSError, ValueError):
             return None
 
@@ -160,6 +174,10 @@ class ContainerCollector(Collector):
             if b is None:
                 self._gone.add(cid)
                 self.store.mark_gone(c.identity, t, f"container {c.id[:12]} ({c.name}) was deleted")
+                _, paths, _ = self._containers[cid]
+                for d in self._found[cid][0].values() if cid in self._found else \
+                        [self.roots.cgroup / paths.get("", "/").lstrip("/")]:
+                    self._files.forget(d)
                 continue
             a = self._prev.get(cid)
             if a is None:
