@@ -217,8 +217,18 @@ def bench_window(tmp: Path, sizes: list[int]) -> dict:
         return t, m
     base = one(60, empty=True)    # the trivial size: a report that observed nothing
     rows = [(n, *one(n)) for n in sizes]
+    live = {}
+    for n in sizes:      # what a live run holds: the store filed sample by sample, then the report
+        out = subprocess.run([PY, __file__, "--store-child", str(n)], capture_output=True, text=True, cwd=REPO)
+        if out.returncode != 0:
+            raise RuntimeError(f"store child ({n}) exited {out.returncode}: {out.stderr[-600:]}")
+        live[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    extra = {n: f"live store + report: {live[n]['rss']:.0f} MB peak, {live[n]['seconds']:.2f} s "
+                f"({live[n]['samples']:,} samples filed one by one)" for n in sizes}
+    print("  (a live run's extra memory for a longer window = the live-store figure's growth over 60 s; "
+          "add it to the default pack's own peak from benchmarks/bench_cost.py --only run)")
     return table("window length: the default pack replayed on 1 s samples (`vcheck run --replay R.json "
-                 "--window Ns`)", "seconds", rows, base)
+                 "--window Ns`)", "seconds", rows, base, extra)
 
 
 def bench_merge(tmp: Path, sizes: list[int]) -> dict:
@@ -374,6 +384,30 @@ def cgroup_child(n: int, rounds: int) -> None:
         remove_cgroup_tree(CG_TOP)
 
 
+def store_child(seconds: int) -> None:
+    """The default pack's observations of a `seconds` window filed as collectors file them
+    (add_sample, one at a time), then the JSON report built and encoded: ru_maxrss."""
+    from vcheck.observations import ObservationStore
+    from vcheck.report.json_report import RunFacts, build_report, dumps
+
+    t = time.perf_counter()
+    store = ObservationStore()
+    shapes = default_pack_observations(seconds)
+    n = 0
+    for k in range(seconds):
+        for o in shapes:
+            if o["values"]:
+                store.add_sample(o["metric"], o["labels"], o["times"][k], o["values"][k], 1.0, o["info"] or None)
+                n += 1
+    for o in shapes:
+        if o["histogram"] is not None:
+            store.series(o["metric"], o["labels"], o["info"])
+    del shapes
+    size = len(dumps(build_report([], RunFacts(store=store), 0)))
+    print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": time.perf_counter() - t, "samples": n, "bytes": size}))
+
+
 def not_measured_vms() -> None:
     print("\ncontainers (50/200/500 runc) and VMs (4/16/64 qemu): not measured by this command. This machine "
           "has 2 CPUs and 24 GB: 64 spinning guests x 8 vCPUs would measure the CPU contention, not vcheck; "
@@ -388,7 +422,11 @@ def main() -> int:
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cgroup-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--store-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.store_child is not None:
+        store_child(args.store_child)
+        return 0
     if args.cgroup_child is not None:
         cgroup_child(args.cgroup_child, args.rounds)
         return 0
