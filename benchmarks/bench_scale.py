@@ -1,12 +1,13 @@
 """How vcheck's cost grows with the node and the fleet (issue 23): time and peak memory at three
 or more sizes per dimension, and the fitted growth exponent.
 
-    .venv/bin/python benchmarks/bench_scale.py [--only replay,checks,window,merge,html,cgroups,vms]
+    .venv/bin/python benchmarks/bench_scale.py [--only replay,items,checks,window,merge,html,cgroups,vms]
                                                [--quick] [--no-browser]
 
 Dimensions (each size in its own process: the wall time and ru_maxrss of that process):
-  replay   observations in a replayed report (1k/10k/100k cgroup series, one item each):
+  replay   observations in a replayed report (1k/10k/100k cgroup series judged by one check):
            `vcheck run --replay R.json POLICY --json OUT`
+  items    the same with one pytest item per observation (1k/5k/20k)
   checks   checks in one policy (100/1,000/5,000), replayed on a 60 s default-pack report
   window   the default pack replayed on generated reports of 60/600/3,600 s of 1 s samples
   merge    `vcheck merge --json` of 100/500/2,000 node reports (a failing 60 s default-pack run each)
@@ -159,6 +160,9 @@ def cgroup_observations(n: int, seconds: int = 60, seed: int = 2) -> list[dict]:
 
 
 CGROUP_POLICY = "policy: scale\nchecks:\n  - {id: cg-cpu, metric: cgroup.cpu, per: cgroup, expect: '< 90%'}\n"
+# one item judging every cgroup (what a dense node's report is: many observations, few checks)
+SELECT_POLICY = ("policy: scale\nchecks:\n  - {id: cg-cpu, metric: cgroup.cpu, select: {cgroup: '/bench.slice/*'}, "
+                 "expect: '< 90%'}\n")
 
 
 def many_checks_policy(n: int) -> str:
@@ -179,26 +183,53 @@ def write(path: Path, data) -> Path:
     return path
 
 
+def generated(kind: str, n: int, path: Path) -> Path:
+    """A generated report, made in a child process: a process's peak RSS carries over to the
+    processes it starts (Linux keeps the hiwater mark across fork and exec), so this one must
+    never hold a big report itself."""
+    subprocess.run([PY, __file__, "--make-report", kind, str(n), str(path)], check=True, cwd=REPO)
+    return path
+
+
+def make_report(kind: str, n: int, path: str) -> None:
+    if kind == "cgroups":
+        write(Path(path), report(cgroup_observations(n), 60.0))
+    elif kind == "pack":
+        write(Path(path), report(default_pack_observations(n), float(n)))
+    elif kind == "empty":
+        write(Path(path), report([], float(n)))
+    else:
+        raise ValueError(kind)
+
+
 def vcheck(*args: str) -> list[str]:
     return [PY, "-m", "vcheck.cli", *args]
 
 
 # --- dimensions ---------------------------------------------------------------------------
 
-def bench_replay(tmp: Path, sizes: list[int]) -> dict:
-    policy = write(tmp / "cg.yaml", CGROUP_POLICY)
+def bench_replay(tmp: Path, sizes: list[int], per_item: bool) -> dict:
+    policy = write(tmp / "cg.yaml", CGROUP_POLICY if per_item else SELECT_POLICY)
     def one(n: int) -> tuple[float, float]:
-        src = write(tmp / f"replay-{n}.json", report(cgroup_observations(n), 60.0))
+        src = generated("cgroups", n, tmp / f"replay-{n}.json")
         t, m, _ = timed(vcheck("run", "--replay", str(src), str(policy), "--json", str(tmp / f"out-{n}.json")), tmp)
+        size = (tmp / f"replay-{n}.json").stat().st_size
+        extra[n] = f"report {size / 1e6:.0f} MB"
+        os.unlink(src)
+        os.unlink(tmp / f"out-{n}.json")
         return t, m
+    extra: dict[int, str] = {}
     base = one(1)
     rows = [(n, *one(n)) for n in sizes]
-    return table("observations in a replayed report (cgroup.cpu per cgroup, one item per observation, 60 samples "
-                 "each; `vcheck run --replay R.json POLICY --json OUT`)", "obs", rows, base)
+    if per_item:
+        return table("items from a replayed report (cgroup.cpu `per: cgroup`: one pytest item per observation, "
+                     "60 samples each; `vcheck run --replay R.json POLICY --json OUT`)", "items", rows, base, extra)
+    return table("observations in a replayed report (cgroup.cpu of n cgroups, 60 samples each, judged by one check "
+                 "with `select:`; `vcheck run --replay R.json POLICY --json OUT`)", "obs", rows, base, extra)
 
 
 def bench_checks(tmp: Path, sizes: list[int]) -> dict:
-    src = write(tmp / "pack-60.json", report(default_pack_observations(60), 60.0))
+    src = generated("pack", 60, tmp / "pack-60.json")
     def one(n: int) -> tuple[float, float]:
         policy = write(tmp / f"many-{n}.yaml", many_checks_policy(n))
         t, m, _ = timed(vcheck("run", "--replay", str(src), str(policy), "--json", str(tmp / f"c-{n}.json")), tmp)
@@ -211,7 +242,7 @@ def bench_checks(tmp: Path, sizes: list[int]) -> dict:
 
 def bench_window(tmp: Path, sizes: list[int]) -> dict:
     def one(n: int, empty: bool = False) -> tuple[float, float]:
-        src = write(tmp / f"pack-{n}.json", report([] if empty else default_pack_observations(n), float(n)))
+        src = generated("empty" if empty else "pack", n, tmp / f"pack-{n}.json")
         t, m, _ = timed(vcheck("run", "--replay", str(src), str(DEFAULT_PACK), "--window", f"{n}s",
                                "--json", str(tmp / f"w-{n}.json")), tmp)
         return t, m
@@ -232,10 +263,8 @@ def bench_window(tmp: Path, sizes: list[int]) -> dict:
 
 
 def bench_merge(tmp: Path, sizes: list[int]) -> dict:
-    obs = default_pack_observations(60)
-    one_report = report(obs, 60.0)
     # the node's own verdicts: a replay of the generated run
-    src = write(tmp / "node.json", one_report)
+    src = generated("pack", 60, tmp / "node.json")
     judged = tmp / "node-judged.json"
     timed(vcheck("run", "--replay", str(src), str(DEFAULT_PACK), "--json", str(judged)), tmp)
     data = json.loads(judged.read_text())
@@ -295,7 +324,7 @@ def bench_html(tmp: Path, sizes: list[int], browser: bool) -> dict:
     policy = write(tmp / "cg.yaml", CGROUP_POLICY)
     pages: dict[int, Path] = {}
     def one(n: int) -> tuple[float, float]:
-        src = write(tmp / f"h-src-{n}.json", report(cgroup_observations(n), 60.0))
+        src = generated("cgroups", n, tmp / f"h-src-{n}.json")
         judged = tmp / f"h-{n}.json"
         timed(vcheck("run", "--replay", str(src), str(policy), "--json", str(judged)), tmp)
         page = pages[n] = tmp / f"h-{n}.html"
@@ -417,13 +446,17 @@ def not_measured_vms() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="replay,checks,window,merge,html,cgroups,vms")
+    ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,vms")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cgroup-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--store-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--make-report", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_report:
+        make_report(args.make_report[0], int(args.make_report[1]), args.make_report[2])
+        return 0
     if args.store_child is not None:
         store_child(args.store_child)
         return 0
@@ -435,7 +468,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vcheck-scale-") as t:
         tmp = Path(t)
         if "replay" in only:
-            bench_replay(tmp, [100, 1000, 4000] if q else [1000, 10_000, 100_000])
+            bench_replay(tmp, [100, 1000, 4000] if q else [1000, 10_000, 100_000], per_item=False)
+        if "items" in only:
+            bench_replay(tmp, [100, 1000, 4000] if q else [1000, 5000, 20_000], per_item=True)
         if "checks" in only:
             bench_checks(tmp, [50, 200, 500] if q else [100, 1000, 5000])
         if "window" in only:
