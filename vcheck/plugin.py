@@ -86,6 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ReportFormatError, UsageError) as exc:
         raise usage_error(str(exc)) from None
     config.stash[STATE_KEY] = state
+    config.stash[_PREVIOUS_OTHER] = {}
     if not config.pluginmanager.has_plugin("vcheck-terminal"):
         config.pluginmanager.register(VcheckTerminal(), "vcheck-terminal")
     outputs = []
@@ -162,6 +163,7 @@ def pytest_make_collect_report(collector: pytest.Collector):
     broken policy is, not pytest's 'interrupted'."""
     outcome = yield
     report = outcome.get_result()
+    _stop_if_requested(collector.config)
     # only in `vcheck run`: plain pytest keeps its own rules for a test module that fails
     if report.failed and isinstance(collector, pytest.Module) and collector.config.option.vcheck_cli:
         text = str(report.longrepr or "")
@@ -176,9 +178,26 @@ def pytest_make_collect_report(collector: pytest.Collector):
             f"{report.nodeid}:{line}: cannot import the check file: {printable(why)}")
 
 
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    state = collector.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.collecting = True
+
+
+def _stop_if_requested(config: pytest.Config) -> None:
+    """A signal that came while collecting ends the run here, as interrupted (exit 2): raised in
+    a collector, pytest would have filed it as 'found no collectors' (a usage error)."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None and state.stop_requested:
+        state.collecting, state.stop_requested, state.terminating = False, False, True
+        pytest.exit(f"vcheck: terminated by {state.interrupted_by} while collecting", returncode=2)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash[STATE_KEY]
+    _stop_if_requested(config)
+    state.collecting = False
     for item in session.items:    # selected items only: -k and -m may leave a long for: out
         if isinstance(item, CheckItem):
             why = state.too_short(item.check, f"{_shown(item.path)}:{item.check.line}:{item.check.col}")
@@ -292,16 +311,21 @@ def _on_sigterm(config: pytest.Config):
         state = config.stash.get(STATE_KEY, None)
         if state is None:
             return
+        name = signal.Signals(signum).name
         if state.session is not None:
-            state.interrupted_by = state.interrupted_by or "SIGTERM"
+            state.interrupted_by = state.interrupted_by or name
             state.session.stop()
             return
         if state.terminating:
             _keep_pending(signum)
             return
+        if state.collecting:
+            state.interrupted_by = state.interrupted_by or name
+            state.stop_requested = True
+            return
         state.terminating = True
-        state.interrupted_by = state.interrupted_by or "SIGTERM"
-        pytest.exit("vcheck: terminated by SIGTERM", returncode=2)
+        state.interrupted_by = state.interrupted_by or name
+        pytest.exit(f"vcheck: terminated by {name}", returncode=2)
     return handler
 
 
@@ -310,7 +334,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        session.config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm(session.config))
+        handler = _on_sigterm(session.config)
+        session.config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, handler)
+        if session.config.option.vcheck_cli:     # `vcheck run`: Ctrl-C and a closed terminal alike
+            for sig in (signal.SIGINT, signal.SIGHUP):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    session.config.stash[_PREVIOUS_OTHER][sig] = signal.signal(sig, handler)
     seconds = _duration_option(session.config.option.vcheck_timeout, "--timeout")
     if seconds:
         state = session.config.stash[STATE_KEY]
@@ -422,12 +451,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+    for sig, handler in config.stash.get(_PREVIOUS_OTHER, {}).items():
+        signal.signal(sig, handler)
     recorder = config.stash.get(RECORDER_KEY, None)
     if recorder is not None and config.pluginmanager.is_registered(recorder):
         config.pluginmanager.unregister(recorder)
 
 
 _PREVIOUS_SIGTERM: pytest.StashKey = pytest.StashKey()
+_PREVIOUS_OTHER: pytest.StashKey[dict] = pytest.StashKey()
 _RECORD: pytest.StashKey[dict] = pytest.StashKey()
 _TIMER: pytest.StashKey = pytest.StashKey()
 class _Progress:

@@ -36,6 +36,8 @@ class RunState:
     waivers: list[Waiver] = field(default_factory=list)
     interrupted_by: str | None = None           # "--timeout", "SIGTERM", "SIGINT"
     terminating: bool = False                   # a signal already ended the run: ignore more
+    collecting: bool = False                    # pytest swallows exceptions raised while collecting
+    stop_requested: bool = False                # a signal came while collecting: end at the next step
 
     def load_policy(self, path: Path) -> Policy:
         path = Path(path)

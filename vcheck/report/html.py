@@ -555,9 +555,6 @@ class HtmlEvidence:
         if getattr(report, "vcheck_result", None) is None or len(cells) < 2:
             return
         cells[1] = Markup('<td class="col-testId">{}</td>').format(result_id(report.vcheck_result))
-        word = OUTCOME_WORD.get(str(report.vcheck_result.get("outcome")), "")
-        if word:     # pytest-html would say Error for inconclusive and XFailed for waived
-            cells[0] = Markup('<td class="col-result">{}</td>').format(word.capitalize())
 
     def _vcheck_session(self, collected: bool = True) -> bool:
         """Whether this report is about policies (pytest --html on a project's own tests, with
