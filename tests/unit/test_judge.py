@@ -228,3 +228,33 @@ def test_the_sustained_level_is_the_figure_a_for_check_compares():
     assert sustained_level("<", times, steal, spans, 11.0, 0.0) is None  # no stretch that long
     idle = [90, 3, 2, 4, 80, 80, 80, 80, 80, 80]
     assert sustained_level(">", times, idle, spans, 3.0, 0.0) == 4      # at most 4% idle for 3 s
+
+
+def _sustained_by_every_stretch(op, values, spans, for_, slack):
+    """sustained_level's definition, stretch by stretch (quadratic: the reference)."""
+    upper, best = op in ("<", "<="), None
+    for i in range(len(values)):
+        covered, level = 0.0, None
+        for j in range(i, len(values)):
+            covered += spans[j]
+            level = values[j] if level is None else (min(level, values[j]) if upper else max(level, values[j]))
+            if covered >= for_ - slack:
+                if best is None or (level > best if upper else level < best):
+                    best = level
+                break
+    return best
+
+
+def test_sustained_level_in_one_pass_is_every_stretch_s():
+    import random
+
+    from vcheck.judge import sustained_level
+    rng = random.Random(3)
+    for _ in range(3000):
+        n = rng.randrange(0, 30)
+        spans = [rng.choice([1.0, 0.5, 0.1, 0.2, 0.3, 1.0000001, 0.9999999, rng.uniform(0, 2)]) for _ in range(n)]
+        values = [rng.choice([0.0, 1.0, 2.0, rng.random()]) for _ in range(n)]
+        for_, slack = rng.choice([0.0, 0.3, 1.0, 3.0, 10.0, rng.uniform(0, 20)]), rng.choice([0.0, 0.25])
+        for op in ("<", "<=", ">", ">="):
+            assert sustained_level(op, list(range(n)), values, spans, for_, slack) == \
+                _sustained_by_every_stretch(op, values, spans, for_, slack), (op, values, spans, for_, slack)

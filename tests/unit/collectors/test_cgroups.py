@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vcheck.collectors.cgroups import (cgroup_mode, proc_cgroups, read_container, read_v1,
                                                   read_v2)
 from vcheck.procfs import HostRoots
@@ -108,3 +110,49 @@ def test_co_mounted_v1_controllers_are_found(tmp_path):
     (tmp_path / "cpu,cpuacct").mkdir()
     assert v1_mount(tmp_path, "cpuacct") == tmp_path / "cpu,cpuacct"
     assert v1_mount(tmp_path, "memory") is None
+
+
+def test_only_the_files_the_requested_figures_need_are_read(tmp_path):
+    """cgroup.cpu alone reads cpuacct.usage and nothing else: the other figures are left out
+    (None), not zero, and their files are never opened (one that cannot be read changes nothing)."""
+    from vcheck.collectors.cgroups import figures, read_cgroup, wanted
+    cg = tmp_path / "cgroup"
+    for c, files in (("cpuacct", {"cpuacct.usage": "5000000000\n"}), ("cpu", {"cpu.stat": "nr_periods 1\n"}),
+                     ("memory", {"memory.usage_in_bytes": "not a number\n"}), ("pids", {}), ("blkio", {})):
+        (cg / c / "a").mkdir(parents=True)
+        for name, text in files.items():
+            (cg / c / "a" / name).write_text(text)
+    roots = HostRoots(cgroup=cg)
+    want = wanted(frozenset({"cgroup.cpu"}), "cgroup.")
+    assert want == {"cpu"}
+    s = read_cgroup(roots, "v1", "/a", want)
+    assert s.cpu_ns == 5_000_000_000 and s.memory_bytes is None and s.periods is None and s.pids is None
+    assert set(figures(s, s, 1.0)) == {"cpu"}
+    with pytest.raises(ValueError):      # all figures: the unreadable memory file is read
+        read_cgroup(roots, "v1", "/a")
+    assert wanted(frozenset({"container.psi.cpu.some", "container.memory.limit_pct"}), "container.") == \
+        {"psi", "memory.limit_pct"}
+
+
+def test_open_files_reread_with_pread_and_a_removed_cgroup_fails(tmp_path):
+    """A kept-open file is read again from offset 0 each time (what the kernel regenerates); past
+    the budget a file is read by its path; a missing file stays missing (no open per sample)."""
+    from vcheck.collectors.cgroups import OpenFiles, _field
+    f = tmp_path / "cpuacct.usage"
+    f.write_text("1\n")
+    files = OpenFiles(budget=1)
+    assert files.read(str(f)) == "1\n"
+    with open(f, "r+") as w:        # same inode: what an open descriptor sees
+        w.write("22\n")
+    assert files.read(str(f)) == "22\n"
+    g = tmp_path / "other"
+    g.write_text("x")
+    assert files.read(str(g)) == "x"          # over the budget: by path
+    with pytest.raises(FileNotFoundError):
+        files.read(str(tmp_path / "absent"))
+    files.forget(tmp_path)
+    assert files._fds == {}
+    files.close()
+    assert _field("total_cache 5\ntotal_inactive_file 7\n", "total_inactive_file") == 7
+    assert _field("inactive_file 3\ntotal_inactive_file 7\n", "inactive_file") == 3
+    assert _field("x 1\n", "inactive_file") == 0

@@ -215,3 +215,27 @@ def test_a_regress_limit_is_drawn_for_its_own_entity():
     page = _Page(Evidence(lambda m: obs).result_html(rec))
     lines = [float(a["data-value"]) for a in page.of("line", **{"class": "vc-threshold"})]
     assert lines == [50.0, 4.0, 50.0, 7.0]     # per plot: the expect's threshold, then that entity's limit
+
+
+def _members_by_scan(obs, record, entity, kind):
+    """Evidence.members' rule, scanning every observation of the metric (the reference)."""
+    item, labels = record.get("labels") or {}, entity.get("labels") or {}
+    mine = [o for o in obs if all((o.get("labels") or {}).get(k) == v for k, v in item.items())]
+    if kind != "distribution" or not labels:
+        exact = [o for o in mine if (o.get("labels") or {}) == labels]
+        if exact or kind != "distribution":
+            return exact
+    return [o for o in mine if all((o.get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+
+def test_members_by_the_label_index_are_the_scan_s():
+    import random
+    rng = random.Random(11)
+    obs = [{"metric": "m", "labels": {k: str(rng.randrange(3)) for k in rng.sample(["vm", "op", "cpu"], rng.randrange(4))}}
+           for _ in range(200)]
+    ev = Evidence(lambda m: obs if m == "m" else [])
+    for _ in range(500):
+        record = {"metric": "m", "labels": {k: str(rng.randrange(3)) for k in rng.sample(["vm", "cpu"], rng.randrange(3))}}
+        entity = {"labels": {k: str(rng.randrange(3)) for k in rng.sample(["vm", "op", "cpu"], rng.randrange(4))}}
+        for kind in ("series", "distribution"):
+            assert ev.members(record, entity, kind) == _members_by_scan(obs, record, entity, kind), (record, entity, kind)

@@ -116,3 +116,38 @@ def test_unseen_events_survive_a_save_and_a_replay(tmp_path):
     again = {(x.metric, x.labels): x for x in store_from_report(read_report(str(f))).all()}
     assert again[(o.metric, o.labels)].unseen == 12
     assert sum(x.unseen for x in again.values()) == 12
+
+
+@pytest.mark.parametrize("body, bound", [
+    (b'"x": [' + b"0," * 24_000_000 + b"0]", "values (at most 24,000,000)"),
+    (b'"x": [' + b"{}," * 2_000_000 + b"{}]", "objects (at most 2,000,000)"),
+])
+def test_a_report_beyond_its_bounds_is_refused_before_parsing(body, bound):
+    """Counted in the bytes: 48 MB of '0,' would be 24 M Python objects (~0.8 GB) once parsed."""
+    from vcheck.report.json_report import parse_report
+    raw = b'{"format": "vcheck.report", "version": 1, ' + body + b"}"
+    with pytest.raises(ReportFormatError) as e:
+        parse_report(raw, "big.json")
+    assert str(e.value).startswith("big.json: too large to read: ") and str(e.value).endswith(bound)
+
+
+def test_dumps_writes_json_dumps_bytes():
+    """The report's own encoder (a series in one piece) writes what json.dumps(indent=1) does,
+    non-finite figures as null."""
+    import enum
+
+    class Word(str, enum.Enum):
+        FAIL = "fail"
+
+    class Thing:
+        def __str__(self) -> str:
+            return "thing"
+
+    report = {"a": [1.5, -0.0, 1e300, 2], "b": {"c": [], "d": {}, "e": (1, "x"), 3: None, 2.5: True},
+              "observations": [{"times": [0.1, 0.2], "values": [math.nan, math.inf], "s": "caf\u00e9\n\"",
+                                "w": Word.FAIL, "t": Thing()}, {}], "z": [[1.0], [{"k": [0.5]}], False]}
+    expected = {"a": [1.5, -0.0, 1e300, 2], "b": {"c": [], "d": {}, "e": [1, "x"], 3: None, 2.5: True},
+                "observations": [{"times": [0.1, 0.2], "values": [None, None], "s": "caf\u00e9\n\"", "w": "fail",
+                                  "t": "thing"}, {}], "z": [[1.0], [{"k": [0.5]}], False]}
+    assert dumps(report) == (json.dumps(expected, indent=1) + "\n").encode()
+    assert dumps({}) == b"{}\n" and dumps({"observations": []}) == b'{\n "observations": []\n}\n'
