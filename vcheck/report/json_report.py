@@ -310,10 +310,11 @@ class _Shape:
 
     def numbers(self, v: Any, where: str) -> list[float]:
         """A series: finite numbers. A list of floats (what vcheck writes) is checked in one
-        pass; anything else number by number, naming the first bad one."""
+        pass and taken as it is (the store of a replay shares it with the parsed report: judging
+        only reads it); anything else number by number, naming the first bad one."""
         xs = self.lst(v, where)
         if all(type(x) is float for x in xs) and (not xs or -MAX_MAGNITUDE <= min(xs) and max(xs) <= MAX_MAGNITUDE):
-            return list(xs)
+            return xs
         return [self.num(x, where) for x in xs]   # type: ignore[misc]
 
     def observation(self, v: Any, where: str) -> Observation:
