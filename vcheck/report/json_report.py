@@ -445,6 +445,7 @@ class _Shape:
             self.text(node.get(k), f"node.{k}", optional=True)
         self.strmap(node.get("labels"), "node.labels")
         self.strmap(node.get("layers"), "node.layers")
+        self.strmap(node.get("vm_identity"), "node.vm_identity")
         for i, p in enumerate(self.lst(_given(d, "policies", []), "policies", 10_000)):
             p = self.obj(p, f"policies[{i}]")
             for k in ("name", "path", "sha256", "source"):
