@@ -601,16 +601,30 @@ class _Collected:
 
     def __init__(self) -> None:
         self.items = 0
+        self.names: list[tuple[str, str]] = []
 
     def pytest_collection_finish(self, session) -> None:
+        from .model import LAYERS
+
         self.items = len(session.items)
+        self.names = [(printable(i.nodeid), next((m.name for m in i.iter_markers() if m.name in LAYERS), ""))
+                      for i in session.items]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The items a run would judge on this node, one identity a line, with its layer."""
     status = _validate_all(_policies(args), Catalog())
     if status:
         return status
-    return _hermetic_pytest(args, ["--collect-only", "-q"])
+    counted = _Collected()
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):     # pytest's own listing
+        rc = _hermetic_pytest(argparse.Namespace(**{**vars(args), "quiet": True}), ["--collect-only"],
+                              plugins=[counted])
+    for name, layer in counted.names:
+        print(f"{name}  ({layer})" if layer else name)
+    if rc in (EXIT_OK, EXIT_NO_TESTS):
+        print(f"{counted.items} {'item' if counted.items == 1 else 'items'}")
+    return rc
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
