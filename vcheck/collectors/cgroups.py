@@ -582,6 +582,7 @@ class CgroupCollector(Collector):
         # limits (evidence) are read in full once here, and again each sample only where a
         # requested figure is a share of one (memory.limit_pct, pids.limit_pct)
         self._want = wanted(self.request.metrics, "cgroup.")
+        self.close()                     # a window begun again keeps no descriptors of the last
         self._files = OpenFiles(fd_budget())
         mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS} if self._mode == "v1" else {}
         self._found = {p: v1_dirs(self.roots.cgroup, {c: p for c in V1_CONTROLLERS}, mounts)

@@ -132,6 +132,7 @@ class ContainerCollector(Collector):
                         for cid, (_, _, info) in self._containers.items()}
         # only the files the requested figures (and the limits evidence shows) need, kept open
         self._want = wanted(self.request.metrics, "container.") | {"limits"}
+        self.close()                     # a window begun again keeps no descriptors of the last
         self._files = OpenFiles(fd_budget(0.25))
         self._found = {}
         if self._mode == "v1":
