@@ -239,3 +239,41 @@ checks:
     finally:
         time.sleep(0.1)
         remove_cgroup_tree(PART)
+
+
+def test_kept_open_files_give_fresh_figures_and_a_removed_cgroup_is_gone(cgroup_pair):
+    """Each sample re-reads the cgroup files through descriptors kept open (pread at offset 0):
+    the hog's CPU keeps moving sample after sample (a stale read would give 0 %), only the files
+    cgroup.cpu needs are open, and a cgroup removed mid-window is reported gone, not errored."""
+    from vcheck.catalog import Catalog
+    from vcheck.collectors.base import CollectContext, CollectRequest
+    from vcheck.collectors.cgroups import CgroupCollector
+    from vcheck.observations import ObservationStore
+    from vcheck.policy import load_policy_bytes
+    from vcheck.procfs import HostRoots
+
+    (ROOT / "cpu" / TOP / "spare").mkdir()
+    for c in CONTROLLERS[1:]:
+        (ROOT / c / TOP / "spare").mkdir()
+    policy = load_policy_bytes(f"policy: t\nchecks:\n  - {{id: c, metric: cgroup.cpu, per: cgroup, "
+                               f"select: {{cgroup: '/{TOP}/*'}}, expect: '< 100%'}}\n".encode(), "t", Catalog())
+    store = ObservationStore()
+    c = CgroupCollector(CollectContext(HostRoots(), store),
+                        CollectRequest(frozenset({"cgroup.cpu"}), 60.0, 1.0, selections=[policy.checks[0].select]))
+    c.start()
+    c.begin(time.monotonic())
+    try:
+        for k in (1, 2, 3):
+            time.sleep(0.4)
+            c.sample(float(k))
+            if k == 2:
+                for ctl in CONTROLLERS:
+                    (ROOT / ctl / TOP / "spare").rmdir()
+        opened = sorted({Path(p).name for p in c._files._fds})
+    finally:
+        c.close()
+    hog = store.matching("cgroup.cpu", {"cgroup": f"/{TOP}/hog"})[0]
+    assert len(hog.values) == 3 and all(v > 0.5 for v in hog.values), hog.values      # a stale read: 0
+    spare = store.matching("cgroup.cpu", {"cgroup": f"/{TOP}/spare"})[0]
+    assert spare.gone_at == 3.0 and "was removed" in spare.gone_reason and len(spare.values) == 2
+    assert opened == ["cpuacct.usage"]
