@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import pytest
 
-from ..errors import EXIT_OK, EXIT_OUTPUT, OutputError
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, OutputError
 from .json_report import RunFacts, build_report, dumps
 from .output import read_previous, write_output
 from .prometheus import render
@@ -61,6 +61,11 @@ class ReportRecorder:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        pending = _pending_signal()
+        if pending and not self.facts.interrupted_by:
+            # a signal held since the verdicts were in: the report says so, and the run ends 2
+            self.facts = replace(self.facts, interrupted_by=pending)
+            exitstatus = session.exitstatus = EXIT_INTERRUPTED
         report = build_report(list(self.results.values()), self.facts, int(exitstatus))
         for out in self.outputs:
             try:
@@ -71,6 +76,16 @@ class ReportRecorder:
                 print(f"vcheck: {exc}", file=sys.stderr)
         if self.failed and session.exitstatus == EXIT_OK:
             session.exitstatus = EXIT_OUTPUT
+
+
+def _pending_signal() -> str | None:
+    import signal
+
+    try:
+        pending = signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    except (OSError, ValueError):
+        return None
+    return signal.Signals(min(pending)).name if pending else None
 
 
 RECORDER_KEY: pytest.StashKey[ReportRecorder] = pytest.StashKey()
