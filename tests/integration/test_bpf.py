@@ -152,13 +152,16 @@ def test_slowest_rows_show_each_fsync_once(no_programs_before):
     assert delta["flush"] >= FSYNCS, delta     # the kernel's own count: the load was fsyncs
     rows = sorted((e for o in store.for_metric("block.latency") if o.label_dict.get("device") == dev
                    for e in o.events), key=lambda e: -e["latency"])
-    assert len(rows) == disk.SLOWEST_KEPT, len(rows)
+    assert 0 < len(rows) <= disk.SLOWEST_KEPT, len(rows)
     flushes = [e for e in rows if e["op"] == "flush"]
-    assert flushes and any(e.get("parts") for e in flushes), rows
+    empty = [e for o in store.for_metric("block.latency") for e in o.events if e["op"] == "write" and not e["bytes"]]
+    # the flushes carry their preflush writes where the collector saw them
+    assert flushes and (any(e.get("parts") for e in flushes) or not empty), rows
     for e in rows:
         if e["op"] == "write" and e["bytes"] == 0:
-            twin = [f for f in flushes if abs(f["time"] - e["time"]) <= disk.PREFLUSH_SLACK
-                    and abs(f["latency"] - e["latency"]) <= disk.PREFLUSH_SLACK]
+            # issued at the flush's instant, completed right after it: the same fsync
+            twin = [f for f in flushes if 0 <= e["time"] - f["time"] <= disk.PREFLUSH_SLACK
+                    and abs((e["time"] - e["latency"]) - (f["time"] - f["latency"])) <= disk.ISSUE_SLACK]
             assert not twin, (e, twin)
 
 
@@ -194,8 +197,11 @@ def test_percentiles_agree_with_exact_capture(no_programs_before):
     assert hist.count >= 400
     if obs[0].unseen:
         assert any(f"{obs[0].unseen} write completions" in n for n in obs[0].notes), obs[0].notes
-    assert len(events) == hist.count, "every write must have been captured exactly once"
-    exact = sorted(e["latency"] for e in events)
+    # an fsync's empty preflush write (a journal commit's) is shown folded into its flush
+    folded = [x for o in store.for_metric("block.latency") if o.label_dict == {"device": dev, "op": "flush"}
+              for e in o.events for x in e.get("preflush_latency", [])]
+    assert len(events) + len(folded) == hist.count, "every write must have been captured exactly once"
+    exact = sorted([e["latency"] for e in events] + folded)
     for q in (0.5, 0.9, 0.99):
         truth = exact[max(1, math.ceil(q * len(exact))) - 1]
         est = hist.percentile(q)

@@ -32,6 +32,7 @@ SLOWEST_KEPT = 20           # the N slowest I/Os of the window, always in the ev
 # streamed and held: twice as many, since an fsync's empty preflush write folds into its flush
 SLOWEST_HELD = 2 * SLOWEST_KEPT
 PREFLUSH_SLACK = 0.001      # s: an empty preflush completes right after the flush that served it
+ISSUE_SLACK = 5e-6          # s: ...timed from that flush's issue (event times are rounded to 1 us)
 OVER_THRESHOLD_KEPT = 1000  # I/Os over a check's outlier threshold kept as evidence; more are counted
 SECTOR = 512
 
@@ -116,27 +117,51 @@ def untimed(before: DiskCounters, after: DiskCounters, timed: Mapping[str, Histo
     return out
 
 
-def fold_preflushes(events: list[dict]) -> list[dict]:
-    """The events with each fsync's empty preflush write folded into the flush that served it:
-    the kernel completes that write (sector 0, 0 B) right after the flush, timed from the same
-    issue, so as a row of its own it would show one slow fsync twice. The flush keeps it as
-    its `parts`; the write is marked `folded` (still counted in the histogram: the kernel
-    completed two requests)."""
+def pair_preflushes(events: list[dict]) -> dict[int, dict]:
+    """id(empty write) -> the flush that served it. An fsync's empty preflush write completes
+    right after its flush and block_latency.c times it from that flush's issue: the two share
+    their issue instant."""
+    def issued(e: dict) -> float:
+        return e["time"] - e["latency"]
+
     flushes = [e for e in events if e.get("op") == "flush"]
-    out = []
+    out = {}
     for ev in events:
-        if ev.get("op") == "write" and not ev.get("bytes") and not ev.get("folded"):
-            served = min((f for f in flushes if f["device"] == ev["device"] and not f.get("parts")
-                          and abs(ev["time"] - f["time"]) <= PREFLUSH_SLACK
-                          and -PREFLUSH_SLACK <= ev["latency"] - f["latency"] <= PREFLUSH_SLACK),
-                         key=lambda f: abs(ev["time"] - f["time"]), default=None)
+        if ev.get("op") == "write" and not ev.get("bytes"):
+            served = min((f for f in flushes if f["device"] == ev["device"]
+                          and 0 <= ev["time"] - f["time"] <= PREFLUSH_SLACK
+                          and abs(issued(ev) - issued(f)) <= ISSUE_SLACK),
+                         key=lambda f: abs(issued(ev) - issued(f)), default=None)
             if served is not None:
-                served["parts"] = (f"flush, and the empty preflush write it served (sector {ev['sector']}, "
-                                   f"0 B, pid {ev['pid']} '{ev['comm']}')")
-                ev["folded"] = True
-                continue
-        out.append(ev)
+                out[id(ev)] = served
     return out
+
+
+def evidence_rows(slowest: list[dict], over: list[dict]) -> list[dict]:
+    """The I/Os evidence shows, each once: the SLOWEST_KEPT slowest (`slowest` is sorted, slowest
+    first) and those over the check's threshold. An fsync's empty preflush write is folded into
+    the flush shown with it (as its `parts`, its latency in `preflush_latency`): as a row of its
+    own it would show one slow fsync twice. A write whose flush is not shown keeps its row. The
+    write histogram still counts it: the kernel completed both requests."""
+    pool = list({id(e): e for e in slowest + over}.values())
+    served = pair_preflushes(pool)
+    while True:
+        top = [e for e in slowest if id(e) not in served][:SLOWEST_KEPT]
+        rows = list({id(e): e for e in top + [e for e in over if id(e) not in served]}.values())
+        visible = {id(e) for e in rows}
+        orphans = [w for w, f in served.items() if id(f) not in visible]
+        if not orphans:
+            break
+        for w in orphans:
+            del served[w]
+    by_id = {id(e): e for e in pool}
+    for w, f in served.items():
+        ev = by_id[w]
+        f.setdefault("preflush_latency", []).append(ev["latency"])
+        n = len(f["preflush_latency"])
+        f["parts"] = (f"flush, and the {'empty preflush write' if n == 1 else f'{n} empty preflush writes'} "
+                      f"it served (sector {ev['sector']}, 0 B, pid {ev['pid']} '{ev['comm']}')")
+    return rows
 
 
 def request_based(roots: HostRoots, name: str) -> bool:
@@ -425,15 +450,11 @@ class BlockLatencyCollector(Collector):
         self._resolve_owners()
 
         events: dict[tuple[str, str], list[dict]] = {}
-        seen = set()
-        slowest = fold_preflushes([e for _, _, e in sorted(self._slowest, reverse=True)])[:SLOWEST_KEPT]
-        for ev in slowest + fold_preflushes(self._over):
-            # one I/O may sit in both lists, as the same dict; two I/Os may share device, sector
-            # and time (the empty preflush writes one flush completes)
-            if id(ev) not in seen and not ev.get("folded"):
-                seen.add(id(ev))
-                ev["owner"] = self._owners.get(ev["pid"], "")
-                events.setdefault((ev["device"], ev["op"]), []).append(ev)
+        # one I/O may sit in both lists, as the same dict; two I/Os may share device, sector
+        # and time (the empty preflush writes one flush completes)
+        for ev in evidence_rows([e for _, _, e in sorted(self._slowest, reverse=True)], self._over):
+            ev["owner"] = self._owners.get(ev["pid"], "")
+            events.setdefault((ev["device"], ev["op"]), []).append(ev)
 
         notes = []
         if counters["unpaired"]:

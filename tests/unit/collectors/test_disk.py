@@ -96,3 +96,22 @@ def test_a_failed_completion_names_its_errno_on_both_paths():
     assert completion_error(2, raw_status=True)["error"] == -errno.ETIMEDOUT
     odd = completion_error(42, raw_status=True)                            # a status added later
     assert odd["error"] == -errno.EIO and "unknown" in odd["status"]
+
+
+def test_an_fsyncs_preflush_write_folds_into_the_flush_shown_with_it():
+    from vcheck.collectors.disk import SLOWEST_KEPT, evidence_rows
+
+    def io(op: str, t: float, lat: float, nbytes: int = 4096, sector: int = 8) -> dict:
+        return {"time": t, "device": "vda", "op": op, "sector": sector, "bytes": nbytes, "latency": lat,
+                "pid": 7, "comm": "db"}
+    flush = io("flush", 1.000100, 0.050000, 0, 0)
+    preflush = io("write", 1.000130, 0.050030, 0, 0)          # issued at the flush's instant
+    other_empty = io("write", 1.000140, 0.000040, 0, 0)       # issued later: its own I/O
+    slow = [io("write", 2.0 + i / 100, 0.040 - i / 1000) for i in range(SLOWEST_KEPT)]
+    rows = evidence_rows(sorted([flush, preflush, other_empty] + slow, key=lambda e: -e["latency"]), [])
+    assert preflush not in rows and flush in rows and other_empty not in rows   # 20 rows: the slowest
+    assert len(rows) == SLOWEST_KEPT
+    assert flush["preflush_latency"] == [0.050030] and "empty preflush write" in flush["parts"]
+    # a flush that is not shown leaves its write a row of its own
+    rows = evidence_rows([], [preflush])
+    assert rows == [preflush]
