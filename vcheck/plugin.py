@@ -250,7 +250,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         state.session = None
         if show:
             show.finish()
-    if state.store.window.interrupted:
+    if state.store.window.interrupted or state.interrupted_by:      # a signal as the window closed, too
         state.interrupted_by = state.interrupted_by or "SIGTERM"
         why = "--timeout reached" if state.interrupted_by == "--timeout" else "sampling interrupted"
         state.terminating = True
