@@ -161,6 +161,28 @@ def pytest_hookimpl(**kw):  # noqa: ANN201 - pytest imported lazily (vcheck's st
     return pytest.hookimpl(**kw)
 
 
+@contextlib.contextmanager
+def _private_dir(prefix: str) -> Iterator[Path]:
+    """A private temporary directory, removed on the way out whatever ends the run: it is made
+    with the ending signals held, and they are let through only once the removal is armed."""
+    held = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (OSError, ValueError):
+        old = None
+    path = None
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        yield path
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class ShownPaths:
     """JUnit and HTML are written privately, then moved where the operator asked: the lines
     pytest's junitxml and pytest-html print name the operator's paths, not the private ones."""
@@ -213,9 +235,15 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
     to a private directory first and are then written to their place like every other output.
     `argv` replaces the policies' arguments; with judging=False (a saved report drawn) failed
     items are no failure of the command."""
+    with _private_dir("vcheck-") as private:
+        return _pytest_in(private, args, extra, argv, judging, preloaded, plugins)
+
+
+def _pytest_in(private: Path, args: argparse.Namespace, extra: Sequence[str],
+               argv: Callable[[Path], list[str]] | None, judging: bool, preloaded: Preloaded | None,
+               plugins: Sequence[object]) -> int:
     import pytest
 
-    private = Path(tempfile.mkdtemp(prefix="vcheck-"))
     saved = {k: os.environ.pop(k) for k in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS") if k in os.environ}
     autoload = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -253,7 +281,6 @@ def _hermetic_pytest(args: argparse.Namespace, extra: Sequence[str] = (),
             os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
         else:
             os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = autoload
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def _take_lock(path: str) -> int | None:
@@ -381,8 +408,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return said
     for line in said:
         print(printable(f"vcheck: {line}"), file=sys.stderr)
-    private = Path(tempfile.mkdtemp(prefix="vcheck-compare-"))
-    try:
+    with _private_dir("vcheck-compare-") as private:
         if not args.policies:        # judge what the reports were made with, not the default pack
             recorded = _recorded_policies(args.after, after, private)
             if isinstance(recorded, int):
@@ -393,8 +419,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return status
         args.replay, args.baseline = args.after, args.before
         return _hermetic_pytest(args, preloaded=loaded)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def _policy_set(report: dict) -> set[tuple[str, str]]:
