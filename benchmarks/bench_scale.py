@@ -17,6 +17,7 @@ Dimensions (each size in its own process: the wall time and ru_maxrss of that pr
   cgroups  one cgroup-layer sample with 100/1,000/5,000 real v1 cgroups made under
            /vcheck-bench-scale in each controller (removed after), all cgroup metrics and the
            cpu figure alone: microseconds per cgroup per sample
+  cgroups-v2  the same on a cgroup2 tree mounted at a private directory (unmounted after)
   vms      not measured here (says why)
 
 The exponent k of time ~ size^k (and of memory) is a least-squares fit on log-log of the
@@ -347,13 +348,17 @@ def bench_html(tmp: Path, sizes: list[int], browser: bool) -> dict:
 CG_TOP = "vcheck-bench-scale"
 
 
-def bench_cgroups(sizes: list[int], rounds: int) -> dict:
-    print("\ncgroups: one sample of the host cgroup layer (real v1 cgroups under "
-          f"/{CG_TOP}, every controller; each size in its own process)")
+def bench_cgroups(sizes: list[int], rounds: int, v2: bool = False) -> dict:
+    if v2:
+        print("\ncgroups, v2: the same on a cgroup2 tree mounted privately (on this v1 node it holds no "
+              "controllers: cpu.stat and the PSI files are what there is to read)")
+    else:
+        print("\ncgroups: one sample of the host cgroup layer (real v1 cgroups under "
+              f"/{CG_TOP}, every controller; each size in its own process)")
     print(f"  {'cgroups':>10s} {'walk':>8s} {'sample (all metrics)':>22s} {'sample (cgroup.cpu)':>21s} {'peak RSS':>9s}")
     rows, per_all, per_cpu = [], [], []
     for n in sizes:
-        out = subprocess.run([PY, __file__, "--cgroup-child", str(n), "--rounds", str(rounds)],
+        out = subprocess.run([PY, __file__, "--cgroup-child", str(n), "--rounds", str(rounds), *(["--v2"] if v2 else [])],
                              capture_output=True, text=True, cwd=REPO)
         if out.returncode != 0:
             raise RuntimeError(f"cgroup child ({n}) exited {out.returncode}: {out.stderr[-800:]}")
@@ -369,8 +374,27 @@ def bench_cgroups(sizes: list[int], rounds: int) -> dict:
     return {"rows": rows}
 
 
-def cgroup_child(n: int, rounds: int) -> None:
-    """One size, in its own process: make n cgroups, time the walk and the samples, remove them."""
+def cgroup_child(n: int, rounds: int, v2: bool = False) -> None:
+    """One size, in its own process: make n cgroups, time the walk and the samples, remove them.
+    v2: on a cgroup2 hierarchy mounted at a private directory (unmounted after)."""
+    if not v2:
+        return _cgroup_child(n, rounds, None)
+    mount = Path(tempfile.mkdtemp(prefix="vcheck-scale-cg2-"))
+    subprocess.run(["mount", "-t", "cgroup2", "none", str(mount)], check=True)
+    try:
+        return _cgroup_child(n, rounds, mount)
+    finally:
+        top = mount / CG_TOP
+        if top.is_dir():
+            for d in top.iterdir():
+                if d.is_dir():
+                    d.rmdir()
+            top.rmdir()
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def _cgroup_child(n: int, rounds: int, v2_mount: Path | None) -> None:
     import statistics
 
     from tests.rig.common import remove_cgroup_tree
@@ -381,7 +405,7 @@ def cgroup_child(n: int, rounds: int) -> None:
     from vcheck.policy import load_policy_bytes
     from vcheck.procfs import HostRoots
 
-    roots = HostRoots()
+    roots = HostRoots() if v2_mount is None else HostRoots(cgroup=v2_mount)
     v2 = cgroup_mode(roots.cgroup) == "v2"
     bases = [roots.cgroup] if v2 else [roots.cgroup / c for c in V1_CONTROLLERS]
     policy = load_policy_bytes(f"policy: b\nchecks:\n  - {{id: c, metric: cgroup.cpu, per: cgroup, "
@@ -410,7 +434,8 @@ def cgroup_child(n: int, rounds: int) -> None:
         figures["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
     finally:
-        remove_cgroup_tree(CG_TOP)
+        if v2_mount is None:
+            remove_cgroup_tree(CG_TOP)
 
 
 def store_child(seconds: int) -> None:
@@ -446,11 +471,12 @@ def not_measured_vms() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,vms")
+    ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,cgroups-v2,vms")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cgroup-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--v2", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--make-report", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -461,7 +487,7 @@ def main() -> int:
         store_child(args.store_child)
         return 0
     if args.cgroup_child is not None:
-        cgroup_child(args.cgroup_child, args.rounds)
+        cgroup_child(args.cgroup_child, args.rounds, args.v2)
         return 0
     only = set(args.only.split(","))
     q = args.quick
@@ -481,6 +507,8 @@ def main() -> int:
             bench_html(tmp, [50, 200, 500] if q else [100, 1000, 5000], not args.no_browser)
     if "cgroups" in only:
         bench_cgroups([50, 200, 500] if q else [100, 1000, 5000], args.rounds)
+    if "cgroups-v2" in only:
+        bench_cgroups([50, 200, 500] if q else [100, 1000, 5000], args.rounds, v2=True)
     if "vms" in only:
         not_measured_vms()
     return 0
