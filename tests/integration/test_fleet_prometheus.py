@@ -204,7 +204,7 @@ def test_gate_refuses_mixed_policy_sets_as_merge_does(node_exporters, prometheus
     run_node("n1", "a", policy_file(PASSING, "ops.yaml"), observed, a.textfile, tmp_path / "n1.json")
     other = tmp_path / "other"
     other.mkdir()
-    run_node("n2", "a", policy_file(PASSING.replace("<= 100%", "<= 99.9%"), "other/ops.yaml"), observed, b.textfile,
+    run_node("n2", "a", policy_file(PASSING.replace("defaults:", "description: another version\ndefaults:"), "other/ops.yaml"), observed, b.textfile,
              tmp_path / "n2.json")
     prom = prometheus_server([a.target, b.target])
     prom.wait_for("both nodes", lambda: len(prom.query("vcheck_run_info")) == 2)
