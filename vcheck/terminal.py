@@ -47,7 +47,9 @@ def figure(record: Mapping[str, Any] | None) -> str:
     order = {"fail": 0, "inconclusive": 1, "missing": 2, "pass": 3}
     entities = sorted(record.get("entities") or [], key=lambda e: order.get(e.get("outcome"), 9))
     for e in entities:
-        for m in e.get("measurements") or []:
+        # a for: check reads best by the level it held (its sustained figure), then how long
+        ms = sorted(e.get("measurements") or [], key=lambda m: not str(m.get("statistic", "")).startswith("sustained"))
+        for m in ms:
             if m.get("measured_text"):
                 text = f"{m.get('statistic')} {m['measured_text']} ({m.get('threshold_text')})"
                 if len(entities) > 1:
