@@ -165,9 +165,10 @@ def pytest_hookimpl(**kw):  # noqa: ANN201 - pytest imported lazily (vcheck's st
 def _private_dir(prefix: str) -> Iterator[Path]:
     """A private temporary directory, removed on the way out whatever ends the run: it is made
     with the ending signals held, and they are let through only once the removal is armed."""
-    held = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    from .report.output import ENDING_SIGNALS
+
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
     except (OSError, ValueError):
         old = None
     path = None
@@ -865,9 +866,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from . import EARLY_SIGNALS
 
@@ -934,6 +932,8 @@ def entry() -> NoReturn:
     """The `vcheck` command: main(), then the last instruction too ends with exit 2 on a signal.
     From here on SIGTERM, SIGINT and SIGHUP are held (the plugin holds them already while the
     reports are written); one that came meanwhile is pending, and turns the exit code into 2."""
+    from .report.output import ENDING_SIGNALS, pending_signal
+
     rc = main()
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
@@ -944,9 +944,9 @@ def entry() -> NoReturn:
             stream.flush()
         except (OSError, ValueError):
             pass
-    pending = sorted(signal.sigpending() & set(ENDING_SIGNALS))
+    pending = pending_signal()
     if pending and rc != EXIT_INTERRUPTED:
-        os.write(2, f"vcheck: interrupted by {signal.Signals(pending[0]).name} as the run ended; the reports "
+        os.write(2, f"vcheck: interrupted by {pending} as the run ended; the reports "
                     "written are complete\n".encode())
         rc = EXIT_INTERRUPTED
     # at once: nothing after this decision (no interpreter teardown, no thread joins) can

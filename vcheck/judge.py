@@ -18,7 +18,7 @@ from .histogram import RELATIVE_ERROR, Histogram
 from .observations import Observation, ObservationStore
 from .model import EntityOutcome, Kind, OnMissing, Outcome
 from .policy import Check
-from .selection import entity_name, observations_for
+from .selection import entity_name, entity_of, observations_for
 from .units import COUNT, TIME, format_value
 
 MIN_COVERAGE = 0.5   # a series that covers less than half its window is inconclusive
@@ -345,8 +345,7 @@ def _expected(check: Check, window: float) -> int:
 def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence:
     spec = check.metric
     view = SeriesView(o, window, slack=check.interval / 2)
-    ordered = [k for k in spec.labels if k in o.label_dict] + sorted(set(o.label_dict) - set(spec.labels))
-    ev = EntityEvidence(entity=entity_name(o.label_dict, ordered), labels=o.label_dict, info=dict(o.info),
+    ev = EntityEvidence(entity=entity_of(o.label_dict, spec.labels), labels=o.label_dict, info=dict(o.info),
                         outcome=EntityOutcome.PASS, samples=len(view.values), expected_samples=_expected(check, window),
                         observed_seconds=sum(view.spans), notes=list(o.notes), culprits=list(o.culprits),
                         events=list(o.events))   # a count's evidence: what was counted (net.drops)

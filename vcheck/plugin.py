@@ -21,9 +21,10 @@ from .items import CheckItem, PolicyFile
 from .model import LAYERS
 from .procfs import HostRoots
 from .report.json_report import RunFacts, read_report, store_from_report
+from .report.output import ENDING_SIGNALS
 from .report.recorder import RECORDER_KEY, ReportRecorder, json_output, prometheus_output
 from .pycheck import containers, observed, vcheck_entity, vcheck_node, vms  # noqa: F401 (fixtures)
-from .runstate import STATE_KEY, RunState
+from .runstate import STATE_KEY, RunState, shown_path
 from .selection import entity_name
 from .session import SamplingSession, plan
 from .terminal import VcheckTerminal, place_skip
@@ -200,7 +201,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state.collecting = False
     for item in session.items:    # selected items only: -k and -m may leave a long for: out
         if isinstance(item, CheckItem):
-            why = state.too_short(item.check, f"{_shown(item.path)}:{item.check.line}:{item.check.col}")
+            why = state.too_short(item.check, f"{shown_path(item.path)}:{item.check.line}:{item.check.col}")
             if why and why not in state.policy_errors:
                 state.policy_errors.append(why)
     if state.policy_errors:
@@ -272,7 +273,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             # what the item was judged over, not the microseconds judging took (HTML, JUnit time)
             rep.duration = min(item.check.window, store.window.duration or item.check.window)
         rep.vcheck_result = item.result_record()
-        place_skip(rep, _shown(item.path), item.check.line)
+        place_skip(rep, shown_path(item.path), item.check.line)
     elif pycheck.IS_CHECK_KEY in item.stash:
         rep.nodeid = pycheck.identity(item)
         rep.vcheck_item = True
@@ -396,9 +397,6 @@ def _junit_properties(config: pytest.Config, state: RunState) -> None:
         xml.add_global_property(f"vcheck.policy.{policy.name}", policy.sha256)
 
 
-_ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
 def _hold_ending_signals(config: pytest.Config) -> None:
     """The verdicts are in: from here a signal cannot cut a report short. It stays pending, and
     the vcheck command (cli.entry) ends with exit 2 for it once the reports are written; a report
@@ -408,7 +406,7 @@ def _hold_ending_signals(config: pytest.Config) -> None:
     # --timeout's timer keeps running: past it, its SIGTERM is pending, so a report stream whose
     # reader stalls is given up and the run ends with exit 2
     if threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING)
+        signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
 
 
 def _keep_pending(signum: int) -> None:
@@ -422,13 +420,6 @@ def _keep_pending(signum: int) -> None:
             signal.pthread_kill(main.ident, signum)
     except (OSError, ValueError):
         pass
-
-
-def _shown(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
 
 
 def _cost(state: RunState) -> dict | None:

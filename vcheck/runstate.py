@@ -42,7 +42,7 @@ class RunState:
     def load_policy(self, path: Path) -> Policy:
         path = Path(path)
         if path not in self.policies:
-            p = load_policy(path, self.catalog, display=_display(path))
+            p = load_policy(path, self.catalog, display=shown_path(path))
             if self.window_override:
                 p = replace(p, checks=tuple(_with_window(c, self.window_override) for c in p.checks))
             self.policies[path] = p
@@ -77,7 +77,8 @@ def _with_window(c: Check, window: float) -> Check:
     return replace(c, window=window, interval=min(c.interval, window))
 
 
-def _display(path: Path) -> str:
+def shown_path(path: Path) -> str:
+    """A policy's path as errors and skips name it: relative to where vcheck runs when it can be."""
     try:
         return os.path.relpath(path)
     except ValueError:

@@ -42,13 +42,26 @@ def _streamable(st: os.stat_result) -> bool:
     return False
 
 
+# the signals that end a run (SIGTERM, Ctrl-C, a closed terminal): held while a file goes out,
+# and from the verdicts on (plugin, cli.entry), where a pending one means exit 2
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def pending_signal() -> str | None:
+    """The name of an ending signal held and pending on this thread, or None."""
+    try:
+        pending = signal.sigpending() & set(ENDING_SIGNALS)
+    except (OSError, ValueError):
+        return None
+    return signal.Signals(min(pending)).name if pending else None
+
+
 @contextmanager
 def _signals_held() -> Iterator[None]:
     """SIGTERM/SIGINT/SIGHUP wait until a file is complete (then act as usual), so a second signal
     cannot leave a temporary file behind or a report half-renamed."""
-    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
     except (ValueError, OSError):   # not the main thread: nothing to hold
         yield
         return
@@ -120,7 +133,7 @@ def _write_all(fd: int, data: bytes) -> None:
                 view = view[os.write(fd, view[:PIPE_CHUNK]):]
                 stalled_since = time.monotonic()
                 continue
-            pending = _pending_held()
+            pending = pending_signal()
             if pending:
                 raise OutputError(f"interrupted by {pending} while the reader took nothing; cut short")
             if time.monotonic() - stalled_since > STREAM_STALL:
@@ -130,12 +143,7 @@ def _write_all(fd: int, data: bytes) -> None:
 PIPE_CHUNK = 4096        # a pipe that polls writable has room for this much: the write never blocks
 
 
-def _pending_held() -> str | None:
-    try:
-        pending = signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    except OSError:
-        return None
-    return signal.Signals(min(pending)).name if pending else None
+
 
 
 def _write_fd(target: Path, fd: int, data: bytes) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, OutputError
 from .json_report import RunFacts, build_report, dumps
-from .output import read_previous, write_output
+from .output import pending_signal, read_previous, write_output
 from .prometheus import render
 
 
@@ -61,7 +61,7 @@ class ReportRecorder:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        pending = _pending_signal()
+        pending = pending_signal()
         if pending and not self.facts.interrupted_by:
             # a signal held since the verdicts were in: the report says so, and the run ends 2
             self.facts = replace(self.facts, interrupted_by=pending)
@@ -76,16 +76,6 @@ class ReportRecorder:
                 print(f"vcheck: {exc}", file=sys.stderr)
         if self.failed and session.exitstatus == EXIT_OK:
             session.exitstatus = EXIT_OUTPUT
-
-
-def _pending_signal() -> str | None:
-    import signal
-
-    try:
-        pending = signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    except (OSError, ValueError):
-        return None
-    return signal.Signals(min(pending)).name if pending else None
 
 
 RECORDER_KEY: pytest.StashKey[ReportRecorder] = pytest.StashKey()
