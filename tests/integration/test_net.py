@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.rig.common import VCHECK
-from tests.rig.net import UdpSink, ip, link_stats, listen_overflow, nstat, udp_send
+from tests.rig.net import UdpSink, ip, link_stats, listen_overflow, nstat, run_under_bursts, udp_send
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.net import NODE_METRICS, NetCollector
 from vcheck.observations import ObservationStore
@@ -118,14 +118,9 @@ def test_vcheck_run_in_a_namespace_judges_its_drops(veth_pair, policy_file, tmp_
     sink = UdpSink(b.name, veth_pair.addr_b, 5353)
     try:
         report = tmp_path / "r.json"
-        run = subprocess.Popen(["ip", "netns", "exec", b.name, *VCHECK, "run", str(policy), "--json", str(report)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        # bursts until the run ends: whenever its window begins (start-up varies with load), it sees some
-        deadline = time.monotonic() + 120
-        while run.poll() is None and time.monotonic() < deadline:
-            udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 100, size=1000)
-            time.sleep(0.3)
-        out, err = run.communicate(timeout=120)
+        run = run_under_bursts(["ip", "netns", "exec", b.name, *VCHECK, "run", str(policy), "--json", str(report)],
+                               tmp_path, lambda: udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 100, size=1000))
+        err = run.stderr
     finally:
         sink.close()
     assert "Traceback" not in err, err

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.rig.common import VCHECK
-from tests.rig.net import UdpSink, nstat, udp_send
+from tests.rig.net import UdpSink, nstat, run_under_bursts, udp_send
 from vcheck import probes
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.net_drops import NetDropsCollector
@@ -108,14 +108,9 @@ def test_vcheck_run_fails_on_counted_drops_and_names_them(veth_pair, policy_file
     sink = UdpSink(veth_pair.b.name, veth_pair.addr_b, 5353)
     report = tmp_path / "r.json"
     try:
-        run = subprocess.Popen([*VCHECK, "run", str(policy), "--json", str(report)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        # bursts until the run ends: whenever its window begins (bcc compiles first), it sees some
-        deadline = time.monotonic() + 120
-        while run.poll() is None and time.monotonic() < deadline:
-            udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 100, size=1000)
-            time.sleep(0.3)
-        out, err = run.communicate(timeout=120)
+        run = run_under_bursts([*VCHECK, "run", str(policy), "--json", str(report)], tmp_path,
+                               lambda: udp_send(veth_pair.a.name, veth_pair.addr_b, 5353, 100, size=1000))
+        err = run.stderr
     finally:
         sink.close()
     assert "Traceback" not in err, err

@@ -433,3 +433,16 @@ def tap_vm():
             proc.kill()
         proc.wait()
         remove_netns(ns)
+
+
+def run_under_bursts(cmd: list[str], cwd: Path, send, every: float = 0.3,
+                     timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run cmd (a vcheck run) while `send()` makes traffic every `every` seconds until it ends:
+    whenever its window begins (start-up varies with load and with bcc compiling), it sees some."""
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while run.poll() is None and time.monotonic() < deadline:
+        send()
+        time.sleep(every)
+    out, err = run.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(cmd, run.returncode, out, err)
