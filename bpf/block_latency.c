@@ -3,8 +3,10 @@
  * Measures what biolatency/biosnoop measure (device time, not queue time): from
  * block:block_rq_issue to block:block_rq_complete. Per (device, op) it keeps a log-linear
  * histogram and exact count/sum/max (vcheck_hist.h); I/Os at or above a floor that user space
- * sets go to a ring buffer as outlier evidence (time, device, sector, bytes, op, latency,
- * pid/comm of the task that queued the request).
+ * sets per device go to a ring buffer as outlier evidence (time, device, sector, bytes, op,
+ * latency, pid/comm of the task that queued the request). What the evidence cannot hold is
+ * counted per (device, op) in outlier_counts: the I/Os over a check's threshold (how many the
+ * evidence should show) and those the ring buffer had no room for.
  *
  * Every completion /proc/diskstats counts is timed here, under the op its rwbs names:
  * - A request in flight is keyed by (dev, sector, op): tracepoints do not expose the request
@@ -38,8 +40,7 @@
 /* vcheck/bpf.py reads counters[] by these names */
 #define COUNTER_COLLISION 0
 #define COUNTER_UNPAIRED 1
-#define COUNTER_EVENTS_LOST 2
-#define COUNTER_FLUSH_OVERFLOW 3
+#define COUNTER_FLUSH_OVERFLOW 2
 
 VCHK_DECLARE_HAVE(block_io_start);
 
@@ -91,7 +92,8 @@ struct dev_cpu {
     u32 cpu;
 };
 
-/* empty preflush requests of a device waiting for a flush, and the last task to submit one */
+/* empty preflush requests of a device waiting for a flush, and the last task to submit a
+ * preflush request (empty, an fsync's; or with data, a journal commit's) */
 struct preflush {
     u64 pending;
     u32 pid;
@@ -111,6 +113,12 @@ struct outlier {
     char comm[16];
 };
 
+/* per (device, op): what the outlier stream could not carry */
+struct outlier_count {
+    u64 over;   /* I/Os slower than threshold_ns: all of them, streamed or not */
+    u64 lost;   /* I/Os at or above their device's floor that found the ring buffer full */
+};
+
 BPF_HASH(inflight, struct rq_key, struct rq_start, 65536);
 BPF_HASH(submitter, struct rq_key, struct who, 65536);
 BPF_HASH(flushes, u32, struct flush_fifo, 1024);
@@ -119,8 +127,10 @@ BPF_HASH(last_flush, struct dev_cpu, struct rq_start, 4096);  /* the flush just 
 BPF_HASH(preflushes, u32, struct preflush, 1024);
 BPF_HASH(hist, struct hist_key, u64, 32768);
 BPF_HASH(stats, struct dev_op, struct vcheck_stats, 1024);
-BPF_ARRAY(floor_ns, u64, 1);          /* [0]: send I/Os at least this slow as events; 0 = none */
-BPF_ARRAY(counters, u64, 4);
+BPF_HASH(floor_ns, u32, u64, 1024);   /* per device: send I/Os at least this slow; no entry: all */
+BPF_ARRAY(threshold_ns, u64, 1);      /* [0]: a check's outlier threshold; 0 = none */
+BPF_HASH(outlier_counts, struct dev_op, struct outlier_count, 1024);
+BPF_ARRAY(counters, u64, 3);
 BPF_RINGBUF_OUTPUT(outliers, 256);    /* pages */
 
 /* What the handlers need of a request, read from either kind of hook (see the end of the file). */
@@ -163,12 +173,23 @@ static __always_inline void record(struct rq_key *key, struct rq_start *s, u64 n
     vcheck_record(hist.lookup_or_try_init(&hk, &zero), stats.lookup_or_try_init(&hk.k, &empty), lat);
 
     u32 zero_idx = 0;
-    u64 *floor = floor_ns.lookup(&zero_idx);
-    if (!floor || !*floor || lat < *floor)
+    u64 *threshold = threshold_ns.lookup(&zero_idx);
+    struct outlier_count none = {};
+    struct outlier_count *n = NULL;
+    if (threshold && *threshold && lat > *threshold) {
+        n = outlier_counts.lookup_or_try_init(&hk.k, &none);
+        if (n)
+            __sync_fetch_and_add(&n->over, 1);
+    }
+    u64 *floor = floor_ns.lookup(&key->dev);
+    if (floor && lat < *floor)
         return;
     struct outlier *ev = outliers.ringbuf_reserve(sizeof(struct outlier));
     if (!ev) {
-        count(COUNTER_EVENTS_LOST);
+        if (!n)
+            n = outlier_counts.lookup_or_try_init(&hk.k, &none);
+        if (n)
+            __sync_fetch_and_add(&n->lost, 1);
         return;
     }
     ev->done_ns = now;
@@ -188,15 +209,18 @@ static __always_inline int on_start(struct rq_info *i)
 {
     struct rq_key key = key_of(i);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (i->preflush && key.op == OP_WRITE && i->bytes == 0) {
+    if (i->preflush && key.op == OP_WRITE) {   /* the flush issued for it is this task's */
         struct preflush empty = {};
         struct preflush *p = preflushes.lookup_or_try_init(&key.dev, &empty);
         if (p) {
-            __sync_fetch_and_add(&p->pending, 1);
             p->pid = pid;
             bpf_get_current_comm(&p->comm, sizeof(p->comm));
         }
-        return 0;
+        if (i->bytes == 0) {   /* an fsync's: no issue of its own, the flush completes it */
+            if (p)
+                __sync_fetch_and_add(&p->pending, 1);
+            return 0;
+        }
     }
     struct who w = {.pid = pid};
     bpf_get_current_comm(&w.comm, sizeof(w.comm));

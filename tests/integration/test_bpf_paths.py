@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, require_root, vcheck_programs
+from tests.rig.common import VCHECK, ProgramLedger, require_root
 from tests.rig.io import dsync_writes, loop_device
 from vcheck import probes
 from vcheck.collectors.base import CollectContext, CollectRequest
@@ -33,15 +33,9 @@ pytestmark = pytest.mark.rig
 
 
 @pytest.fixture
-def quiet():
-    require_root()
-    assert vcheck_programs() == [], "a vchk_ program was loaded before the test"
+def quiet(own_programs: ProgramLedger):
     yield
-    # a detached program is freed after an RCU grace period (raw tracepoint links defer it)
-    deadline = time.monotonic() + 2
-    while vcheck_programs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert vcheck_programs() == [], "a vchk_ program was left loaded"
+    own_programs.assert_none_left()   # waits out the RCU grace period a detached program is freed after
 
 
 def start_collector(path: str, monkeypatch) -> tuple[BlockLatencyCollector, ObservationStore]:

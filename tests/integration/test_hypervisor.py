@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, vcheck_programs
+from tests.rig.common import VCHECK, ProgramLedger
 from tests.rig.io import cpu_hogs
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.hypervisor import discover_vms
@@ -71,22 +71,22 @@ checks:
 """
 
 
-def _start_run(policy, tmp_path) -> tuple[subprocess.Popen, object]:
+def _start_run(policy, tmp_path, programs: ProgramLedger) -> tuple[subprocess.Popen, object]:
     report = tmp_path / "exits.json"
     proc = subprocess.Popen(VCHECK + ["run", str(policy), "--json", str(report)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 30
-    while not any(n.startswith("vchk_kvm") for n in vcheck_programs()):
+    while not any(p.name.startswith("vchk_kvm") for p in programs.own()):
         assert time.monotonic() < deadline and proc.poll() is None, "the kvm program never attached"
         time.sleep(0.1)
     time.sleep(1.0)   # attach -> window start
     return proc, report
 
 
-def test_tiny_vm_port_io_exits_are_counted_exactly(tiny_vm, policy_file, tmp_path):
+def test_tiny_vm_port_io_exits_are_counted_exactly(own_programs, tiny_vm, policy_file, tmp_path):
     tiny = tiny_vm()
     n = 20000
-    proc, report = _start_run(policy_file(EXIT_POLICY), tmp_path)
+    proc, report = _start_run(policy_file(EXIT_POLICY), tmp_path, own_programs)
     tiny.exits(n)
     out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err
@@ -108,7 +108,7 @@ def test_tiny_vm_port_io_exits_are_counted_exactly(tiny_vm, policy_file, tmp_pat
     if data["observations"] and not any(o["metric"] == "kvm.exit.latency" and o["histogram"] and
                                         o["histogram"]["count"] for o in data["observations"]):
         assert exits["outcome"] == "error" and f"/{n + 1} pio exits seen but no kvm_exit" in exits["reason"], exits
-    assert vcheck_programs() == []
+    own_programs.assert_none_left()
 
 
 def test_run_delay_rises_when_a_hog_shares_the_vcpus_cpu(tiny_vm, policy_file, tmp_path):
@@ -152,12 +152,12 @@ def test_run_delay_rises_when_a_hog_shares_the_vcpus_cpu(tiny_vm, policy_file, t
     assert d_hog > d_quiet + 15, (d_quiet, d_hog)
 
 
-def test_vm_killed_mid_window_is_reported_gone(qemu_vm, policy_file, tmp_path):
+def test_vm_killed_mid_window_is_reported_gone(own_programs, qemu_vm, policy_file, tmp_path):
     vm = qemu_vm("doomed", smp=1)
     policy = policy_file("policy: gone\ndefaults: {window: 4s, interval: 1s}\nchecks:\n"
                          "  - {id: cpu, metric: vm.cpu, per: vm, expect: '< 1000%'}\n"
                          "  - {id: uexit, metric: kvm.userspace_exit.rate, per: vm, expect: '< 1000000'}\n")
-    proc, report = _start_run(policy, tmp_path)
+    proc, report = _start_run(policy, tmp_path, own_programs)
     time.sleep(1.0)
     vm.proc.kill()
     vm.proc.wait()
@@ -168,7 +168,7 @@ def test_vm_killed_mid_window_is_reported_gone(qemu_vm, policy_file, tmp_path):
     cpu = results["cpu[doomed]"]
     assert cpu["outcome"] == "skip" and "gone at" in cpu["reason"], cpu
     assert cpu["entities"][0]["samples"] >= 1      # what was observed until then is kept
-    assert vcheck_programs() == []
+    own_programs.assert_none_left()
 
 
 # --- the KVM exit collector driven as a session drives it ---------------------------------

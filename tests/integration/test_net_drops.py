@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK
+from tests.rig.common import VCHECK, ProgramLedger
 from tests.rig.net import UdpSink, nstat, run_under_bursts, udp_send
 from vcheck import probes
 from vcheck.collectors.base import CollectContext, CollectRequest
@@ -21,11 +21,6 @@ from vcheck.observations import ObservationStore
 from vcheck.procfs import HostRoots
 
 pytestmark = pytest.mark.rig
-
-
-def program_ids(name: str) -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
-    return {p["id"] for p in json.loads(out.stdout or "[]") if p.get("name") == name}
 
 
 @pytest.fixture(params=probes.PATHS, autouse=True)
@@ -55,17 +50,16 @@ class BpftraceDrops:
         return counts[0] if counts else 0
 
 
-def test_receive_buffer_overflow_is_counted_by_reason_namespace_and_owner(veth_pair, bpf_path):
+def test_receive_buffer_overflow_is_counted_by_reason_namespace_and_owner(own_programs: ProgramLedger, veth_pair,
+                                                                          bpf_path):
     a, b = veth_pair.a, veth_pair.b
     sink = UdpSink(b.name, veth_pair.addr_b, 5353)
     reference = BpftraceDrops(6, os.readlink(b.proc / "ns" / "net")[5:-1])   # 6: SOCKET_RCVBUFF
     store = ObservationStore()
     c = NetDropsCollector(CollectContext(HostRoots(), store), CollectRequest(frozenset({"net.drops"}), 3, 1))
-    others = program_ids("vchk_kfree_skb")      # other runs on this machine may have their own
     try:
         c.start()
-        mine = program_ids("vchk_kfree_skb") - others
-        assert mine
+        assert any(p.name == "vchk_kfree_skb" for p in own_programs.own())   # other runs may have their own
         ref0 = nstat(b.name)
         c.begin(time.monotonic())
         udp_send(a.name, veth_pair.addr_b, 5353, 400, size=1000)
@@ -80,7 +74,7 @@ def test_receive_buffer_overflow_is_counted_by_reason_namespace_and_owner(veth_p
     dropped = ref1["UdpRcvbufErrors"] - ref0["UdpRcvbufErrors"]
     assert dropped > 0 and queued + dropped == 400
     assert traced == dropped                                          # bpftrace saw the same drops
-    assert not mine & program_ids("vchk_kfree_skb")           # detached
+    own_programs.assert_none_left()                                   # detached
     netns = os.readlink(b.proc / "ns" / "net")[5:-1] if bpf_path == "core" else "0"
     obs = {o.label_dict["reason"]: o for o in store.for_metric("net.drops")
            if o.label_dict.get("netns") == netns}

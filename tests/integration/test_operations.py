@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, remove_cgroup_tree, require_root, rig_fail, vcheck_programs
+from tests.rig.common import VCHECK, remove_cgroup_tree, require_root, rig_fail
 from tests.rig.io import cpu_hogs
 
 pytestmark = pytest.mark.rig
@@ -218,8 +218,7 @@ def test_lock_refuses_a_concurrent_run(policy_file, tmp_path):
         first.communicate(timeout=30)
 
 
-def test_timeout_stops_detaches_and_reports_interrupted(policy_file, tmp_path):
-    require_root()
+def test_timeout_stops_detaches_and_reports_interrupted(own_programs, policy_file, tmp_path):
     policy = policy_file(LONG + "  - {id: lat, metric: block.latency, expect: 'p99 < 10s', on_missing: skip}\n",
                          "long.yaml")
     report = tmp_path / "r.json"
@@ -229,7 +228,7 @@ def test_timeout_stops_detaches_and_reports_interrupted(policy_file, tmp_path):
     assert "--timeout reached" in r.stdout + r.stderr
     data = json.loads(report.read_text())
     assert data["window"]["interrupted"] is True and data["interrupted_by"] == "--timeout"
-    assert vcheck_programs() == []
+    own_programs.assert_none_left()
 
 
 def test_waivers_until_they_expire(policy_file, tmp_path):

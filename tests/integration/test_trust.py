@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.common import VCHECK, vcheck_programs
+from tests.rig.common import VCHECK
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 SOURCE = GOLDEN / "replay-source.json"
@@ -145,7 +145,7 @@ def test_sigint_reports_an_interrupted_window(tmp_path):
 
 
 @pytest.mark.rig
-def test_two_sigterms_in_a_row_end_cleanly(tmp_path):
+def test_two_sigterms_in_a_row_end_cleanly(own_programs, tmp_path):
     p, report, _ = _start_long_run(tmp_path)
     p.send_signal(signal.SIGTERM)
     time.sleep(0.05)
@@ -153,7 +153,7 @@ def test_two_sigterms_in_a_row_end_cleanly(tmp_path):
     out, err = p.communicate(timeout=30)
     assert p.returncode == 2 and "Traceback" not in err, err
     assert json.loads(report.read_text())["interrupted_by"] == "SIGTERM"
-    assert vcheck_programs() == []
+    own_programs.assert_none_left()
     assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
 
 

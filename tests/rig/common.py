@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -24,12 +28,109 @@ def require_root() -> None:
         rig_fail("must run as root (BPF, KVM, containerd, cgroups)")
 
 
-def vcheck_programs() -> list[str]:
-    """Names of loaded BPF programs that are vcheck's (all are named vchk_*)."""
+# This test process's mark, inherited by every vcheck it starts (and their children): a vchk_
+# program held by a process bearing it is the suite's own, even one orphaned by a leak.
+RIG_MARK_ENV = "VCHECK_RIG_MARK"
+os.environ[RIG_MARK_ENV] = f"{os.getpid()}.{time.time_ns()}"
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    """A loaded BPF program named vchk_*, and the processes holding an fd on it (program or link)."""
+
+    id: int
+    name: str
+    holders: frozenset[int]
+
+
+def vcheck_programs() -> list[LoadedProgram]:
+    """Every loaded vchk_* program on the machine, whoever loaded it (a concurrent CI job's or an
+    operator's run too). bpftool here reports no pids, so holders come from /proc/*/fdinfo."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
         rig_fail("bpftool prog show failed", out.stderr.strip())
-    return [p.get("name", "") for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("vchk_")]
+    progs = [(p["id"], p.get("name", "")) for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("vchk_")]
+    holders = _program_holders() if progs else {}
+    return [LoadedProgram(i, name, frozenset(holders.get(i, ()))) for i, name in progs]
+
+
+def _program_holders() -> dict[int, set[int]]:
+    """BPF program id -> pids with an fd on it (a program fd or a link fd names its prog_id)."""
+    out: dict[int, set[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = os.listdir(proc / "fd")
+        except OSError:   # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if not os.readlink(proc / "fd" / fd).startswith("anon_inode:bpf"):
+                    continue
+                m = re.search(r"^prog_id:\s*(\d+)", (proc / "fdinfo" / fd).read_text(), re.M)
+            except OSError:
+                continue
+            if m:
+                out.setdefault(int(m.group(1)), set()).add(int(proc.name))
+    return out
+
+
+def _is_own_process(pid: int, me: int, mark: str) -> bool:
+    """pid is this test process, one of its descendants, or bears its mark (an orphan of one)."""
+    p = pid
+    for _ in range(64):
+        if p == me:
+            return True
+        try:
+            p = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        if p <= 1:
+            break
+    try:
+        return f"{RIG_MARK_ENV}={mark}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+class ProgramLedger:
+    """The vchk_* programs of this test's own runs, told apart from a concurrent vcheck's on the
+    same machine: held by this process, a descendant or a process bearing its mark; or held by
+    nobody (pinned, or not yet freed after detaching) and loaded after the ledger opened."""
+
+    def __init__(self) -> None:
+        self.before = frozenset(p.id for p in vcheck_programs())
+
+    def own(self) -> list[LoadedProgram]:
+        me, mark = os.getpid(), os.environ[RIG_MARK_ENV]
+        return [p for p in vcheck_programs()
+                if (not p.holders and p.id not in self.before)
+                or any(_is_own_process(pid, me, mark) for pid in p.holders)]
+
+    def wait_for(self, count: int, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> list[LoadedProgram]:
+        """At least `count` own programs loaded (a run the test started has attached)."""
+        deadline = time.monotonic() + timeout
+        while len(own := self.own()) < count and time.monotonic() < deadline and alive():
+            time.sleep(0.1)
+        return own
+
+    def assert_none_left(self, wait: float = 2.0) -> None:
+        """Nothing of this test's runs is loaded. A detached program is freed after an RCU grace
+        period (raw tracepoint links defer it): `wait` seconds for that, not for a leak."""
+        deadline = time.monotonic() + wait
+        while (own := self.own()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not own, f"vchk_ programs of this test left loaded: {[(p.id, p.name, sorted(p.holders)) for p in own]}"
+
+
+@pytest.fixture
+def own_programs() -> ProgramLedger:
+    """A ledger of this test's own BPF programs; none of the suite's may be loaded as it starts."""
+    require_root()
+    ledger = ProgramLedger()
+    assert not ledger.own(), "a vchk_ program of this test process was loaded before the test"
+    return ledger
 
 
 def remove_cgroup_tree(name: str, root: Path = Path("/sys/fs/cgroup")) -> None:

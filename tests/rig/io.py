@@ -136,12 +136,19 @@ def loop_filesystem(mib: int = 64) -> Iterator[tuple[str, Path]]:
             mnt.rmdir()
 
 
+def device_writes(device: str, count: int, seek: int = 0, dsync: bool = False) -> None:
+    """`count` 4 KiB O_DIRECT writes to /dev/DEVICE from block `seek` on; O_DSYNC too with
+    dsync (FUA writes)."""
+    proc = subprocess.run(["dd", "if=/dev/zero", f"of=/dev/{device}", "bs=4k", f"count={count}", f"seek={seek}",
+                           "oflag=direct,dsync" if dsync else "oflag=direct", "status=none"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        rig_fail(f"dd with O_DIRECT{'|O_DSYNC' if dsync else ''} to /dev/{device} failed", proc.stderr.strip())
+
+
 def dsync_writes(device: str, count: int, seek: int = 0) -> None:
     """`count` 4 KiB O_DIRECT|O_DSYNC writes to /dev/DEVICE from block `seek` on (FUA writes)."""
-    proc = subprocess.run(["dd", "if=/dev/zero", f"of=/dev/{device}", "bs=4k", f"count={count}",
-                           f"seek={seek}", "oflag=direct,dsync", "status=none"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        rig_fail(f"dd with O_DSYNC to /dev/{device} failed", proc.stderr.strip())
+    device_writes(device, count, seek, dsync=True)
 
 
 @contextmanager

@@ -24,16 +24,16 @@ from ..model import MetricSpec
 from ..histogram import Histogram
 from ..identity import Resolver
 from ..procfs import HostRoots, read_text
-from ..units import BYTE_RATE, PERCENT, RATE, TIME
+from ..units import BYTE_RATE, PERCENT, RATE, TIME, format_value
 from .base import Collector, Needs, Unavailable
 
 OPS = ("read", "write", "flush", "discard", "other")   # index = the op code in block_latency.c
-SLOWEST_KEPT = 20           # the N slowest I/Os of the window, always in the evidence
+SLOWEST_KEPT = 20           # the N slowest I/Os of each device in the window, always in the evidence
 # streamed and held: twice as many, since an fsync's empty preflush write folds into its flush
 SLOWEST_HELD = 2 * SLOWEST_KEPT
 PREFLUSH_SLACK = 0.001      # s: an empty preflush completes right after the flush that served it
 ISSUE_SLACK = 5e-6          # s: ...timed from that flush's issue (event times are rounded to 1 us)
-OVER_THRESHOLD_KEPT = 1000  # I/Os over a check's outlier threshold kept as evidence; more are counted
+OVER_THRESHOLD_KEPT = 1000  # per device: I/Os over a check's outlier threshold kept as evidence; more are counted
 SECTOR = 512
 
 
@@ -316,6 +316,36 @@ def kernel_dev(major: int, minor: int) -> int:
     return major << 20 | minor
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """The I/Os of one (device, op) the outlier evidence does not show, of those it should."""
+
+    over: int = 0    # I/Os over the check's threshold, as the kernel counted them
+    kept: int = 0    # ...of which the evidence holds this many
+    lost: int = 0    # I/Os the ring buffer had no room for (over the threshold or not)
+
+    @property
+    def missing(self) -> int:
+        """I/Os over the threshold that are not in the evidence (the lost among them too)."""
+        return max(0, self.over - self.kept)
+
+    def notes(self, dev: str, op: str, threshold_ns: int | None) -> list[str]:
+        """What the evidence of (dev, op) lacks, in figures: never a silent short list."""
+        out = []
+        if self.lost:
+            out.append(f"{self.lost} {op} I/O events on {dev} not recorded: ring buffer full (vcheck did "
+                       "not drain it in time); the histogram counts them, the evidence lacks them, so its "
+                       "slowest rows may miss some")
+        if threshold_ns is not None and self.missing:
+            why = f"evidence keeps the first {OVER_THRESHOLD_KEPT} per device"
+            if self.lost:
+                why = f"the ring buffer was full for {self.lost} of this op's I/Os, and {why}"
+            out.append(f"{self.missing} of the {self.over} {op} I/Os on {dev} over the outlier threshold "
+                       f"({format_value(threshold_ns * 1e-9, TIME)}) are not in the evidence: {why}; "
+                       "the histogram counts them all")
+        return out
+
+
 class BlockLatencyCollector(Collector):
     name = "guest.block.bpf"
     METRICS = LATENCY_METRICS
@@ -327,10 +357,11 @@ class BlockLatencyCollector(Collector):
 
     def start(self) -> None:
         self._prog: BpfProgram | None = None
-        self._slowest: list[tuple[int, int, dict]] = []   # min-heap of (latency_ns, seq, event)
-        self._over: list[dict] = []
+        # per device (kernel dev_t), so one busy disk never crowds another's evidence out
+        self._slowest: dict[int, list[tuple[int, int, dict]]] = {}   # min-heaps of (latency_ns, seq, event)
+        self._over: dict[int, list[dict]] = {}
         self._seq = 0
-        self._floor_now: int | None = None
+        self._floor_now: dict[int, int] = {}
         self._consumer: threading.Thread | None = None
         self._consumer_stop = threading.Event()
         self._threshold_ns = None
@@ -347,8 +378,9 @@ class BlockLatencyCollector(Collector):
         for n in prog.notes:
             self.store.note(self.name, n)
         self._t0 = time.monotonic()
+        if self._threshold_ns is not None:
+            prog["threshold_ns"][ctypes.c_int(0)] = ctypes.c_uint64(self._threshold_ns)
         prog.open_ring_buffer("outliers", self._on_event)
-        self._set_floor()
 
     def _diskstats(self) -> dict[str, DiskCounters]:
         try:
@@ -367,17 +399,19 @@ class BlockLatencyCollector(Collector):
             name = self._names.setdefault(dev, f"{dev >> 20}:{dev & 0xFFFFF}")
         return name
 
-    def _set_floor(self) -> None:
-        """Stream an I/O to user space only if it may still be evidence: over the check's
-        threshold while fewer than OVER_THRESHOLD_KEPT are kept, or slower than the N-th slowest
-        seen so far. The floor climbs within milliseconds, so only a few hundred I/Os of a
-        busy window ever leave the kernel."""
-        floor = 1 if len(self._slowest) < SLOWEST_HELD else self._slowest[0][0] + 1
-        if self._threshold_ns is not None and len(self._over) < OVER_THRESHOLD_KEPT:
-            floor = min(floor, self._threshold_ns)
-        if floor != self._floor_now:
-            self._prog["floor_ns"][ctypes.c_int(0)] = ctypes.c_uint64(floor)
-            self._floor_now = floor
+    def _set_floors(self) -> None:
+        """Per device, stream an I/O to user space only if it may still be evidence: over the
+        check's threshold while fewer than OVER_THRESHOLD_KEPT are kept, or slower than the
+        device's N-th slowest so far (a device not yet seen streams everything). The floors
+        climb within milliseconds, so only a few hundred I/Os of a busy window ever leave the
+        kernel."""
+        for dev, heap in list(self._slowest.items()):
+            floor = 1 if len(heap) < SLOWEST_HELD else heap[0][0] + 1
+            if self._threshold_ns is not None and len(self._over.get(dev, ())) < OVER_THRESHOLD_KEPT:
+                floor = min(floor, self._threshold_ns)
+            if floor != self._floor_now.get(dev):
+                self._prog["floor_ns"][ctypes.c_uint32(dev)] = ctypes.c_uint64(floor)
+                self._floor_now[dev] = floor
 
     def _on_event(self, _ctx, data, _size) -> None:
         e = ctypes.cast(data, ctypes.POINTER(_Outlier)).contents
@@ -390,21 +424,22 @@ class BlockLatencyCollector(Collector):
         self._owners.setdefault(e.pid, "")
         self._seq += 1
         item = (e.latency_ns, self._seq, ev)
-        if len(self._slowest) < SLOWEST_HELD:
-            heapq.heappush(self._slowest, item)
-        elif e.latency_ns > self._slowest[0][0]:
-            heapq.heapreplace(self._slowest, item)
+        heap = self._slowest.setdefault(e.dev, [])
+        if len(heap) < SLOWEST_HELD:
+            heapq.heappush(heap, item)
+        elif e.latency_ns > heap[0][0]:
+            heapq.heapreplace(heap, item)
         if self._threshold_ns is not None and e.latency_ns > self._threshold_ns:
-            if len(self._over) < OVER_THRESHOLD_KEPT:
-                self._over.append(ev)
+            over = self._over.setdefault(e.dev, [])
+            if len(over) < OVER_THRESHOLD_KEPT:
+                over.append(ev)
 
     def begin(self, t0: float) -> None:
         prog = self._prog
         prog.consume_ring_buffers()
         self._counted_before = self._diskstats()   # read before the maps clear: see untimed()
-        prog.clear("hist", "stats", "counters")
-        self._slowest, self._over, self._t0 = [], [], t0
-        self._set_floor()
+        prog.clear("hist", "stats", "counters", "outlier_counts", "floor_ns")
+        self._slowest, self._over, self._floor_now, self._t0 = {}, {}, {}, t0
         self._consumer = threading.Thread(target=self._consume, args=(prog,), name="block-outliers",
                                           daemon=True)
         self._consumer.start()
@@ -413,7 +448,7 @@ class BlockLatencyCollector(Collector):
         """Drain outliers every 50 ms and raise the floor as the slowest set fills."""
         while not self._consumer_stop.is_set():
             prog.poll_ring_buffers(50)
-            self._set_floor()
+            self._set_floors()
             self._resolve_owners()
 
     def _resolve_owners(self) -> None:
@@ -446,15 +481,18 @@ class BlockLatencyCollector(Collector):
         prog.consume_ring_buffers()
         hists = prog.histograms(lambda k: (self._name(k.dev), op_name(k.op)))
         counters = prog.counters()
+        left_out = self._outliers_left_out(prog)    # read after the last events: see there
         counted_after = self._diskstats()           # read after the maps: see untimed()
         self._resolve_owners()
 
         events: dict[tuple[str, str], list[dict]] = {}
-        # one I/O may sit in both lists, as the same dict; two I/Os may share device, sector
-        # and time (the empty preflush writes one flush completes)
-        for ev in evidence_rows([e for _, _, e in sorted(self._slowest, reverse=True)], self._over):
-            ev["owner"] = self._owners.get(ev["pid"], "")
-            events.setdefault((ev["device"], ev["op"]), []).append(ev)
+        # per device: one I/O may sit in both lists, as the same dict; two I/Os may share
+        # device, sector and time (the empty preflush writes one flush completes)
+        for dev in set(self._slowest) | set(self._over):
+            slowest = [e for _, _, e in sorted(self._slowest.get(dev, []), reverse=True)]
+            for ev in evidence_rows(slowest, self._over.get(dev, [])):
+                ev["owner"] = self._owners.get(ev["pid"], "")
+                events.setdefault((ev["device"], ev["op"]), []).append(ev)
 
         notes = []
         if counters["unpaired"]:
@@ -468,16 +506,14 @@ class BlockLatencyCollector(Collector):
         if counters["flush_overflow"]:
             notes.append(f"{counters['flush_overflow']} flushes were issued while the device had more "
                          "flushes in flight than vcheck tells apart: some took another's latency")
-        if counters["events_lost"]:
-            notes.append(f"{counters['events_lost']} outlier events were dropped (ring buffer full)")
-        if len(self._over) >= OVER_THRESHOLD_KEPT:
-            notes.append(f"evidence keeps the first {OVER_THRESHOLD_KEPT} I/Os over the outlier "
-                         "threshold; the histogram counts them all")
         source = {"source": "BPF block_rq_issue -> block_rq_complete"}
         for (dev, op), h in hists.items():
             o = self.store.set_histogram("block.latency", {"device": dev, "op": op}, h, source)
             o.events = events.get((dev, op), [])
             o.notes.extend(notes)
+            gap = left_out.get((dev, op))
+            if gap is not None:
+                o.notes.extend(gap.notes(dev, op, self._threshold_ns))
         self._file_untimed(hists, counted_after, source)
         filed = {o.label_dict.get("device") for o in self.store.for_metric("block.latency")}
         for dev in self._disks:
@@ -485,6 +521,23 @@ class BlockLatencyCollector(Collector):
                 o = self.store.set_histogram("block.latency", {"device": dev}, Histogram(scale=1e-9), source)
                 o.notes.append(f"no I/O completed on {dev} in the window")
         self.close()
+
+    def _outliers_left_out(self, prog: BpfProgram) -> dict[tuple[str, str], "LeftOut"]:
+        """Per (device, op), the I/Os the evidence should show and does not: those the ring
+        buffer had no room for, and those over the check's threshold past OVER_THRESHOLD_KEPT.
+        Read after the last events are drained: an I/O that completes in between is counted
+        as left out, so the figure errs high, never low."""
+        kept: dict[tuple[int, int], int] = {}
+        for dev, over in self._over.items():
+            for ev in over:
+                k = (dev, OPS.index(ev["op"]) if ev["op"] in OPS else len(OPS) - 1)
+                kept[k] = kept.get(k, 0) + 1
+        out: dict[tuple[str, str], LeftOut] = {}
+        for key, n in prog["outlier_counts"].items():
+            name = (self._name(key.dev), op_name(key.op))
+            prev = out.get(name, LeftOut())
+            out[name] = LeftOut(prev.over + n.over, prev.kept + kept.get((key.dev, key.op), 0), prev.lost + n.lost)
+        return out
 
     def _file_untimed(self, hists: Mapping[tuple[str, str], Histogram], counted_after: Mapping[str, DiskCounters],
                       source: Mapping[str, str]) -> None:
