@@ -15,14 +15,15 @@ import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Mapping
 
 from ..probes import BpfProgram, BpfUnavailable
 from ..model import MetricSpec
-from ..observations import labels_of
+from ..observations import Observation, labels_of
 from ..procfs import HostRoots, read_text
 from ..units import BYTES, COUNT, PERCENT, RATE
 from .base import Collector, Needs, Unavailable
+from .cgroups import OpenFiles, fd_budget
 from .sched import RUNQ_TRACEPOINTS, VICTIM_TASK, WATCH_FLAGS, culprits, read_charges, task_resolver, walked
 from .vms import (CLK_TCK, KVM_RUN, SYS_IOCTL_X86_64, VCPU_THREAD_NAMES, VM, VCpu,  # noqa: F401 - re-exported
                   discover_vms, find_vcpu_threads, parse_stat, vm_identity)
@@ -45,26 +46,58 @@ def parse_schedstat(text: str) -> int:
     return int(text.split()[1])
 
 
+def _status_field(status_text: str, key: str) -> int:
+    """The number after `key:` in /proc/.../status (0 when absent): found, not split line by line."""
+    i = status_text.find(f"\n{key}:")
+    if i < 0:
+        return 0
+    start = i + len(key) + 2
+    end = status_text.find("\n", start)
+    return int(status_text[start:end if end >= 0 else len(status_text)].split()[0])
+
+
 def parse_switches(status_text: str) -> int:
-    n = 0
-    for line in status_text.splitlines():
-        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-            n += int(line.split()[1])
-    return n
-
-
-def read_task(task_dir: Path) -> TaskTimes:
-    cpu, guest = parse_stat(read_text(task_dir / "stat"))
-    status = read_text(task_dir / "status")
-    return TaskTimes(cpu, guest, parse_schedstat(read_text(task_dir / "schedstat")),
-                     parse_switches(status), parse_rss(status))
+    return (_status_field(status_text, "voluntary_ctxt_switches")
+            + _status_field(status_text, "nonvoluntary_ctxt_switches"))
 
 
 def parse_rss(status_text: str) -> int:
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return _status_field(status_text, "VmRSS") * 1024
+
+
+# which of a task's files each figure needs: a sample reads no other
+PROCESS_FILES = {"vm.cpu": "stat", "vm.memory.rss": "status"}
+VCPU_FILES = {"vcpu.cpu": "stat", "vcpu.guest": "stat", "vcpu.run_delay": "schedstat", "vcpu.ctxsw.rate": "status"}
+FD_SHARE = 0.125   # of this process's descriptors (cgroups.fd_budget: the cgroup layer half, containers a quarter)
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """The files of one task (a VMM process or a vCPU thread) a sample reads; None: not needed."""
+
+    stat: str | None
+    status: str | None
+    schedstat: str | None
+
+    @classmethod
+    def of(cls, task_dir: str, files: frozenset[str]) -> "TaskFiles":
+        return cls(*(f"{task_dir}/{f}" if f in files else None for f in ("stat", "status", "schedstat")))
+
+    def read(self, read: Callable[[str], str]) -> TaskTimes:
+        cpu = guest = delay = switches = rss = 0
+        if self.stat is not None:
+            cpu, guest = parse_stat(read(self.stat))
+        if self.schedstat is not None:
+            delay = parse_schedstat(read(self.schedstat))
+        if self.status is not None:
+            status = read(self.status)
+            switches, rss = parse_switches(status), parse_rss(status)
+        return TaskTimes(cpu, guest, delay, switches, rss)
+
+
+def files_needed(want: frozenset[str], by_metric: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(f for m, f in by_metric.items() if m in want)
+
 
 
 def _vm_spec(name: str, dim: str, desc: str, source: str) -> MetricSpec:
@@ -124,11 +157,44 @@ class HypervisorCollector(Collector):
 
     def start(self) -> None:
         self._vms = {vm.pid: vm for vm in discover_vms(self.roots)}
-        self._gone: set[int] = set()
+        self._gone: set[int] = set()          # VMM processes that exited
+        self._gone_vcpus: set[int] = set()    # vCPU threads that exited
         self._runq: BpfProgram | None = None
+        self._files = OpenFiles(fd_budget(FD_SHARE))
+        self._plan_reads()
         tids = [v.tid for vm in self._vms.values() for v in vm.vcpus]
         if "vcpu.run_delay" in self.request.metrics and tids:
             self._watch(tids)
+
+    def _plan_reads(self) -> None:
+        """Per task, the files the requested figures need, and per series its labels and evidence,
+        worked out once: a sample then reads and files without building paths or finding series
+        by their labels. A VMM process is read for its liveness even when no vm.* figure is asked."""
+        want = self.request.metrics
+        process = files_needed(want, PROCESS_FILES) or frozenset({"stat"})
+        vcpu = files_needed(want, VCPU_FILES)
+        proc = str(self.roots.proc)
+        self._tasks: dict[int, tuple[TaskFiles, list[tuple[VCpu, TaskFiles]]]] = {}
+        self._labels: dict[tuple[int, int], tuple[dict[str, str], dict[str, str]]] = {}
+        self._held: dict[tuple[str, int, int], Observation] = {}
+        for pid, vm in self._vms.items():
+            base = f"{proc}/{pid}"
+            self._tasks[pid] = (TaskFiles.of(base, process),
+                                [(v, TaskFiles.of(f"{base}/task/{v.tid}", vcpu)) for v in vm.vcpus] if vcpu else [])
+            info = {"pid": str(pid), "vmm": vm.vmm, "cmdline": vm.cmdline,
+                    **{k: v for k, v in (("uuid", vm.uuid), ("serial", vm.serial)) if v}}
+            self._labels[(pid, 0)] = ({"vm": vm.name}, info)
+            for v in vm.vcpus:
+                self._labels[(pid, v.tid)] = ({"vm": vm.name, "vcpu": str(v.index)}, {**info, "tid": str(v.tid)})
+
+    def _add(self, metric: str, pid: int, tid: int, t: float, value: float, span: float,
+             info: Mapping[str, str] | None = None) -> None:
+        """File a sample on the series the collector holds (found by its labels once)."""
+        o = self._held.get((metric, pid, tid))
+        if o is None:
+            labels, default_info = self._labels[(pid, tid)]
+            o = self._held[(metric, pid, tid)] = self.store.series(metric, labels, info or default_info)
+        self.store.append(o, t, value, span)
 
     def _watch(self, tids: list[int]) -> None:
         """Culprits of the vCPUs' run delay: without BPF the delay is still measured, unexplained."""
@@ -140,14 +206,14 @@ class HypervisorCollector(Collector):
         except Exception as exc:   # culprits are optional evidence: never worth the metric itself
             why = exc.reason if isinstance(exc, BpfUnavailable) else repr(exc)
             self.store.note(self.name, f"vcpu.run_delay without culprits: {why}")
-            self.close()
+            self._detach()
             return
         for n in self._runq.notes:
             self.store.note(self.name, n)
 
     def begin(self, t0: float) -> None:
         self._t_prev = 0.0
-        self._prev = self._base = self._read_all(self._vms.values())
+        self._prev = self._base = self._read_all()
         if self._runq is not None:
             self._runq.clear("culprits", "counters")
 
@@ -160,7 +226,7 @@ class HypervisorCollector(Collector):
         charges = read_charges(prog, VICTIM_TASK)
         full = prog.counters().get("culprits_full", 0)
         history = walked(prog)
-        self.close()
+        self._detach()
         observed = {o.labels: o for o in self.store.for_metric("vcpu.run_delay")}
         resolver = task_resolver(self.roots, list(self._vms.values()))
         for vm in self._vms.values():
@@ -194,71 +260,94 @@ class HypervisorCollector(Collector):
                            f"as guest time (/proc/{pid}/task/{v.tid}/stat guest_time did not move): this "
                            f"host books guest time as system time, so vcpu.guest cannot be measured here")
 
-    def close(self) -> None:
+    def _detach(self) -> None:
         prog, self._runq = getattr(self, "_runq", None), None
         if prog is not None:
             prog.close()
 
-    def _read_all(self, vms: Iterable[VM]) -> dict[tuple[int, int], TaskTimes | None]:
+    def close(self) -> None:
+        self._detach()
+        files = getattr(self, "_files", None)
+        if files is not None:
+            files.close()
+
+    def _read_all(self) -> dict[tuple[int, int], TaskTimes | None]:
+        """Every live VM's and vCPU's figures, through descriptors kept open (pread at offset 0:
+        a /proc task file is regenerated on a read from 0, and one whose task has exited
+        answers ESRCH, which is how it is seen gone; a pid reused meanwhile is not misread)."""
         out: dict[tuple[int, int], TaskTimes | None] = {}
-        for vm in vms:
-            base = self.roots.proc / str(vm.pid)
-            try:
-                out[(vm.pid, 0)] = read_task(base)
-            except (OSError, IndexError, ValueError):
-                out[(vm.pid, 0)] = None
+        read = self._files.read
+        for pid, (process, vcpus) in self._tasks.items():
+            if pid in self._gone:
                 continue
-            for v in vm.vcpus:
+            try:
+                out[(pid, 0)] = process.read(read)
+            except (OSError, IndexError, ValueError):
+                out[(pid, 0)] = None
+                continue
+            for v, files in vcpus:
+                if v.tid in self._gone_vcpus:
+                    continue
                 try:
-                    out[(vm.pid, v.tid)] = read_task(base / "task" / str(v.tid))
+                    out[(pid, v.tid)] = files.read(read)
                 except (OSError, IndexError, ValueError):
-                    out[(vm.pid, v.tid)] = None
+                    out[(pid, v.tid)] = None
         return out
 
+    def _forget(self, pid: int, tid: int = 0) -> None:
+        """Close the descriptors of a task that has exited (a process: its threads' too)."""
+        base = f"{self.roots.proc}/{pid}"
+        if tid:
+            self._files.forget(f"{base}/task/{tid}")
+            return
+        self._files.forget(base)
+        for v in self._vms[pid].vcpus:
+            self._files.forget(f"{base}/task/{v.tid}")
+
     def sample(self, t: float) -> None:
-        cur = self._read_all(self._vms.values())
+        cur = self._read_all()
         span = t - self._t_prev
         if span <= 0:
             return
         wall_ticks = span * CLK_TCK
         want = self.request.metrics
+        # one thread cannot use more than one CPU: tick rounding against the sampling interval
+        # can, so clamp
+        figures = [(m, f) for m, f in (
+            ("vcpu.cpu", lambda a, b: min(100.0, 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks)),
+            ("vcpu.guest", lambda a, b: min(100.0, 100.0 * max(b.guest_ticks - a.guest_ticks, 0) / wall_ticks)),
+            ("vcpu.run_delay", lambda a, b: min(100.0, 100.0 * max(b.run_delay_ns - a.run_delay_ns, 0) / (span * 1e9))),
+            ("vcpu.ctxsw.rate", lambda a, b: max(b.switches - a.switches, 0) / span),
+        ) if m in want]
         for pid, vm in self._vms.items():
             if pid in self._gone:
                 continue
-            info = {"pid": str(pid), "vmm": vm.vmm, "cmdline": vm.cmdline,
-                    **{k: v for k, v in (("uuid", vm.uuid), ("serial", vm.serial)) if v}}
             a, b = self._prev.get((pid, 0)), cur.get((pid, 0))
             if b is None:
                 self._gone.add(pid)
+                self._forget(pid)
                 self.store.mark_gone({"vm": vm.name}, t, f"VMM process {pid} exited")
                 continue
-            if a is not None:
-                if "vm.cpu" in want:
-                    self.store.add_sample("vm.cpu", {"vm": vm.name}, t,
-                                          100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks, span, info)
+            if a is not None and "vm.cpu" in want:
+                self._add("vm.cpu", pid, 0, t, 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks, span)
             if "vm.memory.rss" in want:
-                self.store.add_sample("vm.memory.rss", {"vm": vm.name}, t, float(b.rss), span, info)
+                self._add("vm.memory.rss", pid, 0, t, float(b.rss), span)
             if "vm.vcpus" in want:
-                self.store.add_sample("vm.vcpus", {"vm": vm.name}, t, float(len(vm.vcpus)), span,
-                                      {**info, "vcpu_fds": str(vm.vcpu_fds)})
+                self._add("vm.vcpus", pid, 0, t, float(len(vm.vcpus)), span,
+                          {**self._labels[(pid, 0)][1], "vcpu_fds": str(vm.vcpu_fds)})
+            if not figures:
+                continue
             for v in vm.vcpus:
-                labels = {"vm": vm.name, "vcpu": str(v.index)}
-                vinfo = {**info, "tid": str(v.tid)}
+                if v.tid in self._gone_vcpus:
+                    continue
                 a, b = self._prev.get((pid, v.tid)), cur.get((pid, v.tid))
                 if b is None:
-                    self.store.mark_gone(labels, t, f"vCPU thread {v.tid} exited")
+                    self._gone_vcpus.add(v.tid)
+                    self._forget(pid, v.tid)
+                    self.store.mark_gone(self._labels[(pid, v.tid)][0], t, f"vCPU thread {v.tid} exited")
                     continue
                 if a is None:
                     continue
-                # one thread cannot use more than one CPU: tick rounding against the sampling
-                # interval can, so clamp
-                values = {
-                    "vcpu.cpu": min(100.0, 100.0 * max(b.cpu_ticks - a.cpu_ticks, 0) / wall_ticks),
-                    "vcpu.guest": min(100.0, 100.0 * max(b.guest_ticks - a.guest_ticks, 0) / wall_ticks),
-                    "vcpu.run_delay": min(100.0, 100.0 * max(b.run_delay_ns - a.run_delay_ns, 0) / (span * 1e9)),
-                    "vcpu.ctxsw.rate": max(b.switches - a.switches, 0) / span,
-                }
-                for m, val in values.items():
-                    if m in want:
-                        self.store.add_sample(m, labels, t, val, span, vinfo)
+                for m, figure in figures:
+                    self._add(m, pid, v.tid, t, figure(a, b), span)
         self._prev, self._t_prev = cur, t

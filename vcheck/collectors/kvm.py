@@ -147,6 +147,8 @@ class IntervalRates:
         self.info = info
         self.intervals: list[tuple[float, float]] = []   # (end time, span) of every sample
         self.last: dict[SeriesKey, int] = {}
+        self._held: dict[SeriesKey, Observation] = {}    # each series, found by its labels once
+        self._covered: set[tuple[str, str]] = set()      # (metric, vm) with a series of their own
 
     def sample(self, t: float, counts: Mapping[SeriesKey, int]) -> None:
         span = t - (self.intervals[-1][0] if self.intervals else 0.0)
@@ -155,6 +157,7 @@ class IntervalRates:
         for key in counts:
             if key not in self.last:
                 self.last[key] = 0
+                self._covered.add((key[0], dict(key[1]).get("vm", "")))
                 for ti, si in self.intervals:
                     self._add(key, ti, 0.0, si)
         for key, prev in self.last.items():
@@ -164,7 +167,7 @@ class IntervalRates:
         self.intervals.append((t, span))
 
     def covers(self, metric: str, vm: str) -> bool:
-        return any(m == metric and ("vm", vm) in labels for m, labels in self.last)
+        return (metric, vm) in self._covered
 
     def zeros(self, metric: str, labels: Mapping[str, str]) -> Observation:
         """A series of zeros, one per interval: an entity known to have had no event."""
@@ -174,8 +177,11 @@ class IntervalRates:
         return o
 
     def _add(self, key: SeriesKey, t: float, value: float, span: float) -> None:
-        labels = dict(key[1])
-        self.store.add_sample(key[0], labels, t, value, span, self.info(labels))
+        o = self._held.get(key)
+        if o is None:
+            labels = dict(key[1])
+            o = self._held[key] = self.store.series(key[0], labels, self.info(labels))
+        self.store.append(o, t, value, span)
 
 
 @dataclass(frozen=True)
@@ -227,28 +233,33 @@ class KvmExitCollector(Collector):
     def start(self) -> None:
         self._prog: BpfProgram | None = None
         self._names = load_reason_names()
-        self._vms = self._discover()
+        self._vms: dict[int, tuple[str, str]] = {}
+        self._pids: dict[str, int] = {}    # vm name -> pid: evidence names the pid of each VM
+        self._discover()
         self._not_vms: set[int] = set()   # tgids seen in the maps that discovery did not find
         self._new_window()
         self._prog = BpfProgram(SOURCE, TRACEPOINTS, cost_sink=self.store.bpf_cost).load()
         for n in self._prog.notes:
             self.store.note(self.name, n)
 
-    def _discover(self) -> dict[int, tuple[str, str]]:
-        """pid -> (vm name, VMM) for the VMs on this host right now."""
-        return {vm.pid: (vm.name, vm.vmm) for vm in discover_vms(self.roots)}
+    def _discover(self) -> None:
+        """Add the VMs on this host right now: pid -> (vm name, VMM), and name -> pid."""
+        for vm in discover_vms(self.roots):
+            self._vms[vm.pid] = (vm.name, vm.vmm)
+            self._pids.setdefault(vm.name, vm.pid)
 
     def _vm(self, pid: int) -> str:
         """The VM name of a tgid; a VM started mid-window is discovered once, not per sample."""
         if pid not in self._vms and pid not in self._not_vms:
-            self._vms.update(self._discover())
+            self._discover()
             if pid not in self._vms:
                 self._not_vms.add(pid)
         entry = self._vms.get(pid)
         return entry[0] if entry else f"pid{pid}"
 
     def _pid_of(self, vm: str) -> str:
-        return next((str(pid) for pid, (name, _) in self._vms.items() if name == vm), "")
+        pid = self._pids.get(vm)
+        return str(pid) if pid is not None else ""
 
     def _info(self, labels: Mapping[str, str]) -> dict[str, str]:
         pid = self._pid_of(labels.get("vm", ""))
