@@ -43,11 +43,12 @@ from .guest import parse_pressure
 
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CgroupSample:
     """One reading of a cgroup. A figure is None where its controller does not hold the cgroup
     (``absent`` says why): on v1 every controller is its own tree, and a cgroup may be in some
-    of them only. Never a zero for what was not read."""
+    of them only. Never a zero for what was not read. Not changed once made (not frozen: one is
+    made per cgroup per interval, and a frozen dataclass's __init__ costs three times as much)."""
 
     cpu_ns: int | None
     periods: int | None
@@ -112,33 +113,55 @@ def proc_cgroups(roots: HostRoots, pid: int) -> dict[str, str]:
     return out
 
 
-def _kv(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
+def _value(data: bytes, key: bytes) -> int | None:
+    """The value of one 'key value' line of a flat keyed file, as the kernel wrote it (bytes),
+    None when the key is absent or not a number: what a sample needs of a 40-line memory.stat,
+    found without splitting it. `key` is the name and its space: b"inactive_file "."""
+    if data.startswith(key):
+        start = len(key)
+    else:
+        at = data.find(b"\n" + key)
+        if at < 0:
+            return None
+        start = at + len(key) + 1
+    end = data.find(b"\n", start)
+    try:
+        return int(data[start:end] if end >= 0 else data[start:])
+    except ValueError:
+        return None
 
 
 def _field(text: str, key: str) -> int:
-    """One 'key value' line of a flat keyed file (memory.stat has 40 lines; one is needed), 0
-    when absent, as _kv(text).get(key, 0)."""
-    if text.startswith(key + " "):
-        start = len(key) + 1
-    else:
-        at = text.find("\n" + key + " ")
-        if at < 0:
-            return 0
-        start = at + len(key) + 2
-    end = text.find("\n", start)
-    value = text[start:end if end >= 0 else len(text)].strip()
-    return int(value) if value.lstrip("-").isdigit() else 0
+    """One 'key value' line of a flat keyed text, 0 when absent."""
+    return _value(text.encode(), key.encode() + b" ") or 0
 
 
-def _int_or_max(text: str) -> int | None:
-    t = text.strip()
-    return None if t == "max" else int(t)
+def _int_or_max(data: bytes | str) -> int | None:
+    t = data.strip()
+    return None if t in ("max", b"max") else int(t)
+
+
+def _blkio_total(data: bytes) -> int:
+    """A v1 blkio.throttle.io_service_bytes / io_serviced file: reads + writes of every device."""
+    total = 0
+    for line in data.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in (b"Read", b"Write"):
+            total += int(parts[2])
+    return total
+
+
+def _io_stat(data: bytes) -> tuple[int, int]:
+    """A v2 io.stat: (rbytes + wbytes, rios + wios) over every device."""
+    nbytes = ops = 0
+    for line in data.splitlines():
+        for fld in line.split()[1:]:
+            k, _, v = fld.partition(b"=")
+            if k in (b"rbytes", b"wbytes"):
+                nbytes += int(v)
+            elif k in (b"rios", b"wios"):
+                ops += int(v)
+    return nbytes, ops
 
 
 class OpenFiles:
@@ -153,13 +176,13 @@ class OpenFiles:
         self.budget = budget
         self._fds: dict[str, int | None] = {}
 
-    def read(self, path: str) -> str:
+    def read_bytes(self, path: str) -> bytes:
         fd = self._fds.get(path, -1)
         if fd is None:
             raise FileNotFoundError(2, "no such file", str(path))
         if fd == -1:
             if len(self._fds) >= self.budget:
-                return read_text(path)
+                return by_path(path)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -167,14 +190,34 @@ class OpenFiles:
                 raise
             self._fds[path] = fd
         data = os.pread(fd, self.CHUNK, 0)
-        while len(data) % self.CHUNK == 0 and data:     # a long memory.stat: read on
-            more = os.pread(fd, self.CHUNK, len(data))
-            if not more:
-                break
-            data += more
-            if len(data) > PROC_READ_LIMIT:
-                raise OSError(errno.EFBIG, "too large", str(path))
-        return data.decode("utf-8", "replace")
+        if len(data) == self.CHUNK:           # a long memory.stat: read on
+            while len(data) % self.CHUNK == 0:
+                more = os.pread(fd, self.CHUNK, len(data))
+                if not more:
+                    break
+                data += more
+                if len(data) > PROC_READ_LIMIT:
+                    raise OSError(errno.EFBIG, "too large", str(path))
+        return data
+
+    def opt_bytes(self, path: str) -> bytes | None:
+        """read_bytes, None where the file cannot be read (absent: remembered, not raised again)."""
+        if self._fds.get(path, -1) is None:
+            return None
+        try:
+            return self.read_bytes(path)
+        except OSError:
+            return None
+
+    def read(self, path: str) -> str:
+        return self.read_bytes(path).decode("utf-8", "replace")
+
+    def drop(self, paths: list[str]) -> None:
+        """Close these files (a cgroup that is gone)."""
+        for path in paths:
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
 
     def forget(self, directory: Path | str) -> None:
         """Close what is open under `directory` (a cgroup that is gone)."""
@@ -191,29 +234,37 @@ class OpenFiles:
         self._fds.clear()
 
 
-def _at(directory: Path | str, name: str) -> str:
-    """A file of a cgroup directory, as a string (a Path per read costs more than the read)."""
-    return f"{directory}/{name}"
-
-
-def _read(path: Path | str, files: OpenFiles | None = None) -> str:
-    return files.read(path) if files is not None else read_text(path)
-
-
-def _opt(path: Path | str, files: OpenFiles | None = None) -> str | None:
+def by_path(path: str) -> bytes:
+    """A cgroup file read by its path (open, read, close), bounded as procfs.read_text."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return _read(path, files)
+        data = os.read(fd, OpenFiles.CHUNK)
+        while len(data) % OpenFiles.CHUNK == 0 and data:
+            more = os.read(fd, OpenFiles.CHUNK)
+            if not more:
+                break
+            data += more
+            if len(data) > PROC_READ_LIMIT:
+                raise OSError(errno.EFBIG, "too large", str(path))
+        return data
+    finally:
+        os.close(fd)
+
+
+def _by_path_opt(path: str) -> bytes | None:
+    try:
+        return by_path(path)
     except OSError:
         return None
 
 
-def _int_opt(path: Path | str, files: OpenFiles | None = None) -> int | None:
-    text = _opt(path, files)
-    return None if text is None else int(text.strip())
-
-
 # the figures that need each group of files read; `limits` is the evidence (cpu_limit, memory_limit)
 ALL_FIGURES = frozenset(V1_OWNER) | {"psi", "limits"}
+THROTTLE = frozenset({"cpu.throttled", "cpu.throttled_time"})
+WORKING_SET = frozenset({"memory", "memory.limit_pct"})
+MEMORY_LIMIT = frozenset({"memory.limit_pct", "limits"})
+PIDS = frozenset({"pids", "pids.limit_pct"})
+IO = frozenset({"io.bytes", "io.ops"})
 
 
 def wanted(metrics: frozenset[str], prefix: str) -> frozenset[str]:
@@ -222,65 +273,99 @@ def wanted(metrics: frozenset[str], prefix: str) -> frozenset[str]:
     return frozenset({"psi" if f.startswith("psi.") else f for f in out})
 
 
+class V2Files:
+    """One v2 cgroup's files for a sample, planned once (a collector keeps one per cgroup for
+    its window): the path of each file the wanted figures need, so that a sample is one pread
+    per file and a parse of the bytes. A controller not enabled for the cgroup (no
+    memory.current, no nr_periods in cpu.stat) gives no figure, not a zero."""
+
+    __slots__ = ("cpu_stat", "cpu_max", "current", "stat", "max", "events", "pids", "pids_max",
+                 "io", "psi", "_missing", "_absent")
+
+    def __init__(self, directory: Path | str, want: frozenset[str] = ALL_FIGURES):
+        d = str(directory)
+        def at(name: str, needed) -> str | None:
+            return f"{d}/{name}" if needed else None
+        self.cpu_stat = f"{d}/cpu.stat"        # always: usage_usec, and whether the cgroup is there
+        self.cpu_max = at("cpu.max", "limits" in want)
+        self.current = at("memory.current", want & (WORKING_SET | MEMORY_LIMIT | {"oom_kills"}))
+        self.stat = at("memory.stat", want & WORKING_SET)
+        self.max = at("memory.max", want & MEMORY_LIMIT)
+        self.events = at("memory.events", "oom_kills" in want)
+        self.pids = at("pids.current", want & PIDS)
+        self.pids_max = at("pids.max", "pids.limit_pct" in want)
+        self.io = at("io.stat", want & IO)
+        self.psi = tuple(f"{d}/{r}.pressure" for r in ("cpu", "memory", "io")) if "psi" in want else ()
+        self._missing: dict[str, str] = {}
+        self._absent: dict[str, str] = {}
+
+    def files(self) -> list[str]:
+        """Every file this plan reads (to close when the cgroup is gone)."""
+        return [p for p in (self.cpu_stat, self.cpu_max, self.current, self.stat, self.max, self.events,
+                            self.pids, self.pids_max, self.io, *self.psi) if p]
+
+    def read(self, files: OpenFiles | None = None) -> CgroupSample:
+        rd, opt = (by_path, _by_path_opt) if files is None else (files.read_bytes, files.opt_bytes)
+        cpu = rd(self.cpu_stat)
+        missing = {}
+        cpu_limit = None
+        quota_text = opt(self.cpu_max) if self.cpu_max else None
+        if quota_text:
+            quota, period = quota_text.split()
+            cpu_limit = None if quota == b"max" else int(quota) / int(period)
+        periods = _value(cpu, b"nr_periods ")
+        if periods is None:
+            missing["cpu"] = "the cpu controller is not enabled for it"
+        current = working = None
+        if self.current:
+            text = opt(self.current)
+            current = None if text is None else int(text)
+            if current is None:
+                missing["memory"] = "the memory controller is not enabled for it"
+            elif self.stat:
+                working = max(current - (_value(opt(self.stat) or b"", b"inactive_file ") or 0), 0)
+        mem_max = opt(self.max) if self.max else None
+        events = opt(self.events) if self.events else None
+        pids = None
+        if self.pids:
+            text = opt(self.pids)
+            pids = None if text is None else int(text)
+            if pids is None:
+                missing["pids"] = "the pids controller is not enabled for it"
+        pids_max = opt(self.pids_max) if self.pids_max else None
+        io_bytes = io_ops = None
+        if self.io:
+            io_text = opt(self.io)
+            if io_text is None:
+                missing["io"] = "the io controller is not enabled for it"
+            else:
+                io_bytes, io_ops = _io_stat(io_text)
+        psi: dict[str, int] | None = {} if self.psi else None
+        for name, path in zip(("cpu", "memory", "io"), self.psi):
+            text = opt(path)
+            if text is None:
+                psi = None
+                break
+            for kind, total in parse_pressure(text.decode()).items():
+                psi[f"{name}.{kind}"] = total
+        if missing != self._missing:          # the same from sample to sample: made once
+            self._missing, self._absent = missing, _absent(V2_OWNER, missing)
+        has_cpu = periods is not None
+        return CgroupSample(
+            psi=psi, absent=self._absent,
+            cpu_ns=(_value(cpu, b"usage_usec ") or 0) * 1000, periods=periods,
+            throttled_periods=(_value(cpu, b"nr_throttled ") or 0) if has_cpu else None,
+            throttled_ns=(_value(cpu, b"throttled_usec ") or 0) * 1000 if has_cpu else None,
+            cpu_limit=cpu_limit, memory_bytes=working,
+            memory_limit=_int_or_max(mem_max) if mem_max and current is not None else None,
+            oom_kills=(_value(events or b"", b"oom_kill ") or 0) if current is not None and self.events else None,
+            pids=pids, pids_limit=_int_or_max(pids_max) if pids_max and pids is not None else None,
+            io_bytes=io_bytes, io_ops=io_ops)
+
+
 def read_v2(directory: Path, want: frozenset[str] = ALL_FIGURES, files: OpenFiles | None = None) -> CgroupSample:
-    """One v2 cgroup directory. A controller not enabled for it (no memory.current, no
-    nr_periods in cpu.stat) gives no figure, not a zero. Only the files `want` needs are read."""
-    cpu = _kv(_read(_at(directory, "cpu.stat"), files))
-    missing = {}
-    quota_text = _opt(_at(directory, "cpu.max"), files) if "limits" in want else None
-    cpu_limit = None
-    if quota_text:
-        quota, period = quota_text.split()
-        cpu_limit = None if quota == "max" else int(quota) / int(period)
-    if "nr_periods" not in cpu:
-        missing["cpu"] = "the cpu controller is not enabled for it"
-    memory = want & {"memory", "memory.limit_pct", "oom_kills", "limits"}
-    current = _int_opt(_at(directory, "memory.current"), files) if memory else None
-    working = None
-    if current is None:
-        if memory:
-            missing["memory"] = "the memory controller is not enabled for it"
-    elif want & {"memory", "memory.limit_pct"}:
-        working = max(current - _field(_opt(_at(directory, "memory.stat"), files) or "", "inactive_file"), 0)
-    mem_max = _opt(_at(directory, "memory.max"), files) if want & {"memory.limit_pct", "limits"} else None
-    events = _kv(_opt(_at(directory, "memory.events"), files) or "") if "oom_kills" in want else {}
-    pids = _int_opt(_at(directory, "pids.current"), files) if want & {"pids", "pids.limit_pct"} else None
-    if pids is None and want & {"pids", "pids.limit_pct"}:
-        missing["pids"] = "the pids controller is not enabled for it"
-    pids_max = _opt(_at(directory, "pids.max"), files) if "pids.limit_pct" in want else None
-    io_text = _opt(_at(directory, "io.stat"), files) if want & {"io.bytes", "io.ops"} else None
-    io_bytes = io_ops = None
-    if io_text is None:
-        if want & {"io.bytes", "io.ops"}:
-            missing["io"] = "the io controller is not enabled for it"
-    else:
-        io_bytes = io_ops = 0
-        for line in io_text.splitlines():
-            for fld in line.split()[1:]:
-                k, _, v = fld.partition("=")
-                if k in ("rbytes", "wbytes"):
-                    io_bytes += int(v)
-                elif k in ("rios", "wios"):
-                    io_ops += int(v)
-    psi: dict[str, int] | None = {} if "psi" in want else None
-    for resource in ("cpu", "memory", "io") if "psi" in want else ():
-        text = _opt(_at(directory, f"{resource}.pressure"), files)
-        if text is None:
-            psi = None
-            break
-        for kind, total in parse_pressure(text).items():
-            psi[f"{resource}.{kind}"] = total
-    has_cpu = "cpu" not in missing
-    return CgroupSample(
-        psi=psi, absent=_absent(V2_OWNER, missing),
-        cpu_ns=cpu.get("usage_usec", 0) * 1000, periods=cpu.get("nr_periods") if has_cpu else None,
-        throttled_periods=cpu.get("nr_throttled", 0) if has_cpu else None,
-        throttled_ns=cpu.get("throttled_usec", 0) * 1000 if has_cpu else None,
-        cpu_limit=cpu_limit, memory_bytes=working,
-        memory_limit=_int_or_max(mem_max) if mem_max and current is not None else None,
-        oom_kills=events.get("oom_kill", 0) if current is not None and "oom_kills" in want else None,
-        pids=pids, pids_limit=_int_or_max(pids_max) if pids_max and pids is not None else None,
-        io_bytes=io_bytes, io_ops=io_ops)
+    """One v2 cgroup directory; only the files `want` needs are read."""
+    return V2Files(directory, want).read(files)
 
 
 V1_NO_LIMIT = 1 << 62   # memory.limit_in_bytes when unlimited is PAGE_COUNTER_MAX * page size
@@ -304,6 +389,74 @@ def v1_dirs(root: Path, paths: Mapping[str, str], mounts: Mapping[str, Path | No
     return dirs, missing
 
 
+class V1Files:
+    """One cgroup across the v1 hierarchies, planned once: each figure's file in the
+    controller's tree that holds the cgroup (v1_dirs), only those the wanted figures need, and
+    the figures it cannot have with why (the same every sample). A cgroup in no hierarchy at
+    all is gone (FileNotFoundError)."""
+
+    __slots__ = ("usage", "cpu_stat", "quota", "period", "stat", "mem_usage", "limit", "oom", "pids",
+                 "pids_max", "io_bytes", "io_ops", "absent")
+
+    def __init__(self, dirs: Mapping[str, Path], missing: Mapping[str, str], want: frozenset[str] = ALL_FIGURES,
+                 name: str = "?"):
+        if not dirs:
+            raise FileNotFoundError(f"cgroup {name} is in no hierarchy")
+        def at(controller: str, file: str, needed) -> str | None:
+            return f"{dirs[controller]}/{file}" if needed and controller in dirs else None
+        self.usage = at("cpuacct", "cpuacct.usage", "cpu" in want)
+        self.cpu_stat = at("cpu", "cpu.stat", want & THROTTLE)
+        self.quota = at("cpu", "cpu.cfs_quota_us", "limits" in want)
+        self.period = at("cpu", "cpu.cfs_period_us", "limits" in want)
+        self.stat = at("memory", "memory.stat", want & WORKING_SET)
+        self.mem_usage = at("memory", "memory.usage_in_bytes", want & WORKING_SET)
+        self.limit = at("memory", "memory.limit_in_bytes", want & MEMORY_LIMIT)
+        self.oom = at("memory", "memory.oom_control", "oom_kills" in want)
+        self.pids = at("pids", "pids.current", want & PIDS)
+        self.pids_max = at("pids", "pids.max", "pids.limit_pct" in want)
+        self.io_bytes = at("blkio", "blkio.throttle.io_service_bytes", "io.bytes" in want)
+        self.io_ops = at("blkio", "blkio.throttle.io_serviced", "io.ops" in want)
+        self.absent = _absent(V1_OWNER, missing)
+
+    def files(self) -> list[str]:
+        """Every file this plan reads (to close when the cgroup is gone)."""
+        return [p for p in (self.usage, self.cpu_stat, self.quota, self.period, self.stat, self.mem_usage,
+                            self.limit, self.oom, self.pids, self.pids_max, self.io_bytes, self.io_ops) if p]
+
+    def read(self, files: OpenFiles | None = None) -> CgroupSample:
+        rd, opt = (by_path, _by_path_opt) if files is None else (files.read_bytes, files.opt_bytes)
+        cpu_ns = int(rd(self.usage)) if self.usage else None
+        periods = throttled = throttled_ns = cpu_limit = None
+        if self.cpu_stat:
+            cpu = rd(self.cpu_stat)
+            periods, throttled, throttled_ns = (_value(cpu, b"nr_periods ") or 0, _value(cpu, b"nr_throttled ") or 0,
+                                                _value(cpu, b"throttled_time ") or 0)
+        if self.quota:
+            quota = int(opt(self.quota) or b"-1")
+            period = int(opt(self.period) or b"100000")
+            cpu_limit = quota / period if quota > 0 else None
+        memory = mem_limit = oom = pids = pids_limit = None
+        if self.stat:
+            inactive = _value(opt(self.stat) or b"", b"total_inactive_file ") or 0
+            memory = max(int(rd(self.mem_usage)) - inactive, 0)
+        if self.limit:
+            limit = int(opt(self.limit) or b"%d" % V1_NO_LIMIT)
+            mem_limit = None if limit >= V1_NO_LIMIT else limit
+        if self.oom:
+            oom = _value(opt(self.oom) or b"", b"oom_kill ") or 0
+        if self.pids:
+            pids = int(rd(self.pids))
+            if self.pids_max:
+                text = opt(self.pids_max)
+                pids_limit = _int_or_max(text) if text else None
+        io_bytes = _blkio_total(opt(self.io_bytes) or b"") if self.io_bytes else None
+        io_ops = _blkio_total(opt(self.io_ops) or b"") if self.io_ops else None
+        return CgroupSample(
+            cpu_ns=cpu_ns, periods=periods, throttled_periods=throttled, throttled_ns=throttled_ns,
+            cpu_limit=cpu_limit, memory_bytes=memory, memory_limit=mem_limit, oom_kills=oom,
+            pids=pids, pids_limit=pids_limit, io_bytes=io_bytes, io_ops=io_ops, absent=self.absent)
+
+
 def read_v1(root: Path, paths: Mapping[str, str], want: frozenset[str] = ALL_FIGURES,
             files: OpenFiles | None = None,
             found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
@@ -311,43 +464,7 @@ def read_v1(root: Path, paths: Mapping[str, str], want: frozenset[str] = ALL_FIG
     from the controller that owns it; one in none of them is gone (FileNotFoundError). Only the
     files `want` needs are read; `found`: v1_dirs already looked up (a collector's, once)."""
     dirs, missing = found if found is not None else v1_dirs(root, paths)
-    if not dirs:
-        raise FileNotFoundError(f"cgroup {paths.get('cpu') or paths.get('memory') or '?'} is in no hierarchy")
-    cpu_ns = periods = throttled = throttled_ns = cpu_limit = None
-    memory = mem_limit = oom = pids = pids_limit = io_bytes = io_ops = None
-    if "cpuacct" in dirs and "cpu" in want:
-        cpu_ns = int(_read(_at(dirs["cpuacct"], "cpuacct.usage"), files).strip())
-    if "cpu" in dirs and want & {"cpu.throttled", "cpu.throttled_time"}:
-        cpu = _kv(_read(_at(dirs["cpu"], "cpu.stat"), files))
-        periods, throttled, throttled_ns = (cpu.get("nr_periods", 0), cpu.get("nr_throttled", 0),
-                                            cpu.get("throttled_time", 0))
-    if "cpu" in dirs and "limits" in want:
-        quota = int((_opt(_at(dirs["cpu"], "cpu.cfs_quota_us"), files) or "-1").strip())
-        period = int((_opt(_at(dirs["cpu"], "cpu.cfs_period_us"), files) or "100000").strip())
-        cpu_limit = quota / period if quota > 0 else None
-    if "memory" in dirs:
-        if want & {"memory", "memory.limit_pct"}:
-            inactive = _field(_opt(_at(dirs["memory"], "memory.stat"), files) or "", "total_inactive_file")
-            usage = int(_read(_at(dirs["memory"], "memory.usage_in_bytes"), files).strip())
-            memory = max(usage - inactive, 0)
-        if want & {"memory.limit_pct", "limits"}:
-            limit = int((_opt(_at(dirs["memory"], "memory.limit_in_bytes"), files) or str(V1_NO_LIMIT)).strip())
-            mem_limit = None if limit >= V1_NO_LIMIT else limit
-        if "oom_kills" in want:
-            oom = _field(_opt(_at(dirs["memory"], "memory.oom_control"), files) or "", "oom_kill")
-    if "pids" in dirs and want & {"pids", "pids.limit_pct"}:
-        pids = int(_read(_at(dirs["pids"], "pids.current"), files).strip())
-        if "pids.limit_pct" in want:
-            pids_max = _opt(_at(dirs["pids"], "pids.max"), files)
-            pids_limit = _int_or_max(pids_max) if pids_max else None
-    if "blkio" in dirs and want & {"io.bytes", "io.ops"}:
-        io_bytes, io_ops = (sum(blkio_by_device(_opt(_at(dirs["blkio"], name), files) or "").values())
-                            for name in ("blkio.throttle.io_service_bytes", "blkio.throttle.io_serviced"))
-    return CgroupSample(
-        cpu_ns=cpu_ns, periods=periods, throttled_periods=throttled, throttled_ns=throttled_ns,
-        cpu_limit=cpu_limit, memory_bytes=memory, memory_limit=mem_limit, oom_kills=oom,
-        pids=pids, pids_limit=pids_limit, io_bytes=io_bytes, io_ops=io_ops,
-        absent=_absent(V1_OWNER, missing))
+    return V1Files(dirs, missing, want, paths.get("cpu") or paths.get("memory") or "?").read(files)
 
 
 def blkio_by_device(text: str) -> dict[str, int]:
@@ -406,42 +523,48 @@ class BlkioBlindness:
         return ""
 
 
+def cgroup_files(roots: HostRoots, mode: str, paths: Mapping[str, str], want: frozenset[str] = ALL_FIGURES,
+                 found: tuple[dict[str, Path], dict[str, str]] | None = None) -> "V1Files | V2Files":
+    """The plan of one cgroup's sample (paths as /proc/PID/cgroup gives them; `found`: its
+    v1_dirs, looked up once). FileNotFoundError for a v1 cgroup in no hierarchy."""
+    if mode == "v2":
+        return V2Files(roots.cgroup / paths.get("", "/").lstrip("/"), want)
+    dirs, missing = found if found is not None else v1_dirs(roots.cgroup, paths)
+    return V1Files(dirs, missing, want, paths.get("cpu") or paths.get("memory") or "?")
+
+
 def read_container(roots: HostRoots, mode: str, paths: dict[str, str], want: frozenset[str] = ALL_FIGURES,
                    files: OpenFiles | None = None,
                    found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
-    if mode == "v2":
-        return read_v2(roots.cgroup / paths.get("", "/").lstrip("/"), want, files)
-    return read_v1(roots.cgroup, paths, want, files, found)
+    return cgroup_files(roots, mode, paths, want, found).read(files)
 
 
 def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
     """The per-interval figures of one cgroup between two readings `wall` seconds apart; the
     container and the host cgroup layers both report these (prefixed container. / cgroup.).
-    A figure whose controller does not hold the cgroup is left out (b.absent says why)."""
-    def delta(x: int | None, y: int | None) -> int | None:
-        return None if x is None or y is None else max(y - x, 0)
-
+    A figure whose controller does not hold the cgroup is left out (b.absent says why). A
+    counter that went back counts 0, not a negative."""
     out: dict[str, float] = {}
-    cpu = delta(a.cpu_ns, b.cpu_ns)
-    if cpu is not None:
-        out["cpu"] = 100.0 * cpu / (wall * 1e9)
-    periods, throttled = delta(a.periods, b.periods), delta(a.throttled_periods, b.throttled_periods)
-    if periods is not None and throttled is not None:
+    ns = wall * 1e9
+    if a.cpu_ns is not None and b.cpu_ns is not None:
+        out["cpu"] = 100.0 * max(b.cpu_ns - a.cpu_ns, 0) / ns
+    if a.periods is not None and b.periods is not None and a.throttled_periods is not None \
+            and b.throttled_periods is not None:
+        periods = max(b.periods - a.periods, 0)
+        throttled = max(b.throttled_periods - a.throttled_periods, 0)
         out["cpu.throttled"] = 100.0 * throttled / periods if periods > 0 else 0.0
-    throttled_ns = delta(a.throttled_ns, b.throttled_ns)
-    if throttled_ns is not None:
-        out["cpu.throttled_time"] = min(100.0, 100.0 * throttled_ns / (wall * 1e9))
+    if a.throttled_ns is not None and b.throttled_ns is not None:
+        out["cpu.throttled_time"] = min(100.0, 100.0 * max(b.throttled_ns - a.throttled_ns, 0) / ns)
     if b.memory_bytes is not None:
         out["memory"] = float(b.memory_bytes)
-    oom = delta(a.oom_kills, b.oom_kills)
-    if oom is not None:
-        out["oom_kills"] = float(oom)
+    if a.oom_kills is not None and b.oom_kills is not None:
+        out["oom_kills"] = float(max(b.oom_kills - a.oom_kills, 0))
     if b.pids is not None:
         out["pids"] = float(b.pids)
-    for key, x, y in (("io.bytes", a.io_bytes, b.io_bytes), ("io.ops", a.io_ops, b.io_ops)):
-        d = delta(x, y)
-        if d is not None:
-            out[key] = d / wall
+    if a.io_bytes is not None and b.io_bytes is not None:
+        out["io.bytes"] = max(b.io_bytes - a.io_bytes, 0) / wall
+    if a.io_ops is not None and b.io_ops is not None:
+        out["io.ops"] = max(b.io_ops - a.io_ops, 0) / wall
     if a.psi is not None and b.psi is not None:
         for key in ("cpu.some", "memory.some", "memory.full", "io.some", "io.full"):
             if key in a.psi and key in b.psi:
@@ -512,9 +635,8 @@ def walk(roots: HostRoots, depth: int) -> list[str]:
 def read_cgroup(roots: HostRoots, mode: str, path: str, want: frozenset[str] = ALL_FIGURES,
                 files: OpenFiles | None = None,
                 found: tuple[dict[str, Path], dict[str, str]] | None = None) -> CgroupSample:
-    if mode == "v2":
-        return read_v2(roots.cgroup / path.lstrip("/"), want, files)
-    return read_v1(roots.cgroup, {c: path for c in V1_CONTROLLERS}, want, files, found)
+    paths = {"": path} if mode == "v2" else {c: path for c in V1_CONTROLLERS}
+    return cgroup_files(roots, mode, paths, want, found).read(files)
 
 
 def fd_budget(share: float = 0.5) -> int:
@@ -578,37 +700,45 @@ class CgroupCollector(Collector):
             self.store.mark_unavailable(psi, "per-cgroup PSI needs cgroup v2; this node runs cgroup v1")
 
     def begin(self, t0: float) -> None:
-        # each sample reads only the files its figures need, through descriptors kept open; the
-        # limits (evidence) are read in full once here, and again each sample only where a
-        # requested figure is a share of one (memory.limit_pct, pids.limit_pct)
+        # each sample reads only the files its figures need, through descriptors kept open, as
+        # each cgroup's plan (V1Files, V2Files) made here says; the limits (evidence) are read in
+        # full once here, and again each sample only where a requested figure is a share of one
+        # (memory.limit_pct, pids.limit_pct)
         self._want = wanted(self.request.metrics, "cgroup.")
         self.close()                     # a window begun again keeps no descriptors of the last
         self._files = OpenFiles(fd_budget())
         mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS} if self._mode == "v1" else {}
-        self._found = {p: v1_dirs(self.roots.cgroup, {c: p for c in V1_CONTROLLERS}, mounts)
-                       for p in self._paths} if self._mode == "v1" else {}
+        self._plans: dict[str, V1Files | V2Files | None] = {}
         self._limits: dict[str, dict[str, str]] = {}
-        self._series: dict[tuple[str, str], Observation] = {}    # (figure, cgroup) -> its series
-        self._metric_of = {m[len("cgroup."):]: m for m in self.request.metrics if m.startswith("cgroup.")}
         for p in self._paths:
+            paths = {c: p for c in V1_CONTROLLERS} if self._mode == "v1" else {"": p}
+            found = v1_dirs(self.roots.cgroup, paths, mounts) if self._mode == "v1" else None
             try:     # by path: the limits are not read again, their descriptors would be wasted
-                full = read_cgroup(self.roots, self._mode, p, frozenset({"limits"}), None, self._found.get(p))
+                full = cgroup_files(self.roots, self._mode, paths, frozenset({"limits"}), found).read(None)
             except (OSError, ValueError):
                 full = None
             self._limits[p] = limits(full) if full is not None else {}
+            try:
+                self._plans[p] = cgroup_files(self.roots, self._mode, paths, self._want, found)
+            except OSError:
+                self._plans[p] = None         # in no hierarchy: no figure
         self._info = {p: {"unit": unit_of(p), **self._limits[p]} for p in self._paths}
+        self._series: dict[str, dict[str, Observation]] = {p: {} for p in self._paths}   # cgroup -> figure -> series
+        self._metric_of = {m[len("cgroup."):]: m for m in self.request.metrics if m.startswith("cgroup.")}
+        self._limit_seen: dict[str, tuple] = {}
         self._prev = {p: self._read(p) for p in self._paths}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
         self._gone: set[str] = set()
         self._noted: set[tuple[str, str]] = set()
+        self._absent_noted: dict[str, Mapping[str, str]] = {}
         io = {m for m in self.request.metrics if m in ("cgroup.io.bytes", "cgroup.io.ops")}
         self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
-    def _read(self, path: str, want: frozenset[str] | None = None) -> CgroupSample | None:
+    def _read(self, path: str) -> CgroupSample | None:
+        plan = self._plans[path]
         try:
-            return read_cgroup(self.roots, self._mode, path, self._want if want is None else want,
-                               self._files, self._found.get(path))
+            return plan.read(self._files) if plan is not None else None
         except (OSError, ValueError):
             return None
 
@@ -622,38 +752,48 @@ class CgroupCollector(Collector):
         wall, span = mono - self._prev_mono, t - self._prev_t
         if wall <= 0:
             return
-        cur = {}
+        # the loop runs once per cgroup per sample: what it touches is looked up once here
+        files, prev, gone, plans, series_of = self._files, self._prev, self._gone, self._plans, self._series
+        append, metric_of, limit_seen = self.store.append, self._metric_of, self._limit_seen
         for path in self._paths:
-            if path in self._gone:
+            if path in gone:
                 continue
-            b = cur[path] = self._read(path)
-            a = self._prev.get(path)
+            plan = plans[path]
+            try:
+                b = plan.read(files) if plan is not None else None
+            except (OSError, ValueError):
+                b = None
+            a, prev[path] = prev.get(path), b
             if b is None:
                 if a is not None:
-                    self._gone.add(path)
+                    gone.add(path)
                     self.store.mark_gone({"cgroup": path}, t, f"cgroup {path} was removed")
-                    for d in self._found.get(path, ({}, {}))[0].values() if self._mode == "v1" else \
-                            [self.roots.cgroup / path.lstrip("/")]:
-                        self._files.forget(d)
+                    files.drop(plan.files())
                 continue
             if a is None:
                 continue
-            info = self._info[path]
-            now = limits(b)        # read each sample only where a figure is a share of a limit
-            if now and any(info.get(k) != v for k, v in now.items()):
-                info = self._info[path] = {**info, **now}
-                for key in figures(a, b, wall):
-                    self._series.pop((key, path), None)     # filed again below, with the new info
+            series = series_of[path]
+            if b.memory_limit is not None or b.cpu_limit is not None:
+                seen = (b.memory_limit, b.cpu_limit)  # read each sample only where a figure is a share of it
+                if limit_seen.get(path) != seen:
+                    limit_seen[path] = seen
+                    info = self._info[path]
+                    now = limits(b)
+                    if any(info.get(k) != v for k, v in now.items()):
+                        self._info[path] = {**info, **now}
+                        series.clear()      # filed again below, with the new info
             for key, value in figures(a, b, wall).items():
-                metric = self._metric_of.get(key)
-                if metric is None:
-                    continue
-                o = self._series.get((key, path))
+                o = series.get(key)
                 if o is None:
-                    o = self._series[(key, path)] = self.store.series(metric, {"cgroup": path}, info)
-                self.store.append(o, t, value, span)
-            note_absent(self.store, self._noted, "cgroup.", {"cgroup": path}, b, self.request.metrics, info)
-        self._prev.update(cur)
+                    metric = metric_of.get(key)
+                    if metric is None:
+                        continue
+                    o = series[key] = self.store.series(metric, {"cgroup": path}, self._info[path])
+                append(o, t, value, span)
+            if b.absent and self._absent_noted.get(path) is not b.absent:
+                self._absent_noted[path] = b.absent
+                note_absent(self.store, self._noted, "cgroup.", {"cgroup": path}, b, self.request.metrics,
+                            self._info[path])
         self._prev_mono, self._prev_t = mono, t
         if self._blkio is not None:
             mark_blkio_blind(self.store, self._blkio, ("cgroup.io.bytes", "cgroup.io.ops"))

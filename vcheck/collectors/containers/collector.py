@@ -16,14 +16,17 @@ from ...model import MetricSpec
 from ...procfs import HostRoots
 from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
-from ..cgroups import (V1_CONTROLLERS, BlkioBlindness, CgroupSample, OpenFiles, cgroup_mode, fd_budget, figures,
-                       limits, mark_blkio_blind, note_absent, proc_cgroups, read_container, v1_dirs, v1_mount,
-                       wanted)
+from ...observations import Observation
+from ..cgroups import (V1_CONTROLLERS, BlkioBlindness, CgroupSample, OpenFiles, V1Files, V2Files, cgroup_files,
+                       cgroup_mode, fd_budget, figures, limits, mark_blkio_blind, note_absent, proc_cgroups,
+                       v1_dirs, v1_mount, wanted)
 from .container import Container
 from .docker import docker_sockets
 from .discovery import cri_sockets, discover_containers, host_namespaces, namespace_ids, nspid
 
 LABELS = ("namespace", "pod", "container")
+# isolation facts: fixed for the container's life, filed each sample as 0/1
+FACTS = ("container.host_pid_ns", "container.host_net_ns", "container.host_ipc_ns", "container.privileged")
 
 
 def _spec(name: str, dim: str, desc: str, source: str, natural: str = "max") -> MetricSpec:
@@ -130,20 +133,32 @@ class ContainerCollector(Collector):
         # evidence attributes are fixed for the window: split them from the 0/1 facts once
         self._public = {cid: {k: v for k, v in info.items() if not k.startswith("container.")}
                         for cid, (_, _, info) in self._containers.items()}
-        # only the files the requested figures (and the limits evidence shows) need, kept open
-        self._want = wanted(self.request.metrics, "container.") | {"limits"}
+        want = self.request.metrics
+        self._facts = {cid: [(f, float(info[f])) for f in FACTS if f in info and f in want]
+                       for cid, (_, _, info) in self._containers.items()}
+        # only the files the requested figures (and the limits evidence shows) need, kept open,
+        # as each container's plan (cgroups.V1Files, V2Files) made here says
+        self._want = wanted(want, "container.") | {"limits"}
+        self._metric_of = {m[len("container."):]: m for m in want if m.startswith("container.")}
         self.close()                     # a window begun again keeps no descriptors of the last
         self._files = OpenFiles(fd_budget(0.25))
-        self._found = {}
-        if self._mode == "v1":
-            mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS}
-            self._found = {cid: v1_dirs(self.roots.cgroup, paths, mounts)
-                           for cid, (_, paths, _) in self._containers.items()}
+        mounts = {c: v1_mount(self.roots.cgroup, c) for c in V1_CONTROLLERS} if self._mode == "v1" else None
+        self._plans: dict[str, V1Files | V2Files | None] = {}
+        for cid, (_, paths, _) in self._containers.items():
+            try:
+                found = v1_dirs(self.roots.cgroup, paths, mounts) if mounts is not None else None
+                self._plans[cid] = cgroup_files(self.roots, self._mode, paths, self._want, found)
+            except OSError:
+                self._plans[cid] = None       # in no hierarchy: gone at the first sample
+        self._series: dict[str, dict[str, Observation]] = {cid: {} for cid in self._containers}
+        self._evidence: dict[str, dict[str, str]] = {}     # the public info with the limits last read
+        self._limit_seen: dict[str, tuple] = {}
         self._prev = {cid: self._read(cid) for cid in self._containers}
         self._prev_mono = time.monotonic()
         self._prev_t = 0.0
         self._gone: set[str] = set()
         self._noted: set[tuple[str, str]] = set()
+        self._absent_noted: dict[str, Mapping[str, str]] = {}
         io = {m for m in self.request.metrics if m in ("container.io.bytes", "container.io.ops")}
         self._blkio = BlkioBlindness(self.roots) if io and self._mode == "v1" else None
 
@@ -153,9 +168,9 @@ class ContainerCollector(Collector):
             files.close()
 
     def _read(self, cid: str) -> CgroupSample | None:
-        _, paths, _ = self._containers[cid]
+        plan = self._plans[cid]
         try:
-            return read_container(self.roots, self._mode, paths, self._want, self._files, self._found.get(cid))
+            return plan.read(self._files) if plan is not None else None
         except (OSError, ValueError):
             return None
 
@@ -165,35 +180,48 @@ class ContainerCollector(Collector):
         span = t - self._prev_t
         if wall <= 0:
             return
-        want = self.request.metrics
-        cur = {}
-        for cid, (c, _, info) in self._containers.items():
-            if cid in self._gone:
+        # the loop runs once per container per sample: what it touches is looked up once here
+        files, prev, gone, plans, series_of = self._files, self._prev, self._gone, self._plans, self._series
+        append, metric_of, limit_seen, evidence = self.store.append, self._metric_of, self._limit_seen, self._evidence
+        for cid, (c, _, _) in self._containers.items():
+            if cid in gone:
                 continue
-            b = self._read(cid)
-            cur[cid] = b
+            plan = plans[cid]
+            try:
+                b = plan.read(files) if plan is not None else None
+            except (OSError, ValueError):
+                b = None
+            a, prev[cid] = prev.get(cid), b
             if b is None:
-                self._gone.add(cid)
+                gone.add(cid)
                 self.store.mark_gone(c.identity, t, f"container {c.id[:12]} ({c.name}) was deleted")
-                _, paths, _ = self._containers[cid]
-                for d in self._found[cid][0].values() if cid in self._found else \
-                        [self.roots.cgroup / paths.get("", "/").lstrip("/")]:
-                    self._files.forget(d)
+                if plan is not None:
+                    files.drop(plan.files())
                 continue
-            a = self._prev.get(cid)
             if a is None:
                 continue
-            values = {f"container.{k}": v for k, v in figures(a, b, wall).items()}
-            for fact in ("container.host_pid_ns", "container.host_net_ns", "container.host_ipc_ns",
-                         "container.privileged"):
-                if fact in info:
-                    values[fact] = float(info[fact])
-            public = {**self._public[cid], **limits(b)}
-            for m in want:
-                if m in values:
-                    self.store.add_sample(m, c.identity, t, values[m], span, public)
-            note_absent(self.store, self._noted, "container.", c.identity, b, want, public)
-        self._prev.update(cur)
+            series = series_of[cid]
+            seen = (b.cpu_limit, b.memory_limit)
+            if limit_seen.get(cid) != seen:      # the limits as evidence: filed again when they change
+                limit_seen[cid] = seen
+                evidence[cid] = {**self._public[cid], **limits(b)}
+                series.clear()
+            for key, value in figures(a, b, wall).items():
+                o = series.get(key)
+                if o is None:
+                    metric = metric_of.get(key)
+                    if metric is None:
+                        continue
+                    o = series[key] = self.store.series(metric, c.identity, evidence[cid])
+                append(o, t, value, span)
+            for fact, value in self._facts[cid]:
+                o = series.get(fact)
+                if o is None:
+                    o = series[fact] = self.store.series(fact, c.identity, evidence[cid])
+                append(o, t, value, span)
+            if b.absent and self._absent_noted.get(cid) is not b.absent:
+                self._absent_noted[cid] = b.absent
+                note_absent(self.store, self._noted, "container.", c.identity, b, self.request.metrics, evidence[cid])
         self._prev_mono, self._prev_t = mono, t
         if self._blkio is not None:
             mark_blkio_blind(self.store, self._blkio, ("container.io.bytes", "container.io.ops"))
