@@ -18,7 +18,8 @@ Dimensions (each size in its own process: the wall time and ru_maxrss of that pr
            /vcheck-bench-scale in each controller (removed after), all cgroup metrics and the
            cpu figure alone: microseconds per cgroup per sample
   cgroups-v2  the same on a cgroup2 tree mounted at a private directory (unmounted after)
-  vms      not measured here (says why)
+  vms      one hypervisor-layer sample with 4/16/64 real qemu/KVM guests of 8 vCPUs each (idle;
+           benchmarks/scale_vms.py, which says how the guests are made and also runs alone)
 
 The exponent k of time ~ size^k (and of memory) is a least-squares fit on log-log of the
 *marginal* cost: each figure minus the same command at a trivial size (start-up, imports),
@@ -462,13 +463,6 @@ def store_child(seconds: int) -> None:
                       "seconds": time.perf_counter() - t, "samples": n, "bytes": size}))
 
 
-def not_measured_vms() -> None:
-    print("\ncontainers (50/200/500 runc) and VMs (4/16/64 qemu): not measured by this command. This machine "
-          "has 2 CPUs and 24 GB: 64 spinning guests x 8 vCPUs would measure the CPU contention, not vcheck; "
-          "the per-container and per-VM sample costs are printed by benchmarks/bench_containers.py and "
-          "benchmarks/bench_hypervisor.py, and a cgroup per container is what the cgroups row measures.")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,cgroups-v2,vms")
@@ -510,7 +504,8 @@ def main() -> int:
     if "cgroups-v2" in only:
         bench_cgroups([50, 200, 500] if q else [100, 1000, 5000], args.rounds, v2=True)
     if "vms" in only:
-        not_measured_vms()
+        from scale_vms import bench_vms
+        bench_vms([2, 4, 8] if q else [4, 16, 64], args.rounds)
     return 0
 
 

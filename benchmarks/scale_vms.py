@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GUEST_PREFIX = "vcheck-scale-vm"
+GUEST_PREFIX = f"vcheck-scale-{os.getpid()}-vm"   # this run's guests, told apart from any other's
 GUEST_MB = 32
 HOST_MB_PER_GUEST = 96      # what one guest may take of the host (qemu's own ~35 MB RSS + its RAM)
 START_TIMEOUT = 30.0
@@ -151,7 +151,7 @@ def fits(n: int) -> bool:
 
 # --- the measuring child ----------------------------------------------------------------------
 
-def measure(rounds: int) -> dict:
+def measure(rounds: int, prefix: str) -> dict:
     """In a process of its own, with the guests running: the figures of one size."""
     from vcheck.collectors.base import CollectContext, CollectRequest
     from vcheck.collectors.hypervisor import HYPERVISOR_METRICS, HypervisorCollector, discover_vms
@@ -167,7 +167,7 @@ def measure(rounds: int) -> dict:
         times.append(time.perf_counter() - t)
     out: dict = {"discovery": statistics.median(times), "vms": len(vms),
                  "vcpus": sum(len(v.vcpus) for v in vms),
-                 "ours": sum(1 for v in vms if v.name.startswith(GUEST_PREFIX)),
+                 "ours": sum(1 for v in vms if v.name.startswith(prefix)),
                  "processes": sum(1 for p in os.listdir("/proc") if p.isdigit())}
 
     def run(cls, metrics, prefix: str) -> None:
@@ -209,7 +209,7 @@ def measure(rounds: int) -> dict:
 # --- the dimension ----------------------------------------------------------------------------
 
 def _child(rounds: int) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", "--rounds", str(rounds)],
+    res = subprocess.run([sys.executable, __file__, "--child", GUEST_PREFIX, "--rounds", str(rounds)],
                          capture_output=True, text=True, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"the measuring process exited {res.returncode}: {res.stderr[-800:]}")
@@ -265,6 +265,9 @@ def bench_vms(sizes: list[int], rounds: int, vcpus: int = 8, spin: bool = False)
                     print(f"        (kvm_exit collector not measured: {r['kvm_error']})")
                 if r["vms"] != n:
                     print(f"        ({r['vms'] - n} VMs on this host besides the benchmark's are counted too)")
+    except KeyboardInterrupt as exc:   # Ctrl-C, SIGTERM, SIGHUP: the guests are gone by now
+        print(f"VMs: interrupted ({str(exc) or 'Ctrl-C'}): every guest stopped", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
@@ -284,16 +287,12 @@ def main() -> int:
     ap.add_argument("--vcpus", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--spin", action="store_true", help="CPU 0 of each guest spins instead of idling")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", metavar="GUEST_PREFIX", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.rounds)))
+        print(json.dumps(measure(args.rounds, args.child)))
         return 0
-    try:
-        bench_vms([int(s) for s in args.sizes.split(",")], args.rounds, args.vcpus, args.spin)
-    except KeyboardInterrupt:
-        print("interrupted: every guest stopped", file=sys.stderr)
-        return 130
+    bench_vms([int(s) for s in args.sizes.split(",")], args.rounds, args.vcpus, args.spin)
     return 0
 
 
