@@ -497,11 +497,15 @@ class BlkioBlindness:
             counted = blkio_by_device(read_text(self._root_file))
         except OSError:
             return None
+        try:
+            whole = set(os.listdir(self.roots.sys / "block"))    # one listing, not a stat per line
+        except OSError:
+            whole = set()
         disks, names = {}, {}
         for line in stats.splitlines():
             p = line.split()
             # whole disks only (blkio counts per disk): sectors read, written, discarded
-            if len(p) >= 14 and (self.roots.sys / "block" / p[2]).exists():
+            if len(p) >= 14 and p[2] in whole:
                 dev = f"{p[0]}:{p[1]}"
                 disks[dev] = 512 * (int(p[5]) + int(p[9]) + (int(p[16]) if len(p) > 16 else 0))
                 names[dev] = p[2]
