@@ -18,6 +18,8 @@ Dimensions (each size in its own process: the wall time and ru_maxrss of that pr
            /vcheck-bench-scale in each controller (removed after), all cgroup metrics and the
            cpu figure alone: microseconds per cgroup per sample
   cgroups-v2  the same on a cgroup2 tree mounted at a private directory (unmounted after)
+  containers  one container-layer sample with 50/200/500 real runc containers made through a real
+           containerd's CRI (benchmarks/scale_containers.py, which says how and also runs alone)
   vms      one hypervisor-layer sample with 4/16/64 real qemu/KVM guests of 8 vCPUs each (idle;
            benchmarks/scale_vms.py, which says how the guests are made and also runs alone)
 
@@ -356,22 +358,30 @@ def bench_cgroups(sizes: list[int], rounds: int, v2: bool = False) -> dict:
     else:
         print("\ncgroups: one sample of the host cgroup layer (real v1 cgroups under "
               f"/{CG_TOP}, every controller; each size in its own process)")
-    print(f"  {'cgroups':>10s} {'walk':>8s} {'sample (all metrics)':>22s} {'sample (cgroup.cpu)':>21s} {'peak RSS':>9s}")
-    rows, per_all, per_cpu = [], [], []
+    print(f"  {'cgroups':>10s} {'walk':>8s} {'sample (all metrics)':>22s} {'CPU':>8s} {'kernel':>8s} "
+          f"{'sample (cgroup.cpu)':>21s} {'CPU':>7s} {'kernel':>7s} {'peak RSS':>9s}")
+    print("  (per cgroup: the sample's wall time, its CPU time, and the kernel's part: the same open files "
+          "read by pread alone, nothing parsed)")
+    rows, per_all, per_cpu, cpu_all = [], [], [], []
     for n in sizes:
         out = subprocess.run([PY, __file__, "--cgroup-child", str(n), "--rounds", str(rounds), *(["--v2"] if v2 else [])],
                              capture_output=True, text=True, cwd=REPO)
         if out.returncode != 0:
             raise RuntimeError(f"cgroup child ({n}) exited {out.returncode}: {out.stderr[-800:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {r['sampled']:>10,d} {r['walk'] * 1e3:6.0f}ms {r['all'] * 1e3:8.1f}ms {r['all'] / r['sampled'] * 1e6:6.1f}us/cg "
-              f"{r['cpu'] * 1e3:8.1f}ms {r['cpu'] / r['sampled'] * 1e6:5.1f}us/cg {r['rss']:7.0f}MB")
+        us = {k: r[k] / r["sampled"] * 1e6 for k in ("all", "all_cpu", "all_floor", "cpu", "cpu_cpu", "cpu_floor")}
+        print(f"  {r['sampled']:>10,d} {r['walk'] * 1e3:6.0f}ms {r['all'] * 1e3:8.1f}ms {us['all']:6.1f}us/cg "
+              f"{us['all_cpu']:6.1f}us {us['all_floor']:6.1f}us {r['cpu'] * 1e3:8.1f}ms {us['cpu']:5.1f}us/cg "
+              f"{us['cpu_cpu']:5.1f}us {us['cpu_floor']:5.1f}us {r['rss']:7.0f}MB")
         rows.append((r["sampled"], r["all"], r["rss"]))
         per_all.append(r["all"])
         per_cpu.append(r["cpu"])
+        cpu_all.append(r["all_cpu"])
     sizes_seen = [r[0] for r in rows]
-    print(f"  growth exponent: sample (all metrics) {exponent(sizes_seen, per_all):.2f}, "
-          f"sample (cgroup.cpu) {exponent(sizes_seen, per_cpu):.2f}")
+    print(f"  growth exponent: sample (all metrics) {exponent(sizes_seen, per_all):.2f} (CPU time "
+          f"{exponent(sizes_seen, cpu_all):.2f}), sample (cgroup.cpu) {exponent(sizes_seen, per_cpu):.2f}")
+    print(f"  kernel's least per file (one file type at a time, {sizes_seen[-1]:,} cgroups), us: " +
+          ", ".join(f"{k} {v * 1e6:.2f}" for k, v in sorted(r["all_files"].items(), key=lambda kv: -kv[1])))
     return {"rows": rows}
 
 
@@ -405,6 +415,7 @@ def _cgroup_child(n: int, rounds: int, v2_mount: Path | None) -> None:
     from vcheck.observations import ObservationStore
     from vcheck.policy import load_policy_bytes
     from vcheck.procfs import HostRoots
+    from scale_containers import kernel_floor
 
     roots = HostRoots() if v2_mount is None else HostRoots(cgroup=v2_mount)
     v2 = cgroup_mode(roots.cgroup) == "v2"
@@ -423,14 +434,19 @@ def _cgroup_child(n: int, rounds: int, v2_mount: Path | None) -> None:
             c.start()
             figures["walk"] = min(figures.get("walk", 1e9), time.perf_counter() - t)
             c.begin(time.monotonic())
-            samples = []
+            samples, cpu = [], []
             for k in range(1, rounds + 1):
                 time.sleep(0.1)
-                t = time.perf_counter()
+                t, u = time.perf_counter(), time.thread_time()
                 c.sample(float(k))
                 samples.append(time.perf_counter() - t)
+                cpu.append(time.thread_time() - u)
+            # the kernel's part: the same open files read by pread alone, in sample order
+            floor, per_file = kernel_floor(c._files, [p for p in c._plans.values() if p is not None], rounds, 0.1)
             c.close()
             figures[label] = statistics.median(samples)
+            figures[f"{label}_cpu"], figures[f"{label}_floor"], figures[f"{label}_files"] = \
+                statistics.median(cpu), floor, per_file
             figures["sampled"] = len(c._paths)
         figures["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
@@ -465,7 +481,7 @@ def store_child(seconds: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,cgroups-v2,vms")
+    ap.add_argument("--only", default="replay,items,checks,window,merge,html,cgroups,cgroups-v2,containers,vms")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
@@ -503,6 +519,9 @@ def main() -> int:
         bench_cgroups([50, 200, 500] if q else [100, 1000, 5000], args.rounds)
     if "cgroups-v2" in only:
         bench_cgroups([50, 200, 500] if q else [100, 1000, 5000], args.rounds, v2=True)
+    if "containers" in only:
+        from scale_containers import bench as bench_containers
+        bench_containers([10, 25, 50] if q else [50, 200, 500], args.rounds)
     if "vms" in only:
         from scale_vms import bench_vms
         bench_vms([2, 4, 8] if q else [4, 16, 64], args.rounds)
