@@ -39,7 +39,6 @@ from ..selection import MAX_TREE_DEPTH, tree_depth
 from ..procfs import PROC_READ_LIMIT, HostRoots, read_text
 from ..units import BYTE_RATE, BYTES, COUNT, PERCENT, format_value
 from .base import Collector, Unavailable
-from .guest import parse_pressure
 
 
 
@@ -202,9 +201,14 @@ class OpenFiles:
 
     def opt_bytes(self, path: str) -> bytes | None:
         """read_bytes, None where the file cannot be read (absent: remembered, not raised again)."""
-        if self._fds.get(path, -1) is None:
+        fd = self._fds.get(path, -1)
+        if fd is None:
             return None
         try:
+            if fd != -1:
+                data = os.pread(fd, self.CHUNK, 0)
+                if len(data) < self.CHUNK:
+                    return data
             return self.read_bytes(path)
         except OSError:
             return None
@@ -273,13 +277,16 @@ def wanted(metrics: frozenset[str], prefix: str) -> frozenset[str]:
     return frozenset({"psi" if f.startswith("psi.") else f for f in out})
 
 
+PSI_KEYS = (("cpu.some", "cpu.full"), ("memory.some", "memory.full"), ("io.some", "io.full"))
+
+
 class V2Files:
     """One v2 cgroup's files for a sample, planned once (a collector keeps one per cgroup for
     its window): the path of each file the wanted figures need, so that a sample is one pread
     per file and a parse of the bytes. A controller not enabled for the cgroup (no
     memory.current, no nr_periods in cpu.stat) gives no figure, not a zero."""
 
-    __slots__ = ("cpu_stat", "cpu_max", "current", "stat", "max", "events", "pids", "pids_max",
+    __slots__ = ("throttle", "cpu_stat", "cpu_max", "current", "stat", "max", "events", "pids", "pids_max",
                  "io", "psi", "_missing", "_absent")
 
     def __init__(self, directory: Path | str, want: frozenset[str] = ALL_FIGURES):
@@ -287,6 +294,7 @@ class V2Files:
         def at(name: str, needed) -> str | None:
             return f"{d}/{name}" if needed else None
         self.cpu_stat = f"{d}/cpu.stat"        # always: usage_usec, and whether the cgroup is there
+        self.throttle = bool(want & THROTTLE)  # nr_periods (and whether the cpu controller is on) too
         self.cpu_max = at("cpu.max", "limits" in want)
         self.current = at("memory.current", want & (WORKING_SET | MEMORY_LIMIT | {"oom_kills"}))
         self.stat = at("memory.stat", want & WORKING_SET)
@@ -313,8 +321,8 @@ class V2Files:
         if quota_text:
             quota, period = quota_text.split()
             cpu_limit = None if quota == b"max" else int(quota) / int(period)
-        periods = _value(cpu, b"nr_periods ")
-        if periods is None:
+        periods = _value(cpu, b"nr_periods ") if self.throttle else None
+        if periods is None and self.throttle:
             missing["cpu"] = "the cpu controller is not enabled for it"
         current = working = None
         if self.current:
@@ -341,13 +349,16 @@ class V2Files:
             else:
                 io_bytes, io_ops = _io_stat(io_text)
         psi: dict[str, int] | None = {} if self.psi else None
-        for name, path in zip(("cpu", "memory", "io"), self.psi):
+        for keys, path in zip(PSI_KEYS, self.psi):
             text = opt(path)
             if text is None:
                 psi = None
                 break
-            for kind, total in parse_pressure(text.decode()).items():
-                psi[f"{name}.{kind}"] = total
+            for line in text.splitlines():      # "some avg10=0.00 avg60=0.00 avg300=0.00 total=N"
+                at = line.find(b" total=")
+                kind = line[:5]
+                if at > 0 and kind in (b"some ", b"full "):
+                    psi[keys[kind == b"full "]] = int(line[at + 7:].split(None, 1)[0])
         if missing != self._missing:          # the same from sample to sample: made once
             self._missing, self._absent = missing, _absent(V2_OWNER, missing)
         has_cpu = periods is not None
@@ -543,6 +554,9 @@ def read_container(roots: HostRoots, mode: str, paths: dict[str, str], want: fro
     return cgroup_files(roots, mode, paths, want, found).read(files)
 
 
+PSI_FIGURES = tuple((k, f"psi.{k}") for k in ("cpu.some", "memory.some", "memory.full", "io.some", "io.full"))
+
+
 def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
     """The per-interval figures of one cgroup between two readings `wall` seconds apart; the
     container and the host cgroup layers both report these (prefixed container. / cgroup.).
@@ -570,9 +584,9 @@ def figures(a: CgroupSample, b: CgroupSample, wall: float) -> dict[str, float]:
     if a.io_ops is not None and b.io_ops is not None:
         out["io.ops"] = max(b.io_ops - a.io_ops, 0) / wall
     if a.psi is not None and b.psi is not None:
-        for key in ("cpu.some", "memory.some", "memory.full", "io.some", "io.full"):
+        for key, name in PSI_FIGURES:
             if key in a.psi and key in b.psi:
-                out[f"psi.{key}"] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
+                out[name] = min(100.0, max(b.psi[key] - a.psi[key], 0) / (wall * 1e6) * 100)
     if b.memory_limit and b.memory_bytes is not None:
         out["memory.limit_pct"] = 100.0 * b.memory_bytes / b.memory_limit
     if b.pids_limit and b.pids is not None:
