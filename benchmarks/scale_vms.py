@@ -170,9 +170,11 @@ def measure(rounds: int, prefix: str) -> dict:
                  "ours": sum(1 for v in vms if v.name.startswith(prefix)),
                  "processes": sum(1 for p in os.listdir("/proc") if p.isdigit())}
 
-    def run(cls, metrics, prefix: str) -> None:
+    paths: set[str] = set()
+
+    def run(cls, metrics: frozenset[str], prefix: str) -> None:
         store = ObservationStore()
-        c = cls(CollectContext(roots, store), CollectRequest(frozenset(m.name for m in metrics), 60.0, 1.0))
+        c = cls(CollectContext(roots, store), CollectRequest(metrics, 60.0, 1.0))
         try:
             t = time.perf_counter()
             c.start()
@@ -196,13 +198,16 @@ def measure(rounds: int, prefix: str) -> dict:
             out[f"{prefix}series"] = sum(1 for o in store.all() if o.values or o.histogram is not None)
         finally:
             c.close()
+        paths.update(f"{cost['program']} via {cost['path']}" for cost in store.bpf_costs)
 
-    run(HypervisorCollector, HYPERVISOR_METRICS, "")
+    run(HypervisorCollector, frozenset(m.name for m in HYPERVISOR_METRICS), "")
+    run(HypervisorCollector, frozenset({"vcpu.cpu"}), "cpu_")
     try:
-        run(KvmExitCollector, KVM_METRICS, "kvm_")
+        run(KvmExitCollector, frozenset(m.name for m in KVM_METRICS), "kvm_")
     except Exception as exc:   # BPF may be unavailable: the /proc figures stand alone
         out["kvm_error"] = str(getattr(exc, "reason", exc))
     out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["bpf"] = ", ".join(sorted(paths))
     return out
 
 
@@ -232,10 +237,14 @@ def bench_vms(sizes: list[int], rounds: int, vcpus: int = 8, spin: bool = False)
           "; each size in its own process)")
     if held != sizes:
         print(f"  sizes {', '.join(str(n) for n in sizes if n not in held)} left out: not enough free memory")
+    print("  sample: every vm.* and vcpu.* figure; vcpu.cpu: that figure alone; kvm: the kvm_exit collector "
+          "(its sample reads the BPF maps, entries = map entries read per sample; stop = its end of window, "
+          "detaching included)")
     print(f"  {'VMs':>5s} {'vCPUs':>6s} {'discovery':>10s} {'sample':>9s} {'per VM':>8s} {'per vCPU':>9s} "
+          f"{'vcpu.cpu':>9s} {'per vCPU':>9s} "
           f"{'kvm sample':>11s} {'entries':>8s} {'kvm stop':>9s} {'peak RSS':>9s}")
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    rows, found, per = [], [], {"discovery": [], "sample": [], "kvm_sample": [], "kvm_stop": []}
+    rows, found, per = [], [], {"discovery": [], "sample": [], "cpu_sample": [], "kvm_sample": [], "kvm_stop": []}
     try:
         with tempfile.TemporaryDirectory(prefix="vcheck-scale-vms-") as tmp:
             bios = Path(tmp) / "bios.bin"
@@ -254,10 +263,11 @@ def bench_vms(sizes: list[int], rounds: int, vcpus: int = 8, spin: bool = False)
                        if "kvm_sample" in r else f"{'n/a':>11s} {'':>8s} {'':>9s}")
                 print(f"  {r['vms']:>5d} {r['vcpus']:>6d} {r['discovery'] * 1e3:8.1f}ms {r['sample'] * 1e3:7.2f}ms "
                       f"{r['sample'] / r['vms'] * 1e6:6.0f}us {r['sample'] / max(r['vcpus'], 1) * 1e6:7.1f}us "
+                      f"{r['cpu_sample'] * 1e3:7.2f}ms {r['cpu_sample'] / max(r['vcpus'], 1) * 1e6:7.1f}us "
                       f"{kvm} {r['rss']:7.0f}MB")
                 rows.append((r["vms"], r["sample"], r["rss"]))
                 found.append(r["vms"])
-                found_procs = r["processes"]
+                found_procs, last = r["processes"], r
                 for k in per:
                     if k in r:
                         per[k].append(r[k])
@@ -274,10 +284,18 @@ def bench_vms(sizes: list[int], rounds: int, vcpus: int = 8, spin: bool = False)
     if len(rows) < 2:
         return {"rows": rows}
     fit = {k: exponent(found, v) for k, v in per.items() if len(v) == len(found)}
-    fit["memory"] = exponent(found, [r[2] - base["rss"] for r in rows])
-    print("  growth exponent: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in fit.items()))
-    print(f"  (discovery walks every process on the host, {found_procs} at the largest size; a sample is "
-          f"the median of {rounds})")
+    print(f"  series filed at {found[-1]} VMs: {last['series']} (every VM 3, every vCPU 4: "
+          f"{3 * last['vms'] + 4 * last['vcpus']}); BPF: {last['bpf'] or 'none loaded'}")
+    marginal = [r[2] - base["rss"] for r in rows]
+    names = {"cpu_sample": "vcpu.cpu sample", "kvm_sample": "kvm sample", "kvm_stop": "kvm stop"}
+    memory = "flat (under 1 MB above the 1-guest run)"
+    if min(marginal) >= 1:
+        fit["memory"] = exponent(found, marginal)
+        memory = f"{fit['memory']:.2f}"
+    print("  growth exponent: " + ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in fit.items() if k != "memory")
+          + f", memory {memory}")
+    print(f"  (memory: peak RSS above the 1-guest run's, {' / '.join(f'{m:+.0f}' for m in marginal)} MB; discovery "
+          f"walks every process on the host, {found_procs} at the largest size; a sample is the median of {rounds})")
     return {"rows": rows, "exponents": fit}
 
 
