@@ -129,6 +129,9 @@ BPF_HASH(hist, struct hist_key, u64, 32768);
 BPF_HASH(stats, struct dev_op, struct vcheck_stats, 1024);
 BPF_HASH(floor_ns, u32, u64, 1024);   /* per device: send I/Os at least this slow; no entry: all */
 BPF_ARRAY(threshold_ns, u64, 1);      /* [0]: a check's outlier threshold; 0 = none */
+/* [0, 1): the window, CLOCK_MONOTONIC ns. Only I/Os completed inside it are recorded, so the
+ * histograms, the counts below and the events are cut at the same instants */
+BPF_ARRAY(window_ns, u64, 2);
 BPF_HASH(outlier_counts, struct dev_op, struct outlier_count, 1024);
 BPF_ARRAY(counters, u64, 3);
 BPF_RINGBUF_OUTPUT(outliers, 256);    /* pages */
@@ -166,6 +169,11 @@ static __always_inline void count(u32 which)
 
 static __always_inline void record(struct rq_key *key, struct rq_start *s, u64 now, s32 error)
 {
+    u32 from_idx = 0, until_idx = 1;
+    u64 *from = window_ns.lookup(&from_idx);
+    u64 *until = window_ns.lookup(&until_idx);
+    if (!from || !until || now < *from || now >= *until)
+        return;
     u64 lat = now - s->ts;
     struct hist_key hk = {.k = {.dev = key->dev, .op = key->op}, .slot = vcheck_bucket(lat)};
     u64 zero = 0;

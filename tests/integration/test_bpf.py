@@ -8,6 +8,7 @@ each BPF path, forced with VCHECK_BPF_PATH (CO-RE through libbpf, and bcc).
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import pytest
 
 from tests.rig.common import RIG_MARK_ENV, VCHECK, require_root, vcheck_programs
 from tests.rig.io import (background_writes, cpu_hogs, device_writes, direct_writes, dsync_writes, fsync_writes,
-                          loop_device, loop_filesystem, preallocated, root_device)
+                          loop_device, loop_filesystem, preallocated, root_device, sync_fs)
 from vcheck import probes
 from vcheck.collectors import disk
 from vcheck.collectors.base import CollectContext, CollectRequest
@@ -88,7 +89,7 @@ def test_io_count_equals_diskstats_delta(own_programs):
     with loop_filesystem() as (dev, mnt):
         def work() -> None:
             direct_writes(1500, directory=mnt)
-            os.sync()
+            sync_fs(mnt)
             time.sleep(0.2)
 
         delta, store = measure(dev, work)
@@ -148,11 +149,14 @@ def test_flushes_are_timed_and_counts_hold_under_fsync(own_programs, monkeypatch
     assert all("empty preflush write" in e["parts"] for e in flush.events if e.get("parts"))
     assert all(x >= 0 for x in folded)
     if io_start:
-        # the task that asked for the flush, not the kworker that issued it: the fsync writer
-        # (its empty preflush write) or its file system's journal (a commit's preflush)
+        # the task that asked for the flush, never the kworker that issued it: the fsync
+        # writer (its empty preflush write) or its file system's journal (a commit's preflush).
+        # Another process's sync(2) asks for a flush of every file system, this one too: such
+        # a flush is that process's (the suite itself only ever calls syncfs)
         asked = {"vcheck-fsync", f"jbd2/{dev}-8"}
-        assert {e["comm"] for e in flush.events} <= asked, [e["comm"] for e in flush.events]
-        assert all(e["comm"] == "vcheck-fsync" for e in flush.events if e.get("parts"))
+        named = collections.Counter(e["comm"] for e in flush.events)
+        assert not any(comm.startswith("kworker/") for comm in named), named
+        assert sum(named[c] for c in asked) >= 0.9 * len(flush.events), named
         assert {e["comm"] for e in write.events if e["bytes"]} <= asked
     for o in obs.values():
         assert not any("in flight when the window" in n for n in o.notes), o.notes
@@ -291,7 +295,8 @@ checks:
 def test_outlier_check_fails_and_names_the_slow_ios(own_programs, run_vcheck, policy_file, bpf_path):
     dev = root_device()
     p = policy_file(OUTLIER_POLICY.replace("DEV", dev))
-    with background_writes(8, cpus="0"), cpu_hogs(cpu=1, n=2):
+    # fio writes until the run ends (stopped then), however long a busy machine takes to start it
+    with background_writes(120, cpus="0"), cpu_hogs(cpu=1, n=2):
         r = run_vcheck(str(p))
     assert r.returncode == 1, r.stdout + r.stderr
     costs = r.report["cost"]["bpf"]
@@ -306,7 +311,11 @@ def test_outlier_check_fails_and_names_the_slow_ios(own_programs, run_vcheck, po
     # the terminal shows the slowest I/Os, whoever issued them (a journal commit may be slower
     # than any of fio's writes)
     assert "event: " in r.stdout and f"comm={slow['comm']}" in r.stdout, r.stdout[-4000:]
-    assert r.result("disk-p99")["outcome"] == "pass"
+    # p99 < 10s: a pass, unless the kernel skipped the probe for completions whose time
+    # (diskstats') could put p99 past 10 s: then no verdict, and the reason says so
+    p99 = r.result("disk-p99")
+    assert p99["outcome"] == "pass" or (p99["outcome"] == "error" and "never timed" in p99["reason"]
+                                        and "on both sides of 10s" in p99["reason"]), p99
     # two busy loops on CPU 1: each waits its turn for several ms, hundreds of times. Counted,
     # not a percentile: the short waits of the I/O load's wakeups there can outnumber them
     runq = r.result("runq")
@@ -318,10 +327,15 @@ def test_sigterm_mid_window_leaves_no_program(own_programs, policy_file, tmp_pat
     p = policy_file(OUTLIER_POLICY.replace("DEV", root_device()).replace("3s", "30s"))
     proc = subprocess.Popen(VCHECK + ["run", str(p), "--json", str(tmp_path / "r.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    attached = own_programs.wait_for(5, timeout=20, alive=lambda: proc.poll() is None)
-    assert len(attached) >= 5, "the run never attached its programs"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    try:
+        attached = own_programs.wait_for(5, timeout=20, alive=lambda: proc.poll() is None)
+        assert len(attached) >= 5, "the run never attached its programs"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:   # it did not end: it must not outlive the test
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 2, out + err
     assert "Traceback" not in err
     own_programs.assert_none_left()

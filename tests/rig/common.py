@@ -115,13 +115,14 @@ class ProgramLedger:
             time.sleep(0.1)
         return own
 
-    def assert_none_left(self, wait: float = 2.0) -> None:
+    def assert_none_left(self, wait: float = 2.0, what: str = "left loaded") -> None:
         """Nothing of this test's runs is loaded. A detached program is freed after an RCU grace
-        period (raw tracepoint links defer it): `wait` seconds for that, not for a leak."""
+        period (raw tracepoint links defer it), and a run elsewhere that just ended leaves its
+        programs held by nobody for as long: `wait` seconds for either, not for a leak."""
         deadline = time.monotonic() + wait
         while (own := self.own()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not own, f"vchk_ programs of this test left loaded: {[(p.id, p.name, sorted(p.holders)) for p in own]}"
+        assert not own, f"vchk_ programs of this test {what}: {[(p.id, p.name, sorted(p.holders)) for p in own]}"
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def own_programs() -> ProgramLedger:
     """A ledger of this test's own BPF programs; none of the suite's may be loaded as it starts."""
     require_root()
     ledger = ProgramLedger()
-    assert not ledger.own(), "a vchk_ program of this test process was loaded before the test"
+    ledger.assert_none_left(what="loaded before the test")
     return ledger
 
 

@@ -6,6 +6,7 @@ loop device of the rig's own over such a file.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import random
@@ -77,6 +78,17 @@ def fsync_writes(count: int, comm: str = "vcheck-fsync", directory: Path = IO_DI
             os.unlink(name)
 
 
+def sync_fs(path: Path) -> None:
+    """syncfs(2) on the file system holding `path`: that one only. sync(2) would also ask for
+    flushes of every other file system, another test's too (its flushes then carry our name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            rig_fail(f"syncfs({path}) failed", os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def preallocated(directory: Path, blocks: int) -> Iterator[Path]:
     """A file of `blocks` 4 KiB blocks already written and synced: overwriting it and fsyncing
@@ -86,7 +98,7 @@ def preallocated(directory: Path, blocks: int) -> Iterator[Path]:
         os.write(fd, b"\0" * 4096 * blocks)
         os.fsync(fd)
         os.close(fd)
-        os.sync()
+        sync_fs(directory)
         yield Path(name)
     finally:
         os.unlink(name)
@@ -154,11 +166,13 @@ def dsync_writes(device: str, count: int, seek: int = 0) -> None:
 @contextmanager
 def background_writes(seconds: float, block: str = "4k", cpus: str | None = None) -> Iterator[subprocess.Popen]:
     """O_DIRECT writes for about `seconds`, in a child process (fio, time-based); on `cpus`
-    only when given (keeps its thousands of short wakeups off a CPU a test measures)."""
+    only when given (keeps its thousands of short wakeups off a CPU a test measures). The job
+    runs as a thread of fio (--thread): a forked job is a session of its own, which killing
+    fio leaves writing to the end of its runtime."""
     fd, name = tempfile.mkstemp(prefix="vcheck-fio-", dir=IO_DIR)
     os.close(fd)
     cmd = ["fio", "--name=vcheck-rig", f"--filename={name}", "--rw=randwrite", f"--bs={block}",
-           "--size=16m", "--direct=1", "--ioengine=psync", "--time_based", f"--runtime={seconds}s",
+           "--size=16m", "--direct=1", "--ioengine=psync", "--thread", "--time_based", f"--runtime={seconds}s",
            "--output-format=terse"] + ([f"--cpus_allowed={cpus}"] if cpus else [])
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -35,6 +35,8 @@ PREFLUSH_SLACK = 0.001      # s: an empty preflush completes right after the flu
 ISSUE_SLACK = 5e-6          # s: ...timed from that flush's issue (event times are rounded to 1 us)
 OVER_THRESHOLD_KEPT = 1000  # per device: I/Os over a check's outlier threshold kept as evidence; more are counted
 SECTOR = 512
+NEVER = 2**64 - 1           # a window edge that is never reached (block_latency.c window_ns)
+HANDLER_GRACE = 0.002       # s: a probe that read the window's old edge has finished by then (it runs in us)
 
 
 # --- /proc/diskstats --------------------------------------------------------------------
@@ -378,6 +380,7 @@ class BlockLatencyCollector(Collector):
         for n in prog.notes:
             self.store.note(self.name, n)
         self._t0 = time.monotonic()
+        self._window_start_ns = 0             # no window until begin: nothing recorded
         if self._threshold_ns is not None:
             prog["threshold_ns"][ctypes.c_int(0)] = ctypes.c_uint64(self._threshold_ns)
         prog.open_ring_buffer("outliers", self._on_event)
@@ -415,6 +418,8 @@ class BlockLatencyCollector(Collector):
 
     def _on_event(self, _ctx, data, _size) -> None:
         e = ctypes.cast(data, ctypes.POINTER(_Outlier)).contents
+        if e.done_ns < self._window_start_ns:   # recorded before the window opened
+            return
         ev = {"time": round(e.done_ns / 1e9 - self._t0, 6), "device": self._name(e.dev),
               "op": op_name(e.op), "sector": e.sector, "bytes": e.bytes,
               "latency": e.latency_ns / 1e9, "pid": e.pid,
@@ -434,12 +439,22 @@ class BlockLatencyCollector(Collector):
             if len(over) < OVER_THRESHOLD_KEPT:
                 over.append(ev)
 
+    def _set_window(self, start_ns: int, end_ns: int = NEVER) -> None:
+        """The span whose completions the program records (block_latency.c window_ns)."""
+        window = self._prog["window_ns"]
+        window[ctypes.c_int(1)] = ctypes.c_uint64(end_ns)
+        window[ctypes.c_int(0)] = ctypes.c_uint64(start_ns)
+
     def begin(self, t0: float) -> None:
         prog = self._prog
-        prog.consume_ring_buffers()
-        self._counted_before = self._diskstats()   # read before the maps clear: see untimed()
+        self._set_window(NEVER, NEVER)       # record nothing while the maps are emptied
+        time.sleep(HANDLER_GRACE)
         prog.clear("hist", "stats", "counters", "outlier_counts", "floor_ns")
+        prog.consume_ring_buffers()           # start-up's events, dropped below
         self._slowest, self._over, self._floor_now, self._t0 = {}, {}, {}, t0
+        self._counted_before = self._diskstats()   # read before the window opens: see untimed()
+        self._window_start_ns = time.monotonic_ns()
+        self._set_window(self._window_start_ns)
         self._consumer = threading.Thread(target=self._consume, args=(prog,), name="block-outliers",
                                           daemon=True)
         self._consumer.start()
@@ -478,11 +493,13 @@ class BlockLatencyCollector(Collector):
         if prog is None:
             return
         self._stop_consumer()
-        prog.consume_ring_buffers()
+        self._set_window(self._window_start_ns, time.monotonic_ns())   # the window closes
+        counted_after = self._diskstats()           # read after it closed: see untimed()
+        time.sleep(HANDLER_GRACE)
+        prog.consume_ring_buffers()                 # every event of the window, as the maps hold it
         hists = prog.histograms(lambda k: (self._name(k.dev), op_name(k.op)))
         counters = prog.counters()
-        left_out = self._outliers_left_out(prog)    # read after the last events: see there
-        counted_after = self._diskstats()           # read after the maps: see untimed()
+        left_out = self._outliers_left_out(prog)
         self._resolve_owners()
 
         events: dict[tuple[str, str], list[dict]] = {}
@@ -525,8 +542,7 @@ class BlockLatencyCollector(Collector):
     def _outliers_left_out(self, prog: BpfProgram) -> dict[tuple[str, str], "LeftOut"]:
         """Per (device, op), the I/Os the evidence should show and does not: those the ring
         buffer had no room for, and those over the check's threshold past OVER_THRESHOLD_KEPT.
-        Read after the last events are drained: an I/O that completes in between is counted
-        as left out, so the figure errs high, never low."""
+        Exact: the window closed in the kernel before the events were drained and the counts read."""
         kept: dict[tuple[int, int], int] = {}
         for dev, over in self._over.items():
             for ev in over:
