@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -79,8 +80,10 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
 
 
 # pytest's own plugins a policy run has no use for (each costs start-up time): doctests,
-# pastebin uploads, py.path fixtures, --stepwise
-NOT_NEEDED = ("-p", "no:doctest", "-p", "no:pastebin", "-p", "no:legacypath", "-p", "no:stepwise")
+# pastebin uploads, py.path fixtures, --stepwise, and the unraisable-exception warnings, whose
+# full garbage collection after the session takes seconds once a replay holds millions of objects
+NOT_NEEDED = ("-p", "no:doctest", "-p", "no:pastebin", "-p", "no:legacypath", "-p", "no:stepwise",
+              "-p", "no:unraisableexception")
 
 
 def _pytest_args(args: argparse.Namespace, private: Path) -> list[str]:
@@ -226,6 +229,10 @@ def _preload(paths: Sequence[str | None]) -> Preloaded | int:
         except ReportFormatError as exc:
             print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
+    if reports:
+        # a saved report lives until the run ends, and its millions of parsed objects hold no
+        # cycle: leave them out of every later collection (pytest's own included)
+        gc.freeze()
     return Preloaded(reports)
 
 

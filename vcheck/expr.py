@@ -19,6 +19,7 @@ Syntax errors carry the 0-based column of the offending token.
 """
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ class Comparison:
     value_col: int = 0
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """As the policy said it, made once (every entity's measurement names it)."""
         return f"{self.stat + ' ' if self.stat else ''}{self.op} {self.value}"
 
 
@@ -69,6 +75,11 @@ class Outliers:
     value_col: int = 0
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """As the policy said it, made once (every entity's measurement names it)."""
         return f"count({self.inner_op} {self.threshold}) {self.op} {self.limit:g}"
 
 

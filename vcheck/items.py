@@ -54,6 +54,7 @@ class CheckItem(pytest.Item):
         self.labels = dict(labels) if labels is not None else None
         self.policy = policy
         self.verdict: Verdict | None = None
+        self._record: tuple[Verdict | None, dict[str, Any]] | None = None   # result_record's, per verdict
 
     @property
     def identity(self) -> str:
@@ -114,8 +115,17 @@ class CheckItem(pytest.Item):
         return self.path, self.check.line - 1, f"{self.policy.name}::{self.name}"
 
     def result_record(self) -> dict[str, Any]:
-        """This item's result as the reports carry it (plain data: reporters never see items)."""
+        """This item's result as the reports carry it (plain data: reporters never see items).
+        Made once per verdict: each phase's report carries it, and an item of a dense node
+        judges 100,000 entities."""
         v = self.verdict
+        if self._record is not None and self._record[0] is v:
+            return self._record[1]
+        record = self._record_of(v)
+        self._record = (v, record)
+        return record
+
+    def _record_of(self, v: Verdict | None) -> dict[str, Any]:
         return {
             "id": self.identity, "nodeid": self.nodeid, "file": str(self.path), "policy": self.policy.name,
             "check": self.check.id,

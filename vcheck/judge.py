@@ -8,6 +8,7 @@ vanished or too-thin data into skip / fail / inconclusive as the check's ``on_mi
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from dataclasses import dataclass
 from typing import Mapping
@@ -41,11 +42,15 @@ class SeriesView:
 
     def __init__(self, obs: Observation, window: float, slack: float = 0.0):
         """Samples taken within `window` (+ `slack` for timer jitter on the last one)."""
+        weighted = len(obs.weights) == len(obs.values)
+        if not obs.times or max(obs.times) <= window + slack:     # all of it (the common case): no copy
+            self.times, self.values, self.spans = obs.times, obs.values, obs.spans
+            self.weights = obs.weights if weighted else obs.spans
+            return
         keep = [i for i, t in enumerate(obs.times) if t <= window + slack]
         self.times = [obs.times[i] for i in keep]
         self.values = [obs.values[i] for i in keep]
         self.spans = [obs.spans[i] for i in keep]
-        weighted = len(obs.weights) == len(obs.values)
         self.weights = [obs.weights[i] for i in keep] if weighted else self.spans
 
     def stat(self, name: str, window: float) -> _Value:
@@ -64,7 +69,7 @@ class SeriesView:
             return _Value(float(len(v)))
         if name == "mean":
             total = sum(self.weights)
-            return _Value(sum(x * w for x, w in zip(v, self.weights)) / total if total > 0 else sum(v) / len(v))
+            return _Value(sum(map(operator.mul, v, self.weights)) / total if total > 0 else sum(v) / len(v))
         if name in E.PERCENTILES:
             ordered = sorted(v)
             rank = max(1, math.ceil(E.PERCENTILES[name] * len(ordered)))

@@ -78,10 +78,10 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         if config.option.vcheck_replay:
             path = config.option.vcheck_replay
-            state.replay = store_from_report(saved(path), path)
+            state.replay = store_from_report(saved(path), path, checked=True)
         if config.option.vcheck_baseline:
             path = config.option.vcheck_baseline
-            state.baseline = store_from_report(saved(path), path)
+            state.baseline = store_from_report(saved(path), path, checked=True)
         if config.option.vcheck_waivers:
             state.waivers = load_waivers(config.option.vcheck_waivers)
     except (ReportFormatError, UsageError) as exc:

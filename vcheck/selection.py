@@ -15,6 +15,7 @@ Two kinds of label meet here:
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Mapping, Sequence
 
 from .model import MetricSpec
@@ -58,11 +59,17 @@ def tree_depth(label: str, selections: Iterable[Sequence[Selector]]) -> int:
     return min(depth, MAX_TREE_DEPTH)
 
 
+@functools.lru_cache(maxsize=256)
+def _select_depth(label: str, select: tuple[Selector, ...]) -> int:
+    """tree_depth of one check's select: (asked once per entity of a check judging thousands)."""
+    return tree_depth(label, [select])
+
+
 def selected(check: Check, entity: Labels) -> bool:
     """Whether `entity` (identity labels and descriptive attributes) passes the check's select:."""
     tree = check.metric.hierarchy
     if tree and entity.get(tree) is not None:
-        if len([p for p in entity[tree].split("/") if p]) > tree_depth(tree, [check.select]):
+        if len([p for p in entity[tree].split("/") if p]) > _select_depth(tree, tuple(check.select)):
             return False
     data_only = check.metric.data_only_labels
     for s in check.select:

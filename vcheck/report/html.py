@@ -476,10 +476,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if render:
         from ..errors import ReportFormatError
         from .json_report import read_report
-        from .json_report import store_from_report
         try:
-            saved = read_report(render)
-            store_from_report(saved, render)      # the observations, checked field by field
+            saved = read_report(render)      # every field the page draws checked there
         except ReportFormatError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(HtmlEvidence(config, saved), HTML_PLUGIN)

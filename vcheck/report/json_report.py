@@ -28,7 +28,8 @@ All values are in the metric's base unit: seconds, bytes, percent (0-100), count
 """
 from __future__ import annotations
 
-import io
+import array
+import gc
 import json
 import math
 import time
@@ -36,9 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+try:
+    import msgspec
+except ImportError:      # the standard library reads and writes every report too, more slowly
+    msgspec = None
+
 from .. import __version__
 from ..errors import ReportFormatError
-from ..evidence import printable, public_info, redact_tree
+from ..evidence import _SURROGATE_RE, clean_text, printable, public_info, redact_tree
 from ..histogram import MAX_INDEX, SUB, Histogram
 from ..model import LAYERS
 from ..observations import Observation, ObservationStore, labels_of
@@ -130,102 +136,61 @@ def layers_observed(store: ObservationStore | None, layer_of: Mapping[str, str])
     return out
 
 
-_STR = json.encoder.encode_basestring_ascii   # json.dumps' own string encoder (C)
+def dumps(report: dict[str, Any]) -> bytearray:
+    """The report as JSON bytes: one line per top-level field, and one per result and per
+    observation (a 100,000-observation report stays a file grep, head and jq -c read line by
+    line). NaN and Infinity are written as null; anything else JSON has no word for, as its
+    str(). Encoded into one buffer, piece by piece: the text is never held twice."""
+    buf = bytearray()
+    if not isinstance(report, dict) or not report:
+        _encode_into(report, buf)
+        buf += b"\n"
+        return buf
+    buf += b"{"
+    for i, (k, v) in enumerate(report.items()):
+        buf += b",\n" if i else b"\n"
+        _encode_into(k if isinstance(k, str) else str(k), buf)
+        buf += b": "
+        if k in ("observations", "results") and isinstance(v, list) and v:
+            buf += b"[\n"
+            for j, x in enumerate(v):
+                if j:
+                    buf += b",\n"
+                _encode_into(x, buf)
+            buf += b"\n]"
+        else:
+            _encode_into(v, buf)
+    buf += b"\n}\n"
+    return buf
 
 
-def _number(x: float) -> str:
-    """Standard JSON has no NaN or Infinity: such a figure is written as null."""
-    return float.__repr__(x) if math.isfinite(x) else "null"
-
-
-def _key(k: Any) -> str:
-    if isinstance(k, str):
-        return _STR(k)
-    if isinstance(k, float):
-        if not math.isfinite(k):
-            raise ValueError(f"Out of range float values are not JSON compliant: {k!r}")
-        return _STR(float.__repr__(k))
-    if k is True or k is False or k is None:
-        return _STR({True: "true", False: "false", None: "null"}[k])
-    if isinstance(k, int):
-        return _STR(int.__repr__(k))
-    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
-
-
-def _encode(x: Any, level: int, out: list[str]) -> None:
-    """x as json.dumps(x, indent=1, default=str, allow_nan=False) writes it, byte for byte, but
-    a series (a list of floats, most of a report) in one piece rather than a call per number
-    (json's indenting encoder has no C path: a 100,000-series report took minutes)."""
-    if isinstance(x, str):
-        out.append(_STR(x))
-    elif x is None:
-        out.append("null")
-    elif x is True:
-        out.append("true")
-    elif x is False:
-        out.append("false")
-    elif isinstance(x, int):
-        out.append(int.__repr__(x))
-    elif isinstance(x, float):
-        out.append(_number(x))
-    elif isinstance(x, (list, tuple)):
-        if not x:
-            out.append("[]")
+def _encode_into(x: Any, buf: bytearray) -> None:
+    """One value as compact JSON at the end of buf: msgspec's encoder where it is installed and
+    takes the value, the standard library's otherwise (a lone surrogate, no msgspec)."""
+    if _ENCODER is not None:
+        end = len(buf)
+        try:
+            _ENCODER.encode_into(x, buf, -1)
             return
-        pad = "\n" + " " * (level + 1)
-        if all(type(v) is float for v in x):
-            text = map(float.__repr__, x) if all(map(math.isfinite, x)) else map(_number, x)
-            out.append("[" + pad + ("," + pad).join(text) + "\n" + " " * level + "]")
-            return
-        out.append("[" + pad)
-        for i, v in enumerate(x):
-            if i:
-                out.append("," + pad)
-            _encode(v, level + 1, out)
-        out.append("\n" + " " * level + "]")
-    elif isinstance(x, dict):
-        if not x:
-            out.append("{}")
-            return
-        pad = "\n" + " " * (level + 1)
-        out.append("{" + pad)
-        first = True
-        for k, v in x.items():
-            if not first:
-                out.append("," + pad)
-            first = False
-            out.append(_key(k) + ": ")
-            _encode(v, level + 1, out)
-        out.append("\n" + " " * level + "}")
-    else:
-        _encode(str(x), level, out)     # default=str
+        except (TypeError, ValueError, OverflowError):
+            del buf[end:]
+    buf += json.dumps(_finite(x), separators=(",", ":"), default=str).encode()
 
 
-def dumps(report: dict[str, Any]) -> bytes:
-    """The report as JSON bytes (indent 1; NaN and Infinity as null), encoded an observation at
-    a time: the text is never held twice."""
-    buf = io.BytesIO()
-    if isinstance(report, dict) and report:
-        buf.write(b"{")
-        for i, (k, v) in enumerate(report.items()):
-            out = [("," if i else "") + "\n " + _key(k) + ": "]
-            if k == "observations" and isinstance(v, list) and v:
-                out.append("[")
-                buf.write("".join(out).encode())
-                for j, o in enumerate(v):
-                    piece = [("," if j else "") + "\n  "]
-                    _encode(o, 2, piece)
-                    buf.write("".join(piece).encode())
-                buf.write(b"\n ]")
-                continue
-            _encode(v, 1, out)
-            buf.write("".join(out).encode())
-        buf.write(b"\n}\n")
-    else:
-        out = []
-        _encode(report, 0, out)
-        buf.write(("".join(out) + "\n").encode())
-    return buf.getvalue()
+def _encodable(x: Any) -> Any:
+    """msgspec's hook for what it has no JSON for: a series kept as an array is its list."""
+    return x.tolist() if isinstance(x, array.array) else str(x)
+
+
+def _finite(x: Any) -> Any:
+    """x with NaN and Infinity as None (standard JSON has neither), for the standard encoder."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, array.array)):
+        return [_finite(v) for v in x]
+    return x
 
 
 # --- reading a saved report (untrusted input) --------------------------------------------
@@ -239,8 +204,9 @@ def _given(d: dict[str, Any], key: str, default: Any) -> Any:
 class _Shape:
     """Checks one report's structure, naming the first bad field by its JSON path."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, series_checked: bool = False):
         self.path = path
+        self.series_checked = series_checked     # the typed parse checked the observations
 
     def fail(self, where: str, what: str) -> ReportFormatError:
         return ReportFormatError(f"{self.path}: {where}: {what}")
@@ -317,33 +283,51 @@ class _Shape:
             return xs
         return [self.num(x, where) for x in xs]   # type: ignore[misc]
 
-    def observation(self, v: Any, where: str) -> Observation:
+    def observation(self, v: Any, where: str) -> None:
+        """An observation; its series are left as floats in v (what store_from_report takes)."""
         d = self.obj(v, where)
-        times = self.numbers(_given(d, "times", []), f"{where}.times")
-        values = self.numbers(_given(d, "values", []), f"{where}.values")
-        spans = self.numbers(_given(d, "spans", []), f"{where}.spans")
-        weights = self.numbers(_given(d, "weights", []), f"{where}.weights")
-        if not len(times) == len(values) == len(spans) or weights and len(weights) != len(values):
-            raise self.fail(where, f"times, values, spans (and weights) differ in length ({len(times)}, "
-                                   f"{len(values)}, {len(spans)}, {len(weights)})")
+        if self.series_checked:
+            self.observation_rest(d, where)
+            return
+        for k in SERIES_KEYS:
+            d[k] = self.numbers(_given(d, k, []), f"{where}.{k}")
+        self.lengths(d, where)
         events = self.lst(_given(d, "events", []), f"{where}.events", 100_000)
         for i, e in enumerate(events):
             self.obj(e, f"{where}.events[{i}]")
-        notes = [self.text(n, f"{where}.notes") for n in self.lst(_given(d, "notes", []), f"{where}.notes", 10_000)]
-        culprits = [self.culprit(c, f"{where}.culprits[{i}]")
-                    for i, c in enumerate(self.lst(_given(d, "culprits", []), f"{where}.culprits", MAX_CULPRITS))]
-        return Observation(
-            metric=self.text(d.get("metric"), f"{where}.metric"),
-            labels=labels_of(self.strmap(d.get("labels"), f"{where}.labels")),
-            info=self.strmap(d.get("info"), f"{where}.info"),
-            times=times, values=values, spans=spans, weights=weights,   # type: ignore[arg-type]
-            histogram=self.histogram(d["histogram"], f"{where}.histogram") if d.get("histogram") is not None else None,
-            events=events, notes=notes,
-            gone_at=self.num(d.get("gone_at"), f"{where}.gone_at", optional=True),
-            gone_reason=self.text(d.get("gone_reason"), f"{where}.gone_reason", optional=True),
-            blind=self.text(d.get("blind"), f"{where}.blind", optional=True), culprits=culprits,
-            unseen=self.count(_given(d, "unseen", 0), f"{where}.unseen"),
-            unseen_seconds=self.seconds(d.get("unseen_seconds"), f"{where}.unseen_seconds"))
+        for n in self.lst(_given(d, "notes", []), f"{where}.notes", 10_000):
+            self.text(n, f"{where}.notes")
+        for i, c in enumerate(self.lst(_given(d, "culprits", []), f"{where}.culprits", MAX_CULPRITS)):
+            self.culprit(c, f"{where}.culprits[{i}]")
+        self.text(d.get("metric"), f"{where}.metric")
+        d["labels"] = self.strmap(d.get("labels"), f"{where}.labels")
+        d["info"] = self.strmap(d.get("info"), f"{where}.info")
+        if d.get("histogram") is not None:
+            self.histogram(d["histogram"], f"{where}.histogram")
+        self.num(d.get("gone_at"), f"{where}.gone_at", optional=True)
+        self.text(d.get("gone_reason"), f"{where}.gone_reason", optional=True)
+        self.text(d.get("blind"), f"{where}.blind", optional=True)
+        self.count(_given(d, "unseen", 0), f"{where}.unseen")
+        self.seconds(d.get("unseen_seconds"), f"{where}.unseen_seconds")
+
+    def observation_rest(self, d: dict[str, Any], where: str) -> None:
+        """What the typed parse cannot say of an observation: a metric is there, the series
+        are as long as each other, the histogram and culprits hold what renderers read."""
+        self.text(d.get("metric"), f"{where}.metric")
+        for k in SERIES_KEYS:
+            if d.get(k) is None:
+                d[k] = []
+        self.lengths(d, where)
+        if d.get("histogram") is not None:
+            self.histogram(d["histogram"], f"{where}.histogram")
+        for i, c in enumerate(d.get("culprits") or ()):
+            self.culprit(c, f"{where}.culprits[{i}]")
+
+    def lengths(self, d: dict[str, Any], where: str) -> None:
+        times, values, spans, weights = d["times"], d["values"], d["spans"], d["weights"]
+        if not len(times) == len(values) == len(spans) or weights and len(weights) != len(values):
+            raise self.fail(where, f"times, values, spans (and weights) differ in length ({len(times)}, "
+                                   f"{len(values)}, {len(spans)}, {len(weights)})")
 
     def culprit(self, v: Any, where: str) -> dict[str, Any]:
         """A culprit as observation_json writes it; the fields evidence renders are typed."""
@@ -524,17 +508,20 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
         raise ReportFormatError(f"{path}: too large to read: {values:,} values (at most {MAX_VALUES:,})")
     if objects > MAX_OBJECTS:
         raise ReportFormatError(f"{path}: too large to read: {objects:,} objects (at most {MAX_OBJECTS:,})")
+    # the parse makes millions of objects the collector has no garbage to find in: one
+    # collection at the end instead of hundreds over a heap that keeps growing
+    paused = gc.isenabled()
+    gc.disable()
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise ReportFormatError(f"{path}:{exc.lineno}:{exc.colno}: not a readable JSON report ({exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise ReportFormatError(f"{path}: not a readable JSON report (not UTF-8 at byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        why = "a number of more than 4,300 digits" if "digits" in str(exc) else str(exc)[:120]
-        raise ReportFormatError(f"{path}: not a readable JSON report ({why})") from None
+        data = _typed_parse(raw)
+        series_checked = data is not None
+        if data is None:
+            data = _plain_parse(raw, path)
+    finally:
+        if paused:
+            gc.enable()
     try:
-        depth = max_depth(data)
+        depth = max_depth(data, skip_series=series_checked)
         if depth > MAX_DEPTH:
             raise ValueError(f"nested {depth} levels deep (at most {MAX_DEPTH})")
     except (ValueError, RecursionError) as exc:
@@ -545,11 +532,49 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     if version != VERSION or isinstance(version, bool) or not isinstance(version, int):
         raise ReportFormatError(f"{path}: report format version {version!r:.40}; "
                                 f"this vcheck reads version {VERSION}")
-    _Shape(path).report(data)
+    _Shape(path, series_checked).report(data)
     if data.get("node") is None:
         data["node"] = {}          # every reader takes the node as an object
     _labels_as_text(data)
-    return redact_tree(data)
+    if not series_checked:
+        return redact_tree(data)
+    # the observations were typed by the parse: redact the rest of the report as a tree, and
+    # in each observation only the fields that hold text (not its series: most of the report)
+    observations = data.pop("observations", None)
+    redact_tree(data)
+    if observations is not None:
+        for o in observations:
+            _redact_observation(o)
+        data["observations"] = observations
+    return data
+
+
+def _redact_observation(o: dict[str, Any]) -> None:
+    """redact_tree of one typed observation (see _typed_decoder), its series not walked."""
+    for k, v in o.items():
+        if type(v) is str:
+            o[k] = clean_text(v)
+        elif type(v) is dict and k in ("labels", "info"):
+            if _SURROGATE_RE.search("".join(v)):
+                redact_tree(v)
+            else:
+                o[k] = {name: clean_text(x) for name, x in v.items()}
+        elif v and k not in SERIES_KEYS and isinstance(v, (dict, list)):
+            redact_tree(v)
+
+
+def _plain_parse(raw: bytes, path: str) -> Any:
+    """The standard library's parser: every report it can read, and one precise line for
+    every one it cannot (the typed parse leaves both to it)."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise ReportFormatError(f"{path}:{exc.lineno}:{exc.colno}: not a readable JSON report ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise ReportFormatError(f"{path}: not a readable JSON report (not UTF-8 at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        why = "a number of more than 4,300 digits" if "digits" in str(exc) else str(exc)[:120]
+        raise ReportFormatError(f"{path}: not a readable JSON report ({why})") from None
 
 
 def _labels_as_text(data: dict[str, Any]) -> None:
@@ -565,8 +590,25 @@ def _labels_as_text(data: dict[str, Any]) -> None:
                 m[k] = str(v)
 
 
-def max_depth(data: Any) -> int:
-    """Nesting depth of parsed JSON, walked without recursion."""
+def max_depth(data: Any, skip_series: bool = False) -> int:
+    """Nesting depth of parsed JSON, walked without recursion. skip_series: the observations
+    were typed by the parse (series of floats, labels and info of strings), so only what may
+    nest in them (events, culprits, a histogram) is walked."""
+    if skip_series and isinstance(data, dict) and isinstance(data.get("observations"), list):
+        observations = data["observations"]
+        rest = _depth({k: v for k, v in data.items() if k != "observations"})
+        deepest = max(rest, 2 if observations else 1)
+        for o in observations:
+            deepest = max(deepest, 3)
+            for k in ("events", "culprits", "histogram"):
+                v = o.get(k)
+                if v:
+                    deepest = max(deepest, 3 + _depth(v))
+        return deepest
+    return _depth(data)
+
+
+def _depth(data: Any) -> int:
     deepest, stack = 0, [(data, 1)]
     while stack:
         v, d = stack.pop()
@@ -580,12 +622,28 @@ def max_depth(data: Any) -> int:
     return deepest
 
 
-def store_from_report(report: dict[str, Any], path: str = "report") -> ObservationStore:
-    """The observations of a saved run, as a store items can judge (replays, baselines)."""
+def store_from_report(report: dict[str, Any], path: str = "report", checked: bool = False) -> ObservationStore:
+    """The observations of a saved run, as a store items can judge (replays, baselines).
+    checked: report is what parse_report returned, its fields checked there (not again)."""
     shape = _Shape(path)
     store = ObservationStore()
-    for i, d in enumerate(shape.lst(_given(report, "observations", []), "observations")):
-        store.put(shape.observation(d, f"observations[{i}]"))
+    put = store.put
+    observations = shape.lst(_given(report, "observations", []), "observations")
+    if not checked:
+        for i, d in enumerate(observations):
+            shape.observation(d, f"observations[{i}]")
+    for i, d in enumerate(observations):
+        hist = d.get("histogram")
+        put(Observation(
+            metric=d["metric"], labels=tuple(sorted((d.get("labels") or {}).items())),   # strings: checked
+            info=dict(d.get("info") or {}),
+            times=d["times"], values=d["values"], spans=d["spans"], weights=d["weights"],
+            histogram=shape.histogram(hist, f"observations[{i}].histogram") if hist is not None else None,
+            events=_given(d, "events", []), notes=_given(d, "notes", []),
+            gone_at=float(d["gone_at"]) if d.get("gone_at") is not None else None,
+            gone_reason=d.get("gone_reason") or "", blind=d.get("blind") or "",
+            culprits=_given(d, "culprits", []), unseen=_given(d, "unseen", 0),
+            unseen_seconds=float(d["unseen_seconds"]) if d.get("unseen_seconds") is not None else None))
     store.unavailable.update(shape.strmap(report.get("unavailable"), "unavailable"))
     w = report.get("window") or {}
     store.window.start_wall = w.get("start") or 0.0
@@ -593,3 +651,54 @@ def store_from_report(report: dict[str, Any], path: str = "report") -> Observati
     store.window.duration = w.get("observed") or 0.0
     store.window.interrupted = bool(w.get("interrupted"))
     return store
+
+
+# --- the typed parse: a report as vcheck writes it, checked while it is parsed -----------
+
+SERIES_KEYS = frozenset(("times", "values", "spans", "weights"))
+
+
+def _typed_decoder() -> Any:
+    """msgspec's decoder with the observations typed as _Shape.observation checks them (the
+    bulk of a report: its series are checked in C while parsed); everything else is checked
+    by _Shape after. None without msgspec."""
+    if msgspec is None:
+        return None
+    from typing import Annotated, TypedDict
+    finite = Annotated[float, msgspec.Meta(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+    series = Annotated[list[finite], msgspec.Meta(max_length=MAX_SERIES)]
+    texts = Annotated[list[str], msgspec.Meta(max_length=10_000)]
+    records = Annotated[list[dict[str, Any]], msgspec.Meta(max_length=100_000)]
+    seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_MAGNITUDE)]
+
+    Obs = TypedDict("Obs", {
+        "metric": str, "labels": dict[str, str], "info": dict[str, str],
+        "times": series, "values": series, "spans": series, "weights": series,
+        "histogram": Any, "events": records, "notes": texts,
+        "gone_at": finite | None, "gone_reason": str | None, "blind": str | None,
+        "culprits": Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_CULPRITS)],
+        "unseen": Annotated[int, msgspec.Meta(ge=0, le=MAX_INT - 1)], "unseen_seconds": seconds | None,
+    }, total=False)
+    Report = TypedDict("Report", {k: Any for k in TOP_LEVEL_KEYS} | {"observations": list[Obs] | None},
+                       total=False)
+    return msgspec.json.Decoder(Report)
+
+
+# every field a report of this version has at the top level: the typed parse keeps these
+TOP_LEVEL_KEYS = ("format", "version", "vcheck", "created", "exit_status", "node", "policies", "window",
+                  "unavailable", "results", "collector_notes", "cost", "interrupted_by")
+_DECODER = _typed_decoder()
+_ENCODER = msgspec.json.Encoder(enc_hook=_encodable) if msgspec is not None else None
+
+
+def _typed_parse(raw: bytes) -> dict[str, Any] | None:
+    """The report parsed with its observations checked, or None: no msgspec, or anything it
+    refuses (malformed, another shape, a foreign field), which the plain parse then reads or
+    names precisely."""
+    if _DECODER is None:
+        return None
+    try:
+        data = _DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return data

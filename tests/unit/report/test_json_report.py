@@ -131,10 +131,17 @@ def test_a_report_beyond_its_bounds_is_refused_before_parsing(body, bound):
     assert str(e.value).startswith("big.json: too large to read: ") and str(e.value).endswith(bound)
 
 
-def test_dumps_writes_json_dumps_bytes():
-    """The report's own encoder (a series in one piece) writes what json.dumps(indent=1) does,
-    non-finite figures as null."""
+@pytest.mark.parametrize("fast", [True, False], ids=["msgspec", "stdlib"])
+def test_dumps_writes_what_json_reads(monkeypatch, fast):
+    """The report's encoder (msgspec's, or the standard library's where msgspec is absent or
+    refuses a value) writes standard JSON: non-finite figures as null, other values by str();
+    one line per top-level field, result and observation."""
     import enum
+
+    from vcheck.report import json_report
+
+    if not fast:
+        monkeypatch.setattr(json_report, "_ENCODER", None)
 
     class Word(str, enum.Enum):
         FAIL = "fail"
@@ -146,8 +153,48 @@ def test_dumps_writes_json_dumps_bytes():
     report = {"a": [1.5, -0.0, 1e300, 2], "b": {"c": [], "d": {}, "e": (1, "x"), 3: None, 2.5: True},
               "observations": [{"times": [0.1, 0.2], "values": [math.nan, math.inf], "s": "caf\u00e9\n\"",
                                 "w": Word.FAIL, "t": Thing()}, {}], "z": [[1.0], [{"k": [0.5]}], False]}
-    expected = {"a": [1.5, -0.0, 1e300, 2], "b": {"c": [], "d": {}, "e": [1, "x"], 3: None, 2.5: True},
+    expected = {"a": [1.5, -0.0, 1e300, 2], "b": {"c": [], "d": {}, "e": [1, "x"], "3": None, "2.5": True},
                 "observations": [{"times": [0.1, 0.2], "values": [None, None], "s": "caf\u00e9\n\"", "w": "fail",
                                   "t": "thing"}, {}], "z": [[1.0], [{"k": [0.5]}], False]}
-    assert dumps(report) == (json.dumps(expected, indent=1) + "\n").encode()
-    assert dumps({}) == b"{}\n" and dumps({"observations": []}) == b'{\n "observations": []\n}\n'
+    text = dumps(report)
+    assert json.loads(text) == expected
+    lines = text.decode().splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and len(lines) == 1 + 2 + 4 + 1 + 1   # a, b, [obs obs], z
+    assert lines[3] == '"observations": [' and json.loads(lines[4].rstrip(",")) == expected["observations"][0]
+    assert dumps({}) == b"{}\n" and json.loads(dumps({"observations": []})) == {"observations": []}
+    lone = dumps({"s": "\ud800"})            # msgspec refuses a lone surrogate: the fallback writes it
+    assert json.loads(lone) == {"s": "\ud800"}
+
+
+@pytest.mark.parametrize("path,value", CRAFTED, ids=[f"{p}={v!r}"[:40] for p, v in CRAFTED])
+def test_the_typed_parse_refuses_what_the_plain_one_does(monkeypatch, path, value):
+    """The typed parse (msgspec) is a fast path only: a crafted report gets the same one line
+    with it as without it (every refusal is worded by the plain parse and _Shape)."""
+    from vcheck.report import json_report
+
+    raw = json.dumps(_set(_valid(), path, value)).encode()
+    with pytest.raises(ReportFormatError) as fast:
+        json_report.parse_report(raw, "r.json")
+    monkeypatch.setattr(json_report, "_DECODER", None)
+    with pytest.raises(ReportFormatError) as plain:
+        json_report.parse_report(raw, "r.json")
+    assert str(fast.value) == str(plain.value)
+
+
+def test_the_typed_and_plain_parse_read_a_report_alike(monkeypatch):
+    """A report as vcheck writes it takes the typed path, and reads as the plain parse reads
+    it: the same fields, the same store (series as floats, labels as text, strings redacted)."""
+    from vcheck.report import json_report
+
+    d = _valid()
+    d["observations"][0]["info"]["cmdline"] = "mysql -p hunter2"
+    d["observations"][0]["values"] = [int(x) for x in d["observations"][0]["values"]]   # ints read as floats
+    raw = json.dumps(d).encode()
+    assert json_report._typed_parse(raw) is not None
+    fast = json_report.parse_report(raw, "r.json")
+    monkeypatch.setattr(json_report, "_DECODER", None)
+    plain = json_report.parse_report(raw, "r.json")
+    assert fast == plain and "hunter2" not in json.dumps(fast)
+    a = store_from_report(fast, "r.json", checked=True).all()
+    b = store_from_report(plain, "r.json", checked=True).all()
+    assert a == b and all(type(x) is float for o in a for x in o.values)
