@@ -85,10 +85,12 @@ def vm_identity(argv: list[str], comm: str, pid: int) -> tuple[str, str, str, st
 # --- discovery ----------------------------------------------------------------------------
 def _fds(proc: Path, pid: int, denied: list[int] | None = None) -> dict[int, str]:
     """fd number -> link target, read once per process and used for both VM and vCPU tests.
-    A process whose fds we may not read is appended to `denied`."""
+    A process whose fds we may not read is appended to `denied`. (Paths as strings here and
+    below: discovery looks at every process on the host, and a Path per file costs more than
+    the file.)"""
     out = {}
     try:
-        with os.scandir(proc / str(pid) / "fd") as it:
+        with os.scandir(f"{proc}/{pid}/fd") as it:
             for e in it:
                 try:
                     out[int(e.name)] = os.readlink(e.path)
@@ -102,10 +104,10 @@ def _fds(proc: Path, pid: int, denied: list[int] | None = None) -> dict[int, str
     return out
 
 
-def _syscall(task: Path) -> list[str]:
+def _syscall(task: str) -> list[str]:
     """/proc/.../syscall split: ['16', fd, cmd, ...] in a syscall, ['running'] on a CPU."""
     try:
-        return read_text(task / "syscall").split()
+        return read_text(f"{task}/syscall").split()
     except OSError:
         return []
 
@@ -127,7 +129,7 @@ def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -
     many vCPU fds the VM holds."""
     fds = _fds(proc, pid) if fds is None else fds
     vcpu_fds = {fd: int(t.rsplit(":", 1)[1]) for fd, t in fds.items() if t.startswith("anon_inode:kvm-vcpu:")}
-    base = proc / str(pid) / "task"
+    base = f"{proc}/{pid}/task"
     try:
         tids = sorted(int(t) for t in os.listdir(base))
     except OSError:
@@ -135,7 +137,7 @@ def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -
     comms = {}
     for tid in tids:
         try:
-            comms[tid] = read_text(base / str(tid) / "comm").strip()
+            comms[tid] = read_text(f"{base}/{tid}/comm").strip()
         except OSError:
             continue
     named = [VCpu(tid, i) for tid, comm in comms.items() if (i := _named_index(comm)) is not None]
@@ -151,7 +153,7 @@ def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -
         for tid, comm in comms.items():
             if comm.startswith("kvm-") or tid in in_run:   # kernel workers (kvm-nx-lpage-recovery, kvm-pit)
                 continue
-            task = base / str(tid)
+            task = f"{base}/{tid}"
             call = _syscall(task)
             if len(call) > 2 and call[0] == str(SYS_IOCTL_X86_64) and int(call[2], 16) == KVM_RUN:
                 fd = int(call[1], 16)
@@ -162,7 +164,7 @@ def find_vcpu_threads(proc: Path, pid: int, fds: dict[int, str] | None = None) -
             elif call[:1] == ["running"] and tid not in running_guest:
                 # a thread on a CPU shows no syscall; one that has run guest code is a vCPU
                 try:
-                    if parse_stat(read_text(task / "stat"))[1] > 0:
+                    if parse_stat(read_text(f"{task}/stat"))[1] > 0:
                         running_guest.append(tid)
                 except (OSError, IndexError, ValueError):
                     pass
@@ -192,8 +194,8 @@ def discover_vms(roots: HostRoots) -> list[VM]:
         if "anon_inode:kvm-vm" not in fds.values():
             continue
         try:
-            argv = [a for a in read_text(proc / str(pid) / "cmdline").split("\0") if a]
-            comm = read_text(proc / str(pid) / "comm").strip()
+            argv = [a for a in read_text(f"{proc}/{pid}/cmdline").split("\0") if a]
+            comm = read_text(f"{proc}/{pid}/comm").strip()
         except OSError:
             continue
         name, vmm, uuid, serial = vm_identity(argv, comm, pid)
