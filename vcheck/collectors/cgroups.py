@@ -332,15 +332,16 @@ class V2Files:
                 missing["memory"] = "the memory controller is not enabled for it"
             elif self.stat:
                 working = max(current - (_value(opt(self.stat) or b"", b"inactive_file ") or 0), 0)
-        mem_max = opt(self.max) if self.max else None
-        events = opt(self.events) if self.events else None
+        # a controller's other files only where it is enabled (their figures need it)
+        mem_max = opt(self.max) if self.max and current is not None else None
+        events = opt(self.events) if self.events and current is not None else None
         pids = None
         if self.pids:
             text = opt(self.pids)
             pids = None if text is None else int(text)
             if pids is None:
                 missing["pids"] = "the pids controller is not enabled for it"
-        pids_max = opt(self.pids_max) if self.pids_max else None
+        pids_max = opt(self.pids_max) if self.pids_max and pids is not None else None
         io_bytes = io_ops = None
         if self.io:
             io_text = opt(self.io)
