@@ -31,6 +31,7 @@ OPS = ("read", "write", "flush", "discard", "other")   # index = the op code in 
 SLOWEST_KEPT = 20           # the N slowest I/Os of each device in the window, always in the evidence
 # streamed and held: twice as many, since an fsync's empty preflush write folds into its flush
 SLOWEST_HELD = 2 * SLOWEST_KEPT
+IDLE_POLL_MS = 500         # how long the outlier drain sleeps when no record comes
 PREFLUSH_SLACK = 0.001      # s: an empty preflush completes right after the flush that served it
 ISSUE_SLACK = 5e-6          # s: ...timed from that flush's issue (event times are rounded to 1 us)
 OVER_THRESHOLD_KEPT = 1000  # per device: I/Os over a check's outlier threshold kept as evidence; more are counted
@@ -460,9 +461,14 @@ class BlockLatencyCollector(Collector):
         self._consumer.start()
 
     def _consume(self, prog: BpfProgram) -> None:
-        """Drain outliers every 50 ms and raise the floor as the slowest set fills."""
+        """Drain outliers as they come and raise the floor as the slowest set fills. A poll
+        returns as soon as a record is in, so the timeout only paces an idle disk: twice a
+        second (a wake-up every 50 ms was most of vcheck's CPU over a long window), and at the
+        window's planned end, so the final drain waits for no timeout."""
+        end = self._t0 + self.request.window
         while not self._consumer_stop.is_set():
-            prog.poll_ring_buffers(50)
+            left_ms = int((end - time.monotonic()) * 1000)
+            prog.poll_ring_buffers(min(IDLE_POLL_MS, left_ms + 5) if left_ms > 0 else 20)
             self._set_floors()
             self._resolve_owners()
 
