@@ -115,3 +115,20 @@ def test_an_fsyncs_preflush_write_folds_into_the_flush_shown_with_it():
     # a flush that is not shown leaves its write a row of its own
     rows = evidence_rows([], [preflush])
     assert rows == [preflush]
+
+
+def test_what_the_evidence_lacks_is_said_in_figures():
+    from vcheck.collectors.disk import OVER_THRESHOLD_KEPT, LeftOut
+
+    assert LeftOut(over=40, kept=40).notes("vda", "write", 1000) == []          # complete: nothing to say
+    past = LeftOut(over=OVER_THRESHOLD_KEPT + 250, kept=OVER_THRESHOLD_KEPT)
+    assert past.missing == 250
+    assert past.notes("vda", "write", 1000) == [
+        f"250 of the {OVER_THRESHOLD_KEPT + 250} write I/Os on vda over the outlier threshold (1µs) are not in "
+        f"the evidence: evidence keeps the first {OVER_THRESHOLD_KEPT} per device; the histogram counts them all"]
+    full = LeftOut(over=30, kept=20, lost=12)       # 10 over the threshold lost, 2 below it
+    lost, missing = full.notes("sdb", "flush", 1000)
+    assert lost.startswith("12 flush I/O events on sdb not recorded: ring buffer full")
+    assert missing.startswith("10 of the 30 flush I/Os on sdb over the outlier threshold (1µs) are not in the evidence: "
+                              "the ring buffer was full for 12")
+    assert LeftOut(lost=3).notes("sdb", "read", None)[0].startswith("3 read I/O events on sdb not recorded")
