@@ -288,10 +288,12 @@ def bench_vms(sizes: list[int], rounds: int, vcpus: int = 8, spin: bool = False)
           f"{3 * last['vms'] + 4 * last['vcpus']}); BPF: {last['bpf'] or 'none loaded'}")
     marginal = [r[2] - base["rss"] for r in rows]
     names = {"cpu_sample": "vcpu.cpu sample", "kvm_sample": "kvm sample", "kvm_stop": "kvm stop"}
-    memory = "flat (under 1 MB above the 1-guest run)"
-    if min(marginal) >= 1:
+    if max(marginal) >= 0.05 * base["rss"]:
         fit["memory"] = exponent(found, marginal)
         memory = f"{fit['memory']:.2f}"
+    else:   # MB-resolution noise on top of the programs' loading: a fit would be of the noise
+        memory = (f"not fitted ({marginal[-1]:+.0f} MB at {found[-1]} VMs, under 5 % of the "
+                  f"{base['rss']:.0f} MB peak the 1-guest run reaches)")
     print("  growth exponent: " + ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in fit.items() if k != "memory")
           + f", memory {memory}")
     print(f"  (memory: peak RSS above the 1-guest run's, {' / '.join(f'{m:+.0f}' for m in marginal)} MB; discovery "
