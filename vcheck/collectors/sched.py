@@ -27,7 +27,9 @@ RUNQ_TRACEPOINTS = (
 )
 
 CULPRIT_FLAGS = ("-DVCHK_CULPRITS",)                 # per-CPU victims, beside the histogram
-WATCH_FLAGS = ("-DVCHK_WATCH", "-DVCHK_NO_HIST")    # watched tids only (vCPU threads)
+# watched tids only (vCPU threads): VCHK_NO_HIST implies VCHK_WATCH in the source, so set-up
+# prebuilds this variant under this name (a -DVCHK_WATCH beside it named one never built: bcc)
+WATCH_FLAGS = ("-DVCHK_NO_HIST",)
 UNATTRIBUTED = 0xFFFFFFFF   # bpf/runq_latency.c: the part of a wait older than the CPU's history
 VICTIM_CPU, VICTIM_TASK = 0, 1   # bpf/runq_latency.c: whose wait a culprit's time is
 RING_SLOTS = 64             # bpf/runq_latency.c: segments of history kept per CPU
