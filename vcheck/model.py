@@ -30,6 +30,11 @@ class OnMissing(StrEnum):
 
 # A guest metric comes from the node's own /proc: when it is missing something is broken, so
 # fail. A node need not host VMs or containers: skip.
+# info key (+ the op or other part) under which a source says how many events its evidence
+# should hold and does not (its budget spent, its buffer full): a Python check reading the
+# events then cannot pass on them (observe.Observed.events)
+EVENTS_LEFT_OUT = "events_left_out."
+
 DEFAULT_ON_MISSING = {Layer.GUEST: OnMissing.FAIL, Layer.HYPERVISOR: OnMissing.SKIP,
                       Layer.CONTAINER: OnMissing.SKIP}
 

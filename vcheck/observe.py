@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import pytest
 
 from .histogram import Histogram
+from .model import EVENTS_LEFT_OUT
 from .units import format_value, parse_quantity
 
 MARKER = "vcheck_observe"
@@ -65,7 +66,20 @@ class Observed:
     # the evidence a YAML item on the same entity shows: who held the CPU while it waited, the
     # slowest events (what explain and the HTML pages draw for either kind of check)
     culprits: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    recorded_events: list[dict[str, Any]] = field(default_factory=list)
+    # events the source should have kept as evidence and could not (its budget was spent, its
+    # buffer full): the observations' info model.EVENTS_LEFT_OUT*, summed
+    events_left_out: int = 0
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The outliers as evidence. Incomplete, they cannot carry a verdict: an assert that
+        finds nothing among them would pass on the very events left out."""
+        if self.events_left_out:
+            pytest.fail(f"vcheck: {self.metric} [{', '.join(self.entities) or 'node'}]: the evidence lacks "
+                        f"{self.events_left_out} of its events (its notes say which): judge the histogram "
+                        "(observed.count_over) instead", pytrace=False)
+        return self.recorded_events
 
     def __repr__(self) -> str:
         what = f"{self.histogram.count} events" if self.histogram is not None else f"{len(self.values)} samples"
@@ -161,7 +175,9 @@ def merge_observations(metric: str, dimension: str, window: float, parts: Iterab
     for name, o in parts:
         out.entities.append(name)
         culprit_lists.append(list(o.culprits))
-        out.events.extend(o.events)
+        out.recorded_events.extend(o.events)
+        out.events_left_out += sum(int(v) for k, v in o.info.items() if k.startswith(EVENTS_LEFT_OUT)
+                                   and str(v).isdigit())
         out.info.update(o.info)
         out.notes.extend(n for n in o.notes if n not in out.notes)
         if o.blind:

@@ -179,7 +179,7 @@ def result_record(item: pytest.Item, report: pytest.TestReport | None) -> dict[s
             "expected_samples": 0, "observed_seconds": observed.window, "measurements": [],
             "series": ({"min": min(observed.values), "mean": observed.mean,
                         "max": max(observed.values), "longest_violation": None} if observed.values else None),
-            "events": list(observed.events), "notes": observed.notes,
+            "events": list(observed.recorded_events), "notes": observed.notes,
             **({"culprits": observed.culprits} if observed.culprits else {})}]
     return record
 

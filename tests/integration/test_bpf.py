@@ -30,6 +30,7 @@ from vcheck.collectors import disk
 from vcheck.collectors.base import CollectContext, CollectRequest
 from vcheck.collectors.disk import BlockLatencyCollector, parse_diskstats
 from vcheck.histogram import RELATIVE_ERROR
+from vcheck.model import EVENTS_LEFT_OUT
 from vcheck.observations import ObservationStore
 from vcheck.procfs import HostRoots
 
@@ -204,6 +205,7 @@ def test_evidence_over_the_threshold_says_how_many_it_left_out(own_programs, mon
     assert 50 <= len(write.events) <= 50 + disk.SLOWEST_KEPT, len(write.events)
     assert not_in_evidence(write) == n - 50, write.notes
     assert any(f"{n - 50} of the {n} write I/Os on {dev} over the outlier threshold" in x for x in write.notes)
+    assert write.info[EVENTS_LEFT_OUT + "write"] == str(n - 50)   # what a Python check reading the events meets
     assert all(e["device"] == dev for e in write.events)
 
 

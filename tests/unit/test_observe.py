@@ -39,3 +39,18 @@ def test_the_kernels_time_limits_how_many_unseen_were_slow():
     assert obs.count_over(quantity("10ms")) == 5    # 3.5 ms in all: none of them over 10 ms
     assert obs.count_over(quantity("1ms")) == 8     # at most 3 over 1 ms
     assert obs.bounds("mean")[1] < quantity("1ms")
+
+
+def test_events_the_evidence_lacks_cannot_carry_a_verdict():
+    """An assert that finds no slow I/O of a task among the outliers would pass on the very
+    I/Os the collector left out: reading incomplete events fails the check, and says why."""
+    slow = {"op": "write", "latency": 0.02, "comm": "db"}
+    whole = Observation("block.latency", (("device", "vda"), ("op", "write")), events=[slow])
+    assert merge_observations("block.latency", TIME, 5.0, [("vda", whole)]).events == [slow]
+    short = [Observation("block.latency", (("device", "vda"), ("op", op)), events=[slow],
+                         info={"events_left_out." + op: n}, notes=[f"{n} of the ... {op} I/Os on vda ..."])
+             for op, n in (("write", "250"), ("flush", "3"))]
+    obs = merge_observations("block.latency", TIME, 5.0, [("vda", o) for o in short])
+    assert obs.events_left_out == 253 and len(obs.recorded_events) == 2   # the evidence as it is
+    with pytest.raises(pytest.fail.Exception, match=r"the evidence lacks 253 of its events \(its notes say which\)"):
+        _ = obs.events

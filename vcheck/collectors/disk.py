@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..probes import Attach, BpfProgram
-from ..model import MetricSpec
+from ..model import EVENTS_LEFT_OUT, MetricSpec
 from ..histogram import Histogram
 from ..identity import Resolver
 from ..procfs import HostRoots, read_text
@@ -332,6 +332,11 @@ class LeftOut:
         """I/Os over the threshold that are not in the evidence (the lost among them too)."""
         return max(0, self.over - self.kept)
 
+    @property
+    def total(self) -> int:
+        """At least this many I/Os the evidence should show are not in it."""
+        return max(self.missing, self.lost)
+
     def notes(self, dev: str, op: str, threshold_ns: int | None) -> list[str]:
         """What the evidence of (dev, op) lacks, in figures: never a silent short list."""
         out = []
@@ -537,6 +542,9 @@ class BlockLatencyCollector(Collector):
             gap = left_out.get((dev, op))
             if gap is not None:
                 o.notes.extend(gap.notes(dev, op, self._threshold_ns))
+                lacking = gap.total if self._threshold_ns is not None else gap.lost
+                if lacking:
+                    o.info[EVENTS_LEFT_OUT + op] = str(lacking)
         self._file_untimed(hists, counted_after, source)
         filed = {o.label_dict.get("device") for o in self.store.for_metric("block.latency")}
         for dev in self._disks:
