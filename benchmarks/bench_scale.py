@@ -374,7 +374,7 @@ def bench_cgroups(sizes: list[int], rounds: int, v2: bool = False) -> dict:
         print(f"  {r['sampled']:>10,d} {r['walk'] * 1e3:6.0f}ms {r['all'] * 1e3:8.1f}ms {us['all']:6.1f}us/cg "
               f"{us['all_cpu']:6.1f}us {us['all_floor']:6.1f}us {r['cpu'] * 1e3:8.1f}ms {us['cpu']:5.1f}us/cg "
               f"{us['cpu_cpu']:5.1f}us {us['cpu_floor']:5.1f}us {r['rss']:7.0f}MB" +
-              (f"   (all metrics: {r['all_by_path']:,} cgroups' files past the descriptor budget, read by path)"
+              (f"   (all metrics: {r['all_by_path']:,} files past the descriptor budget, read by path)"
                if r["all_by_path"] else ""))
         rows.append((r["sampled"], r["all"], r["rss"]))
         per_all.append(r["all"])
@@ -419,6 +419,8 @@ def _cgroup_child(n: int, rounds: int, v2_mount: Path | None) -> None:
     from vcheck.policy import load_policy_bytes
     from vcheck.procfs import HostRoots
     from scale_containers import kernel_floor
+    import vcheck.collectors.cgroups as cgroups_module
+    read_by_path = cgroups_module.by_path
 
     roots = HostRoots() if v2_mount is None else HostRoots(cgroup=v2_mount)
     v2 = cgroup_mode(roots.cgroup) == "v2"
@@ -437,19 +439,22 @@ def _cgroup_child(n: int, rounds: int, v2_mount: Path | None) -> None:
             c.start()
             figures["walk"] = min(figures.get("walk", 1e9), time.perf_counter() - t)
             c.begin(time.monotonic())
-            samples, cpu = [], []
+            samples, cpu, by_path = [], [], []
+            cgroups_module.by_path = lambda path: by_path.append(path) or read_by_path(path)   # counted
             for k in range(1, rounds + 1):
                 time.sleep(0.1)
                 t, u = time.perf_counter(), time.thread_time()
                 c.sample(float(k))
                 samples.append(time.perf_counter() - t)
                 cpu.append(time.thread_time() - u)
-            # the kernel's part: the same open files read by pread alone, in sample order
-            floor, per_file, opened = kernel_floor(c._files, [p for p in c._plans.values() if p is not None], rounds, 0.1)
+            cgroups_module.by_path = read_by_path
             c.close()
+            # the kernel's part: the same files read by pread alone, in sample order
+            floor, per_file, _ = kernel_floor([p for p in c._plans.values() if p is not None], rounds, 0.1)
             figures[label] = statistics.median(samples)
             figures[f"{label}_cpu"], figures[f"{label}_files"] = statistics.median(cpu), per_file
-            figures[f"{label}_floor"], figures[f"{label}_by_path"] = floor, len(c._paths) - opened
+            figures[f"{label}_floor"] = floor
+            figures[f"{label}_by_path"] = len(by_path) // rounds     # files past the descriptor budget
             figures["sampled"] = len(c._paths)
         figures["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))

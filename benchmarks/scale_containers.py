@@ -42,41 +42,56 @@ PER_POD = 5
 CGROUP_PARENT = "vcheck-bench-ctr"
 
 
-def kernel_floor(files, plans: list, rounds: int = 3, gap: float = 0.2) -> tuple[float, dict[str, float], int]:
-    """The kernel's part of a sample: seconds of pread alone (CPU time, nothing parsed) per entity
-    over every file of `plans` kept open, in the order a sample reads them, `gap` after the
-    last read as a sample finds them (median of `rounds`); per file type the best of `rounds`
-    passes over that type alone, one after the other (warm: its least), seconds per file; and
-    how many entities had all their files open (past the descriptor budget a file is read by
-    its path, which this does not count)."""
-    # an entity with a file not kept open once the budget is spent is read by path: left out
-    spent = len(files._fds) >= files.budget
-    fds = [[files._fds.get(p, -1) for p in plan.files()] for plan in plans]
-    fds = [[fd for fd in group if fd is not None and fd != -1] for group in fds if not (spent and -1 in group)]
-    pread = os.pread
-    passes = []
-    for _ in range(rounds):
-        time.sleep(gap)
-        t = time.thread_time()
-        for group in fds:
-            for fd in group:
-                pread(fd, 65536, 0)
-        passes.append(time.thread_time() - t)
-    by_name: dict[str, list[int]] = {}
-    for plan in plans:
-        for p in plan.files():
-            if files._fds.get(p) is not None:
-                by_name.setdefault(p.rsplit("/", 1)[1], []).append(files._fds[p])
-    warm = {}
-    for name, group in by_name.items():
-        best = 1e9
-        for _ in range(rounds):
+def kernel_floor(plans: list, rounds: int = 3, gap: float = 0.2) -> tuple[float, dict[str, float], int]:
+    """The kernel's part of a sample: CPU seconds of pread alone (nothing parsed) per entity, over
+    the files of `plans` (cgroups.V1Files/V2Files) that exist, opened here once (as many
+    entities as half the descriptor limit allows) and read in the order a sample reads them,
+    `gap` after the last read as a sample finds them (median of `rounds`, after a pass that
+    is not timed); per file type the best of `rounds` passes over that type alone, one after
+    the other (its least), seconds per file; and how many entities were measured."""
+    from vcheck.collectors.cgroups import fd_budget
+    budget, groups = fd_budget(), []
+    try:
+        for plan in plans:
+            paths = plan.files()
+            if sum(map(len, groups)) + len(paths) > budget:
+                break
+            group = []
+            for path in paths:
+                try:
+                    group.append((path.rsplit("/", 1)[1], os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+                except FileNotFoundError:
+                    continue          # absent (a controller not enabled): a sample reads none
+            groups.append(group)
+        pread = os.pread
+        fds = [[fd for _, fd in group] for group in groups]
+        passes = []
+        for k in range(rounds + 1):
+            time.sleep(gap)
             t = time.thread_time()
-            for fd in group:
-                pread(fd, 65536, 0)
-            best = min(best, time.thread_time() - t)
-        warm[name] = best / len(group)
-    return statistics.median(passes) / max(len(fds), 1), warm, len(fds)
+            for group in fds:
+                for fd in group:
+                    pread(fd, 65536, 0)
+            if k:
+                passes.append(time.thread_time() - t)
+        by_name: dict[str, list[int]] = {}
+        for group in groups:
+            for name, fd in group:
+                by_name.setdefault(name, []).append(fd)
+        least = {}
+        for name, same in by_name.items():
+            best = 1e9
+            for _ in range(rounds):
+                t = time.thread_time()
+                for fd in same:
+                    pread(fd, 65536, 0)
+                best = min(best, time.thread_time() - t)
+            least[name] = best / len(same)
+        return statistics.median(passes) / max(len(groups), 1), least, len(groups)
+    finally:
+        for group in groups:
+            for _, fd in group:
+                os.close(fd)
 
 
 def child(rounds: int) -> None:
@@ -99,9 +114,9 @@ def child(rounds: int) -> None:
         c.sample(k * 0.2)
         walls.append(time.perf_counter() - t)
         cpus.append(time.thread_time() - u)
-    plans = [p for p in c._plans.values() if p is not None]
-    floor, warm, _ = kernel_floor(c._files, plans)
     c.close()
+    plans = [p for p in c._plans.values() if p is not None]
+    floor, warm, _ = kernel_floor(plans)
     n = len(c._containers)
     print(json.dumps({"containers": n, "gone": len(c._gone), "discovery": discovery, "wall": statistics.median(walls),
                       "cpu": statistics.median(cpus), "floor": floor, "floor_files": warm,
