@@ -266,7 +266,7 @@ def test_percentiles_agree_with_exact_capture(own_programs, monkeypatch):
 def test_closing_detaches_while_the_process_lives(own_programs):
     c, _ = block_collector()
     c.start()
-    assert len(own_programs.own()) >= 2
+    assert len(own_programs.own(held_only=True)) >= 2
     c.close()
     c.close()  # idempotent
     own_programs.assert_none_left()
@@ -309,7 +309,7 @@ def test_outlier_check_fails_and_names_the_slow_ios(own_programs, run_vcheck, po
     assert events and any(e["comm"] == "fio" for e in events)
     slow = events[0]
     assert {"time", "device", "sector", "bytes", "op", "latency", "pid", "comm"} <= set(slow)
-    assert slow["device"] == dev and slow["latency"] > 1e-6 and slow["bytes"] > 0
+    assert slow["device"] == dev and slow["latency"] > 1e-6 and (slow["bytes"] > 0 or slow["op"] == "flush"), slow
     # the terminal shows the slowest I/Os, whoever issued them (a journal commit may be slower
     # than any of fio's writes)
     assert "event: " in r.stdout and f"comm={slow['comm']}" in r.stdout, r.stdout[-4000:]
@@ -330,7 +330,7 @@ def test_sigterm_mid_window_leaves_no_program(own_programs, policy_file, tmp_pat
     proc = subprocess.Popen(VCHECK + ["run", str(p), "--json", str(tmp_path / "r.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        attached = own_programs.wait_for(5, timeout=20, alive=lambda: proc.poll() is None)
+        attached = own_programs.wait_for(5, timeout=60, alive=lambda: proc.poll() is None)
         assert len(attached) >= 5, "the run never attached its programs"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -400,15 +400,14 @@ def test_leak_check_tells_its_own_programs_from_a_concurrent_runs(own_programs):
     env = {k: v for k, v in os.environ.items() if k != RIG_MARK_ENV}
     stranger = orphan_holding_programs(env)
     try:
-        assert not own_programs.own()
-        own_programs.assert_none_left(wait=0.2)
+        assert not own_programs.own(held_only=True)
         leaked = orphan_holding_programs({**os.environ})   # bears the mark: the suite's own
         try:
-            own = own_programs.own()
+            own = own_programs.own(held_only=True)
             assert {p.name for p in own} >= {"vchk_blk_issue", "vchk_blk_done"}
             assert all(p.holders == {leaked} for p in own), own
             with pytest.raises(AssertionError, match="left loaded"):
-                own_programs.assert_none_left(wait=0.2)
+                own_programs.assert_none_left(wait=0.5)
         finally:
             os.kill(leaked, signal.SIGKILL)
         own_programs.assert_none_left()

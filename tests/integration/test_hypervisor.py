@@ -76,7 +76,7 @@ def _start_run(policy, tmp_path, programs: ProgramLedger) -> tuple[subprocess.Po
     proc = subprocess.Popen(VCHECK + ["run", str(policy), "--json", str(report)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 30
-    while not any(p.name.startswith("vchk_kvm") for p in programs.own()):
+    while not any(p.name.startswith("vchk_kvm") for p in programs.own(held_only=True)):
         assert time.monotonic() < deadline and proc.poll() is None, "the kvm program never attached"
         time.sleep(0.1)
     time.sleep(1.0)   # attach -> window start

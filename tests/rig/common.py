@@ -96,33 +96,35 @@ def _is_own_process(pid: int, me: int, mark: str) -> bool:
 
 class ProgramLedger:
     """The vchk_* programs of this test's own runs, told apart from a concurrent vcheck's on the
-    same machine: held by this process, a descendant or a process bearing its mark; or held by
-    nobody (pinned, or not yet freed after detaching) and loaded after the ledger opened."""
+    same machine: held by this process, a descendant or a process bearing its mark; or, unless
+    held_only, held by nobody (pinned, or detached and not yet freed: under load an RCU grace
+    period takes seconds) and loaded after the ledger opened."""
 
     def __init__(self) -> None:
         self.before = frozenset(p.id for p in vcheck_programs())
 
-    def own(self) -> list[LoadedProgram]:
+    def own(self, held_only: bool = False) -> list[LoadedProgram]:
         me, mark = os.getpid(), os.environ[RIG_MARK_ENV]
         return [p for p in vcheck_programs()
-                if (not p.holders and p.id not in self.before)
+                if (not held_only and not p.holders and p.id not in self.before)
                 or any(_is_own_process(pid, me, mark) for pid in p.holders)]
 
     def wait_for(self, count: int, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> list[LoadedProgram]:
         """At least `count` own programs loaded (a run the test started has attached)."""
         deadline = time.monotonic() + timeout
-        while len(own := self.own()) < count and time.monotonic() < deadline and alive():
+        while len(own := self.own(held_only=True)) < count and time.monotonic() < deadline and alive():
             time.sleep(0.1)
         return own
 
-    def assert_none_left(self, wait: float = 2.0, what: str = "left loaded") -> None:
+    def assert_none_left(self, wait: float = 10.0) -> None:
         """Nothing of this test's runs is loaded. A detached program is freed after an RCU grace
-        period (raw tracepoint links defer it), and a run elsewhere that just ended leaves its
-        programs held by nobody for as long: `wait` seconds for either, not for a leak."""
+        period (raw tracepoint links defer it; seconds on a busy machine), and a run elsewhere
+        that just ended leaves its programs held by nobody for as long: up to `wait` seconds for
+        either, not for a leak (a program a live process of the test's holds)."""
         deadline = time.monotonic() + wait
         while (own := self.own()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not own, f"vchk_ programs of this test {what}: {[(p.id, p.name, sorted(p.holders)) for p in own]}"
+        assert not own, f"vchk_ programs of this test left loaded: {[(p.id, p.name, sorted(p.holders)) for p in own]}"
 
 
 @pytest.fixture
@@ -130,7 +132,10 @@ def own_programs() -> ProgramLedger:
     """A ledger of this test's own BPF programs; none of the suite's may be loaded as it starts."""
     require_root()
     ledger = ProgramLedger()
-    ledger.assert_none_left(what="loaded before the test")
+    # held only: one held by nobody now was loaded before the ledger opened, or since by
+    # someone else (this test has not started anything yet)
+    held = ledger.own(held_only=True)
+    assert not held, f"vchk_ programs of this test process loaded before the test: {held}"
     return ledger
 
 
