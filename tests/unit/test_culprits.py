@@ -19,7 +19,7 @@ from vcheck.identity import TaskIdentity
 from vcheck.judge import judge
 from vcheck.observations import ObservationStore
 from vcheck.policy import load_policy_bytes
-from vcheck.report.json_report import observation_json, store_from_report
+from vcheck.report.json_report import dumps, observation_json, store_from_report
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "replay-source.json"
 
@@ -142,7 +142,7 @@ def _report_with(culprit_list) -> dict:
 def test_culprits_survive_a_saved_report():
     store = _culprit_store()
     o = store.series("vcpu.run_delay", {"vm": "web1", "vcpu": "0"})
-    saved = json.loads(json.dumps(observation_json(o)))
+    saved = json.loads(dumps(observation_json(o)))      # as the report writes it (series compact)
     report = _report_with(saved["culprits"])
     back = store_from_report(report).all()
     assert any(x.culprits == o.culprits for x in back)
