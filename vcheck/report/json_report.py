@@ -204,9 +204,8 @@ def _given(d: dict[str, Any], key: str, default: Any) -> Any:
 class _Shape:
     """Checks one report's structure, naming the first bad field by its JSON path."""
 
-    def __init__(self, path: str, series_checked: bool = False):
+    def __init__(self, path: str):
         self.path = path
-        self.series_checked = series_checked     # the typed parse checked the observations
 
     def fail(self, where: str, what: str) -> ReportFormatError:
         return ReportFormatError(f"{self.path}: {where}: {what}")
@@ -286,9 +285,6 @@ class _Shape:
     def observation(self, v: Any, where: str) -> None:
         """An observation; its series are left as floats in v (what store_from_report takes)."""
         d = self.obj(v, where)
-        if self.series_checked:
-            self.observation_rest(d, where)
-            return
         for k in SERIES_KEYS:
             d[k] = self.numbers(_given(d, k, []), f"{where}.{k}")
         self.lengths(d, where)
@@ -310,18 +306,28 @@ class _Shape:
         self.count(_given(d, "unseen", 0), f"{where}.unseen")
         self.seconds(d.get("unseen_seconds"), f"{where}.unseen_seconds")
 
-    def observation_rest(self, d: dict[str, Any], where: str) -> None:
-        """What the typed parse cannot say of an observation: a metric is there, the series
-        are as long as each other, the histogram and culprits hold what renderers read."""
-        self.text(d.get("metric"), f"{where}.metric")
+    def typed_observation(self, d: dict[str, Any], i: int) -> None:
+        """What the typed parse cannot say of observation i: a metric is there, the series are
+        as long as each other, and what may nest (events, culprits, a histogram) is not too
+        deep and holds what renderers read."""
+        if type(d.get("metric")) is not str:
+            self.text(d.get("metric"), f"observations[{i}].metric")
         for k in SERIES_KEYS:
-            if d.get(k) is None:
+            if k not in d:
                 d[k] = []
-        self.lengths(d, where)
-        if d.get("histogram") is not None:
-            self.histogram(d["histogram"], f"{where}.histogram")
-        for i, c in enumerate(d.get("culprits") or ()):
-            self.culprit(c, f"{where}.culprits[{i}]")
+        times, values, weights = d["times"], d["values"], d["weights"]
+        if not len(times) == len(values) == len(d["spans"]) or weights and len(weights) != len(values):
+            self.lengths(d, f"observations[{i}]")
+        hist, culprits, events = d.get("histogram"), d.get("culprits"), d.get("events")
+        if hist is not None or culprits or events:
+            depth = 3 + max(max_depth(hist), max_depth(culprits), max_depth(events))
+            if depth > MAX_DEPTH:
+                raise ReportFormatError(f"{self.path}: not a readable JSON report (nested {depth} levels deep "
+                                        f"(at most {MAX_DEPTH}))")
+            if hist is not None:
+                self.histogram(hist, f"observations[{i}].histogram")
+            for j, c in enumerate(culprits or ()):
+                self.culprit(c, f"observations[{i}].culprits[{j}]")
 
     def lengths(self, d: dict[str, Any], where: str) -> None:
         times, values, spans, weights = d["times"], d["values"], d["spans"], d["weights"]
@@ -438,7 +444,7 @@ class _Shape:
         if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 0 <= status < 256):
             raise self.fail("exit_status", "expected an exit status (0-255)")
         for i, o in enumerate(self.lst(_given(d, "observations", []), "observations")):
-            self.observation(o, f"observations[{i}]")
+            self.observation(o, f"observations[{i}]")   # those of a typed parse are set aside: see parse_report
         notes = self.obj(_given(d, "collector_notes", {}), "collector_notes")
         for k, v in notes.items():
             for n in self.lst(v, f"collector_notes.{k}", 10_000):
@@ -520,8 +526,11 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     finally:
         if paused:
             gc.enable()
+    # the typed parse checked the observations' series, labels and info: they are set aside,
+    # and each observation is finished in one pass below (depth, shape, redaction)
+    observations = data.pop("observations", None) if series_checked else None
     try:
-        depth = max_depth(data, skip_series=series_checked)
+        depth = max_depth(data)
         if depth > MAX_DEPTH:
             raise ValueError(f"nested {depth} levels deep (at most {MAX_DEPTH})")
     except (ValueError, RecursionError) as exc:
@@ -532,18 +541,15 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
     if version != VERSION or isinstance(version, bool) or not isinstance(version, int):
         raise ReportFormatError(f"{path}: report format version {version!r:.40}; "
                                 f"this vcheck reads version {VERSION}")
-    _Shape(path, series_checked).report(data)
+    shape = _Shape(path)
+    shape.report(data)
     if data.get("node") is None:
         data["node"] = {}          # every reader takes the node as an object
     _labels_as_text(data)
-    if not series_checked:
-        return redact_tree(data)
-    # the observations were typed by the parse: redact the rest of the report as a tree, and
-    # in each observation only the fields that hold text (not its series: most of the report)
-    observations = data.pop("observations", None)
     redact_tree(data)
     if observations is not None:
-        for o in observations:
+        for i, o in enumerate(observations):
+            shape.typed_observation(o, i)
             _redact_observation(o)
         data["observations"] = observations
     return data
@@ -590,25 +596,8 @@ def _labels_as_text(data: dict[str, Any]) -> None:
                 m[k] = str(v)
 
 
-def max_depth(data: Any, skip_series: bool = False) -> int:
-    """Nesting depth of parsed JSON, walked without recursion. skip_series: the observations
-    were typed by the parse (series of floats, labels and info of strings), so only what may
-    nest in them (events, culprits, a histogram) is walked."""
-    if skip_series and isinstance(data, dict) and isinstance(data.get("observations"), list):
-        observations = data["observations"]
-        rest = _depth({k: v for k, v in data.items() if k != "observations"})
-        deepest = max(rest, 2 if observations else 1)
-        for o in observations:
-            deepest = max(deepest, 3)
-            for k in ("events", "culprits", "histogram"):
-                v = o.get(k)
-                if v:
-                    deepest = max(deepest, 3 + _depth(v))
-        return deepest
-    return _depth(data)
-
-
-def _depth(data: Any) -> int:
+def max_depth(data: Any) -> int:
+    """Nesting depth of parsed JSON, walked without recursion."""
     deepest, stack = 0, [(data, 1)]
     while stack:
         v, d = stack.pop()
@@ -679,7 +668,7 @@ def _typed_decoder() -> Any:
         "culprits": Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_CULPRITS)],
         "unseen": Annotated[int, msgspec.Meta(ge=0, le=MAX_INT - 1)], "unseen_seconds": seconds | None,
     }, total=False)
-    Report = TypedDict("Report", {k: Any for k in TOP_LEVEL_KEYS} | {"observations": list[Obs] | None},
+    Report = TypedDict("Report", {k: Any for k in TOP_LEVEL_KEYS} | {"observations": Annotated[list[Obs], msgspec.Meta(max_length=MAX_SERIES)] | None},
                        total=False)
     return msgspec.json.Decoder(Report)
 
