@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vcheck.collectors.hypervisor import (parse_rss, parse_schedstat, parse_stat, parse_switches,
-                                          vm_identity)
+from vcheck.collectors.hypervisor import (PROCESS_FILES, VCPU_FILES, TaskFiles, files_needed, parse_rss,
+                                          parse_schedstat, parse_stat, parse_switches, vm_identity)
 from vcheck.evidence import redact
 
 
@@ -37,6 +37,39 @@ def test_stat_schedstat_status_parsing():
     assert parse_schedstat("2035717000 512000000 1803\n") == 512000000
     status = "Name:\tCPU 0/KVM\nVmRSS:\t   40960 kB\nvoluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t5\n"
     assert parse_switches(status) == 15 and parse_rss(status) == 40960 * 1024
+
+
+@pytest.mark.parametrize("want, process, vcpu", [
+    ({"vcpu.cpu"}, set(), {"stat"}),
+    ({"vcpu.cpu", "vcpu.guest", "vm.cpu"}, {"stat"}, {"stat"}),
+    ({"vcpu.run_delay"}, set(), {"schedstat"}),
+    ({"vcpu.ctxsw.rate", "vm.memory.rss"}, {"status"}, {"status"}),
+    ({"vm.vcpus"}, set(), set()),
+])
+def test_a_sample_reads_only_the_files_its_figures_need(want, process, vcpu):
+    assert files_needed(frozenset(want), PROCESS_FILES) == process
+    assert files_needed(frozenset(want), VCPU_FILES) == vcpu
+
+
+def test_task_files_read_what_they_hold_and_nothing_else():
+    files = {"/p/1/task/2/stat": ("4242 (CPU 0/KVM) R 4240 4240 1 0 -1 4210752 63 0 0 0 120 35 0 0 20 0 3 0 1000 "
+                                  "0 0 18446744073709551615 0 0 0 0 0 0 0 4096 0 0 0 0 -1 1 0 0 0 90 0 0 0 0 0 0 0 0 0"),
+             "/p/1/task/2/schedstat": "2035717000 512000000 1803\n",
+             "/p/1/task/2/status": "Name:\tCPU 0/KVM\nVmRSS:\t   40960 kB\nvoluntary_ctxt_switches:\t10\n"
+                                   "nonvoluntary_ctxt_switches:\t5\n"}
+    read: list[str] = []
+
+    def reader(path: str) -> str:
+        read.append(path)
+        return files[path]
+
+    only_stat = TaskFiles.of("/p/1/task/2", frozenset({"stat"})).read(reader)
+    assert read == ["/p/1/task/2/stat"] and (only_stat.cpu_ticks, only_stat.guest_ticks) == (155, 90)
+    assert (only_stat.run_delay_ns, only_stat.switches, only_stat.rss) == (0, 0, 0)
+    read.clear()
+    every = TaskFiles.of("/p/1/task/2", frozenset({"stat", "status", "schedstat"})).read(reader)
+    assert sorted(read) == sorted(files)
+    assert (every.run_delay_ns, every.switches, every.rss) == (512000000, 15, 40960 * 1024)
 
 
 @pytest.mark.parametrize("text, secret", [
