@@ -84,6 +84,8 @@ class TaskFiles:
         return cls(*(f"{task_dir}/{f}" if f in files else None for f in ("stat", "status", "schedstat")))
 
     def read(self, read: Callable[[str], str]) -> TaskTimes:
+        """The task's figures through `read` (path -> text); those of a file not held stay 0 and
+        are never filed (no asked figure needs them)."""
         cpu = guest = delay = switches = rss = 0
         if self.stat is not None:
             cpu, guest = parse_stat(read(self.stat))
@@ -97,7 +99,6 @@ class TaskFiles:
 
 def files_needed(want: frozenset[str], by_metric: Mapping[str, str]) -> frozenset[str]:
     return frozenset(f for m, f in by_metric.items() if m in want)
-
 
 
 def _vm_spec(name: str, dim: str, desc: str, source: str) -> MetricSpec:
