@@ -174,13 +174,14 @@ class OpenFiles:
     def __init__(self, budget: int = 0):
         self.budget = budget
         self._fds: dict[str, int | None] = {}
+        self._open = 0          # descriptors held (a file remembered absent holds none)
 
     def read_bytes(self, path: str) -> bytes:
         fd = self._fds.get(path, -1)
         if fd is None:
             raise FileNotFoundError(2, "no such file", str(path))
         if fd == -1:
-            if len(self._fds) >= self.budget:
+            if self._open >= self.budget:
                 return by_path(path)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -188,6 +189,7 @@ class OpenFiles:
                 self._fds[path] = None
                 raise
             self._fds[path] = fd
+            self._open += 1
         data = os.pread(fd, self.CHUNK, 0)
         if len(data) == self.CHUNK:           # a long memory.stat: read on
             while len(data) % self.CHUNK == 0:
@@ -222,6 +224,7 @@ class OpenFiles:
             fd = self._fds.pop(path, None)
             if fd is not None:
                 os.close(fd)
+                self._open -= 1
 
     def forget(self, directory: Path | str) -> None:
         """Close what is open under `directory` (a cgroup that is gone)."""
@@ -230,12 +233,14 @@ class OpenFiles:
             fd = self._fds.pop(path)
             if fd is not None:
                 os.close(fd)
+                self._open -= 1
 
     def close(self) -> None:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
         self._fds.clear()
+        self._open = 0
 
 
 def by_path(path: str) -> bytes:
