@@ -62,7 +62,7 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
     status = 0
     for p in paths:
         if not os.path.exists(p):       # anything else (a device, a directory) load_policy names
-            print(printable(f"{p}: no such policy file"), file=sys.stderr)
+            print(printable(f"vcheck: {p}: no such policy file"), file=sys.stderr)
             status = EXIT_USAGE
             continue
         if p.endswith(".py") and Path(p).is_file():
@@ -70,7 +70,7 @@ def _validate_all(paths: Sequence[str], catalog: Catalog, quiet: bool = True) ->
         try:
             pol = load_policy(p, catalog)
         except PolicyError as exc:
-            print(printable(str(exc)), file=sys.stderr)
+            print(printable(f"vcheck: {exc}"), file=sys.stderr)
             status = EXIT_USAGE
             continue
         if not quiet:

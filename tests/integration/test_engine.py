@@ -112,7 +112,7 @@ def test_bad_policy_is_one_line_exit_4(policy_file, how):
     path = policy_file(BAD, "bad.yaml")
     p = subprocess.run(VCHECK + [how, str(path)], capture_output=True, text=True, cwd=path.parent)
     assert p.returncode == 4
-    assert p.stderr.strip().splitlines() == [f"{path}:4:13: unknown metric 'cpu.stea' (did you mean cpu.steal?)"]
+    assert p.stderr.strip().splitlines() == [f"vcheck: {path}:4:13: unknown metric 'cpu.stea' (did you mean cpu.steal?)"]
     assert "Traceback" not in p.stdout + p.stderr
 
 
