@@ -182,7 +182,11 @@ class OpenFiles:
             raise FileNotFoundError(2, "no such file", str(path))
         if fd == -1:
             if self._open >= self.budget:
-                return by_path(path)
+                try:
+                    return by_path(path)
+                except FileNotFoundError:
+                    self._fds[path] = None      # absent: not looked for again (holds no descriptor)
+                    raise
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
