@@ -64,6 +64,27 @@ class VcheckTerminal:
     def __init__(self) -> None:
         self.verdicts: dict[str, tuple[str, str]] = {}    # identity -> (word, figure or reason)
 
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_sessionstart(self, session: pytest.Session):
+        """No 'test session starts' banner and no 'collected N items': vcheck announces what
+        it observes, and for how long, in its own words."""
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            yield
+            return
+        write_sep = reporter.write_sep
+
+        def without_banner(sep: str, title: str | None = None, **kw: Any) -> None:
+            if title != "test session starts":
+                write_sep(sep, title, **kw)
+
+        reporter.write_sep = without_banner
+        reporter.report_collect = lambda final=False: None
+        try:
+            yield
+        finally:
+            del reporter.write_sep          # the reporter's own again
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
         if not getattr(report, "vcheck_item", False):

@@ -13,7 +13,7 @@ from tests.rig.common import VCHECK
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 LEAKS = ("ERROR at setup", "XFAIL", "items.py", "_pytest", "/tmp/vcheck-", "configfile:", "pytest.main()",
-         "Traceback", "('", "inifile")
+         "Traceback", "('", "inifile", "test session starts", "collected ")
 
 
 def vcheck(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
