@@ -156,3 +156,49 @@ def test_open_files_reread_with_pread_and_a_removed_cgroup_fails(tmp_path):
     assert _field("total_cache 5\ntotal_inactive_file 7\n", "total_inactive_file") == 7
     assert _field("inactive_file 3\ntotal_inactive_file 7\n", "inactive_file") == 3
     assert _field("x 1\n", "inactive_file") == 0
+
+
+def test_absent_files_hold_no_descriptor_and_are_not_looked_for_again(tmp_path):
+    """The descriptor budget counts descriptors held: a file found absent (a controller not
+    enabled) is remembered without one, before the budget is spent and after."""
+    from vcheck.collectors.cgroups import OpenFiles
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(f"{name}\n")
+    files = OpenFiles(budget=1)
+    with pytest.raises(FileNotFoundError):
+        files.read_bytes(str(tmp_path / "gone1"))
+    assert files.read_bytes(str(tmp_path / "a")) == b"a\n"
+    assert isinstance(files._fds[str(tmp_path / "a")], int)       # kept open: the absent one held none
+    assert files.read_bytes(str(tmp_path / "b")) == b"b\n"
+    assert str(tmp_path / "b") not in files._fds                   # past the budget: by path
+    assert files.opt_bytes(str(tmp_path / "gone2")) is None
+    assert files._fds[str(tmp_path / "gone2")] is None             # remembered past the budget too
+    files.drop([str(tmp_path / "a")])
+    assert files.read_bytes(str(tmp_path / "b")) == b"b\n" and isinstance(files._fds[str(tmp_path / "b")], int)
+    files.close()
+
+
+def test_a_sample_reads_only_what_its_figures_need(tmp_path):
+    """v1: the io.ops file only for io.ops; v2: a controller's limit and event files only where
+    it is enabled, cpu.stat's throttling only when asked for (and then its absence is a reason)."""
+    from vcheck.collectors.cgroups import OpenFiles, V1Files, V2Files, v1_dirs
+    cg = tmp_path / "cgroup"
+    (cg / "blkio" / "a").mkdir(parents=True)
+    (cg / "blkio" / "a" / "blkio.throttle.io_service_bytes").write_text("254:0 Read 10\n254:0 Write 5\nTotal 15\n")
+    found = v1_dirs(cg, {"blkio": "/a"})
+    plan = V1Files(*found, frozenset({"io.bytes"}))
+    assert [p.rsplit("/", 1)[1] for p in plan.files()] == ["blkio.throttle.io_service_bytes"]
+    s = plan.read()
+    assert s.io_bytes == 15 and s.io_ops is None
+    d = tmp_path / "v2"
+    d.mkdir()
+    (d / "cpu.stat").write_text("usage_usec 7\nuser_usec 5\nsystem_usec 2\n")
+    (d / "memory.max").write_text("100\n")          # not read: memory.current says memory is off
+    files = OpenFiles(budget=100)
+    s = V2Files(d, frozenset({"memory.limit_pct", "cpu"})).read(files)
+    assert s.cpu_ns == 7000 and s.periods is None and s.memory_limit is None
+    assert set(s.absent) == {"memory", "memory.limit_pct", "oom_kills"} and "cpu.throttled" not in s.absent
+    assert str(d / "memory.max") not in files._fds
+    s = V2Files(d, frozenset({"cpu.throttled"})).read(files)
+    assert s.periods is None and s.absent["cpu.throttled"] == "the cpu controller is not enabled for it"
+    files.close()
