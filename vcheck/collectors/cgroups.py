@@ -130,14 +130,9 @@ def _value(data: bytes, key: bytes) -> int | None:
         return None
 
 
-def _field(text: str, key: str) -> int:
-    """One 'key value' line of a flat keyed text, 0 when absent."""
-    return _value(text.encode(), key.encode() + b" ") or 0
-
-
-def _int_or_max(data: bytes | str) -> int | None:
+def _int_or_max(data: bytes) -> int | None:
     t = data.strip()
-    return None if t in ("max", b"max") else int(t)
+    return None if t == b"max" else int(t)
 
 
 def _blkio_total(data: bytes) -> int:

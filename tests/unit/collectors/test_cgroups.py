@@ -137,7 +137,7 @@ def test_only_the_files_the_requested_figures_need_are_read(tmp_path):
 def test_open_files_reread_with_pread_and_a_removed_cgroup_fails(tmp_path):
     """A kept-open file is read again from offset 0 each time (what the kernel regenerates); past
     the budget a file is read by its path; a missing file stays missing (no open per sample)."""
-    from vcheck.collectors.cgroups import OpenFiles, _field
+    from vcheck.collectors.cgroups import OpenFiles, _value
     f = tmp_path / "cpuacct.usage"
     f.write_text("1\n")
     files = OpenFiles(budget=1)
@@ -153,9 +153,10 @@ def test_open_files_reread_with_pread_and_a_removed_cgroup_fails(tmp_path):
     files.forget(tmp_path)
     assert files._fds == {}
     files.close()
-    assert _field("total_cache 5\ntotal_inactive_file 7\n", "total_inactive_file") == 7
-    assert _field("inactive_file 3\ntotal_inactive_file 7\n", "inactive_file") == 3
-    assert _field("x 1\n", "inactive_file") == 0
+    assert _value(b"total_cache 5\ntotal_inactive_file 7\n", b"total_inactive_file ") == 7
+    assert _value(b"inactive_file 3\ntotal_inactive_file 7\n", b"inactive_file ") == 3
+    assert _value(b"total_inactive_file 7\n", b"inactive_file ") is None     # not a longer key's tail
+    assert _value(b"x 1\n", b"inactive_file ") is None
 
 
 def test_absent_files_hold_no_descriptor_and_are_not_looked_for_again(tmp_path):
