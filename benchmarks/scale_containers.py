@@ -201,11 +201,13 @@ def bench(sizes: list[int], rounds: int) -> dict:
         return {"rows": rows, "time_exponent": k("cpu"), "memory_exponent": k("rss")}
     finally:
         if rt is not None:
-            stop_containerd(rt)       # every pod and container through CRI, containerd, its shims, mounts
+            # every pod and container through CRI, containerd, its shims, mounts, our cgroups (not
+            # the test rig's: a test may be running)
+            stop_containerd(rt, CGROUP_PARENT)
         else:                         # containerd started but the rig failed before handing it over
             kill_under(prefix)
             shutil.rmtree(prefix, ignore_errors=True)
-        remove_cgroup_tree(CGROUP_PARENT)
+            remove_cgroup_tree(CGROUP_PARENT)
         signal.signal(signal.SIGTERM, before)
 
 

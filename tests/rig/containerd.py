@@ -171,7 +171,9 @@ def start_containerd(prefix: Path) -> Containerd:
     return rt
 
 
-def stop_containerd(rt: Containerd) -> None:
+def stop_containerd(rt: Containerd, cgroup_tree: str = "vcheck-rig") -> None:
+    """Everything start_containerd made, gone; `cgroup_tree`: the top cgroup its pods were put
+    under (a benchmark's own, so as not to touch the test rig's)."""
     for pod in list(rt.pods):
         try:
             rt.remove_pod(pod)
@@ -200,7 +202,7 @@ def stop_containerd(rt: Containerd) -> None:
             except ProcessLookupError:
                 pass
     _unmount_under(rt.prefix)
-    remove_cgroup_tree("vcheck-rig")
+    remove_cgroup_tree(cgroup_tree)
     shutil.rmtree(rt.prefix, ignore_errors=True)
 
 
