@@ -27,7 +27,6 @@ import ctypes
 import errno
 import json
 import os
-import select
 import signal
 import stat
 import time
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .files import read_up_to
+from .files import read_up_to, wait_ready
 from .procfs import HostRoots, read_text
 
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "mnt", "pid")   # joined in this order: pid applies to children
@@ -161,7 +160,7 @@ def _self_pidfd() -> int:
 
 def _die_with_parent(libc: ctypes.CDLL, parent_pidfd: int) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    ended, _, _ = select.select([parent_pidfd], [], [], 0)
+    ended = wait_ready([parent_pidfd], 0)
     os.close(parent_pidfd)
     if ended:                            # the parent died before the line above
         os._exit(125)
@@ -287,7 +286,7 @@ def _supervisor(libc: ctypes.CDLL, parent: int, init: Callable[[int, int, int], 
         while True:
             left = deadline - time.monotonic()
             try:
-                ready, _, _ = select.select([pidfd], [], [], max(left, 0))
+                ready = wait_ready([pidfd], max(left, 0))
             except InterruptedError:
                 continue
             if ready:
@@ -318,7 +317,7 @@ def _collect(joiner: int, out_r: int, err_r: int, ctl_r: int, timeout: float, ma
             if left <= 0:
                 killed = True
                 break
-            ready, _, _ = select.select(open_fds, [], [], left)
+            ready = wait_ready(open_fds, left)
             for fd in ready:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:

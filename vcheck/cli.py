@@ -33,6 +33,7 @@ from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, E
     OutputError, \
     PolicyError, ReportFormatError, SignalInterrupt
 from .evidence import printable
+from .files import raise_descriptor_limit
 from .policy import load_policy
 from .units import UNIT_LABEL
 
@@ -883,6 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signal.signal(sig, handler)
     except ValueError:   # called from a thread (an embedding program): its signals are its own
         pass
+    raise_descriptor_limit()      # pread on kept-open cgroup and /proc files needs descriptors
     if EARLY_SIGNALS:
         print(f"vcheck: interrupted by {signal.Signals(EARLY_SIGNALS[0]).name} while starting; "
               "nothing was sampled or written", file=sys.stderr)

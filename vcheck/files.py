@@ -4,7 +4,10 @@ device, /dev/zero, a FIFO) cannot wedge or exhaust a run."""
 from __future__ import annotations
 
 import os
+import resource
+import select
 import stat
+from typing import Sequence
 
 
 def describe_kind(st: os.stat_result) -> str:
@@ -45,3 +48,33 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+def wait_ready(fds: Sequence[int], timeout: float | None, write: bool = False) -> list[int]:
+    """Those of fds ready to read (or to write) within timeout seconds (None: no limit); a
+    hang-up or an error counts as ready, and the read or write that follows says which.
+    poll(2), never select(2): select cannot take a descriptor numbered 1024 or more, and a run
+    that keeps thousands of cgroup files open hands such numbers to its pipes and pidfds."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    return [fd for fd, _ in poller.poll(None if timeout is None else max(0.0, timeout) * 1000)]
+
+
+MAX_DESCRIPTORS = 1 << 16
+
+
+def raise_descriptor_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit (at most 65,536): the
+    collectors keep a share of it open to re-read cgroup and /proc files with pread, and cron's
+    or a shell's soft limit of 1,024 would leave them none. vcheck waits on descriptors with
+    poll(2) only (wait_ready), so numbers past 1,024 are safe. Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (ValueError, OSError):
+            pass
+    return soft

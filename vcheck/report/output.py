@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import select
 import signal
 import stat
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import EXIT_OK, EXIT_OUTPUT, OutputError
-from ..files import describe_kind as _kind
+from ..files import describe_kind as _kind, wait_ready
 
 _NULL = (1, 3)                                        # /dev/null
 _TTY_MAJORS = frozenset({4, 5, *range(136, 144)})     # virtual consoles, /dev/tty, ptys
@@ -128,8 +127,7 @@ def _write_all(fd: int, data: bytes) -> None:
     with _signals_held():
         stalled_since = time.monotonic()
         while view:
-            _, ready, _ = select.select([], [fd], [], 0.2)
-            if ready:
+            if wait_ready([fd], 0.2, write=True):
                 view = view[os.write(fd, view[:PIPE_CHUNK]):]
                 stalled_since = time.monotonic()
                 continue
