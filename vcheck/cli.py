@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import gc
 import os
 import shutil
 import signal
@@ -230,10 +229,6 @@ def _preload(paths: Sequence[str | None]) -> Preloaded | int:
         except ReportFormatError as exc:
             print(printable(f"vcheck: {exc}"), file=sys.stderr)
             return EXIT_USAGE
-    if reports:
-        # a saved report lives until the run ends, and its millions of parsed objects hold no
-        # cycle: leave them out of every later collection (pytest's own included)
-        gc.freeze()
     return Preloaded(reports)
 
 

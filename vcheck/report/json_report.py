@@ -29,13 +29,14 @@ All values are in the metric's base unit: seconds, bytes, percent (0-100), count
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 try:
     import msgspec
@@ -64,7 +65,8 @@ MAX_BUCKETS = MAX_INDEX
 MAX_DEPTH = 64                  # JSON nesting; a report needs under 10
 MAX_CULPRITS = 100              # per observation; vcheck keeps 5
 
-__all__ = ["FORMAT", "VERSION", "ReportFormatError", "RunFacts", "build_report", "dumps", "parse_report", "read_report",
+__all__ = ["FORMAT", "VERSION", "ReportFormatError", "RunFacts", "build_report", "dump_chunks", "dumps", "parse_report",
+           "read_report",
            "store_from_report", "observation_json"]
 
 
@@ -140,12 +142,31 @@ def dumps(report: dict[str, Any]) -> bytearray:
     """The report as JSON bytes: one line per top-level field, and one per result and per
     observation (a 100,000-observation report stays a file grep, head and jq -c read line by
     line). NaN and Infinity are written as null; anything else JSON has no word for, as its
-    str(). Encoded into one buffer, piece by piece: the text is never held twice."""
+    str()."""
     buf = bytearray()
+    for _ in _encode_report(report, buf):
+        pass
+    return buf
+
+
+def dump_chunks(report: dict[str, Any], chunk: int = 1 << 20) -> Iterator[bytes]:
+    """dumps() in pieces of about `chunk` bytes, for a writer that streams them to the file: a
+    100,000-observation report is never held whole beside the run that made it."""
+    buf = bytearray()
+    for _ in _encode_report(report, buf):
+        if len(buf) >= chunk:
+            yield bytes(buf)
+            del buf[:]
+    if buf:
+        yield bytes(buf)
+
+
+def _encode_report(report: Any, buf: bytearray) -> Iterator[None]:
+    """Encodes report at the end of buf, yielding after each result and observation."""
     if not isinstance(report, dict) or not report:
         _encode_into(report, buf)
         buf += b"\n"
-        return buf
+        return
     buf += b"{"
     for i, (k, v) in enumerate(report.items()):
         buf += b",\n" if i else b"\n"
@@ -157,11 +178,12 @@ def dumps(report: dict[str, Any]) -> bytearray:
                 if j:
                     buf += b",\n"
                 _encode_into(x, buf)
+                yield
             buf += b"\n]"
         else:
             _encode_into(v, buf)
+        yield
     buf += b"\n}\n"
-    return buf
 
 
 def _encode_into(x: Any, buf: bytearray) -> None:
@@ -514,18 +536,15 @@ def parse_report(raw: bytes, path: str) -> dict[str, Any]:
         raise ReportFormatError(f"{path}: too large to read: {values:,} values (at most {MAX_VALUES:,})")
     if objects > MAX_OBJECTS:
         raise ReportFormatError(f"{path}: too large to read: {objects:,} objects (at most {MAX_OBJECTS:,})")
-    # the parse makes millions of objects the collector has no garbage to find in: one
-    # collection at the end instead of hundreds over a heap that keeps growing
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        data = _typed_parse(raw)
-        series_checked = data is not None
-        if data is None:
-            data = _plain_parse(raw, path)
-    finally:
-        if paused:
-            gc.enable()
+    with _without_cyclic_gc():
+        return _parse_checked(raw, path)
+
+
+def _parse_checked(raw: bytes, path: str) -> dict[str, Any]:
+    data = _typed_parse(raw)
+    series_checked = data is not None
+    if data is None:
+        data = _plain_parse(raw, path)
     # the typed parse checked the observations' series, labels and info: they are set aside,
     # and each observation is finished in one pass below (depth, shape, redaction)
     observations = data.pop("observations", None) if series_checked else None
@@ -567,6 +586,22 @@ def _redact_observation(o: dict[str, Any]) -> None:
                 o[k] = {name: clean_text(x) for name, x in v.items()}
         elif v and k not in SERIES_KEYS and isinstance(v, (dict, list)):
             redact_tree(v)
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Reading a report and filing its observations make millions of objects that live until
+    the run ends, and no cyclic garbage: the cyclic collector is paused meanwhile, and what was
+    made is then frozen out of its later collections (it scanned it again and again: a quarter
+    of a 100,000-observation replay's CPU)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.freeze()
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _plain_parse(raw: bytes, path: str) -> Any:
@@ -616,11 +651,25 @@ def store_from_report(report: dict[str, Any], path: str = "report", checked: boo
     checked: report is what parse_report returned, its fields checked there (not again)."""
     shape = _Shape(path)
     store = ObservationStore()
-    put = store.put
     observations = shape.lst(_given(report, "observations", []), "observations")
     if not checked:
         for i, d in enumerate(observations):
             shape.observation(d, f"observations[{i}]")
+    with _without_cyclic_gc():
+        _file_observations(store, shape, observations)
+    store.unavailable.update(shape.strmap(report.get("unavailable"), "unavailable"))
+    w = report.get("window") or {}
+    store.window.start_wall = w.get("start") or 0.0
+    store.window.planned = w.get("planned") or 0.0
+    store.window.duration = w.get("observed") or 0.0
+    store.window.interrupted = bool(w.get("interrupted"))
+    return store
+
+
+def _file_observations(store: ObservationStore, shape: _Shape, observations: list[dict[str, Any]]) -> None:
+    """Each checked observation (a dict of the report) as an Observation in the store; its
+    series are taken as they are (floats, checked), not copied."""
+    put = store.put
     for i, d in enumerate(observations):
         hist = d.get("histogram")
         put(Observation(
@@ -633,13 +682,6 @@ def store_from_report(report: dict[str, Any], path: str = "report", checked: boo
             gone_reason=d.get("gone_reason") or "", blind=d.get("blind") or "",
             culprits=_given(d, "culprits", []), unseen=_given(d, "unseen", 0),
             unseen_seconds=float(d["unseen_seconds"]) if d.get("unseen_seconds") is not None else None))
-    store.unavailable.update(shape.strmap(report.get("unavailable"), "unavailable"))
-    w = report.get("window") or {}
-    store.window.start_wall = w.get("start") or 0.0
-    store.window.planned = w.get("planned") or 0.0
-    store.window.duration = w.get("observed") or 0.0
-    store.window.interrupted = bool(w.get("interrupted"))
-    return store
 
 
 # --- the typed parse: a report as vcheck writes it, checked while it is parsed -----------
