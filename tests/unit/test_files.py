@@ -30,7 +30,7 @@ def test_descriptors_past_1024_are_waited_on_and_written_to():
     try:
         assert wait_ready([r], 0) == []
         assert wait_ready([w], 0, write=True) == [w]
-        _write_all(w, b"x" * 10_000)            # the output writer's wait, on fd 1501
+        _write_all(w, [b"x" * 10_000])          # the output writer's wait, on fd 1501
         assert wait_ready([r], 1) == [r] and len(os.read(r, 1 << 16)) == 10_000
         os.close(w)
         w = -1

@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import EXIT_OK, EXIT_OUTPUT, OutputError
 from ..files import describe_kind as _kind, wait_ready
@@ -70,8 +70,11 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` as described above; raises OutputError naming the path and why."""
+def write_output(path: str | os.PathLike, data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
+    """Write `data` (bytes, or pieces of it made as they are written) to `path` as described
+    above; raises OutputError naming the path and why."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = (data,)
     target = Path(path)
     fd = _inherited_fd(str(target))
     if fd is not None:          # /dev/stdout and friends: the descriptor the caller opened for us
@@ -118,24 +121,25 @@ def _inherited_fd(path: str) -> int | None:
 STREAM_STALL = 60.0      # seconds a stream's reader may take nothing before vcheck gives up
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Iterable[bytes]) -> None:
     """All of `data` to a stream (short writes continued), signals held while it goes out. A
     reader that takes nothing cannot hold vcheck: the write waits in slices, and ends with an
     OutputError when a held signal is pending (SIGTERM, SIGINT, --timeout) or after
     STREAM_STALL seconds without progress."""
-    view = memoryview(data)
     with _signals_held():
         stalled_since = time.monotonic()
-        while view:
-            if wait_ready([fd], 0.2, write=True):
-                view = view[os.write(fd, view[:PIPE_CHUNK]):]
-                stalled_since = time.monotonic()
-                continue
-            pending = pending_signal()
-            if pending:
-                raise OutputError(f"interrupted by {pending} while the reader took nothing; cut short")
-            if time.monotonic() - stalled_since > STREAM_STALL:
-                raise OutputError(f"the reader took nothing for {STREAM_STALL:.0f}s; cut short")
+        for piece in data:
+            view = memoryview(piece)
+            while view:
+                if wait_ready([fd], 0.2, write=True):
+                    view = view[os.write(fd, view[:PIPE_CHUNK]):]
+                    stalled_since = time.monotonic()
+                    continue
+                pending = pending_signal()
+                if pending:
+                    raise OutputError(f"interrupted by {pending} while the reader took nothing; cut short")
+                if time.monotonic() - stalled_since > STREAM_STALL:
+                    raise OutputError(f"the reader took nothing for {STREAM_STALL:.0f}s; cut short")
 
 
 PIPE_CHUNK = 4096        # a pipe that polls writable has room for this much: the write never blocks
@@ -144,7 +148,7 @@ PIPE_CHUNK = 4096        # a pipe that polls writable has room for this much: th
 
 
 
-def _write_fd(target: Path, fd: int, data: bytes) -> None:
+def _write_fd(target: Path, fd: int, data: Iterable[bytes]) -> None:
     try:
         os.fstat(fd)
         if fd == 1:
@@ -154,7 +158,7 @@ def _write_fd(target: Path, fd: int, data: bytes) -> None:
         raise OutputError(f"{target}: write failed: {exc.strerror}") from None
 
 
-def _write_stream(target: Path, data: bytes) -> None:
+def _write_stream(target: Path, data: Iterable[bytes]) -> None:
     try:
         # O_NONBLOCK: a FIFO with no reader is an error now, not a run that hangs forever
         fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -172,7 +176,7 @@ def _write_stream(target: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _replace_atomically(target: Path, data: bytes, mode: int) -> None:
+def _replace_atomically(target: Path, data: Iterable[bytes], mode: int) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise OutputError(f"{target}: cannot write: directory {directory} does not exist")
@@ -184,7 +188,8 @@ def _replace_atomically(target: Path, data: bytes, mode: int) -> None:
             raise OutputError(f"{target}: cannot write in {directory}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for piece in data:
+                    f.write(piece)
                 f.flush()
                 os.fsync(f.fileno())
                 os.fchmod(f.fileno(), mode)

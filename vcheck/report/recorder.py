@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pytest
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, OutputError
-from .json_report import RunFacts, build_report, dumps
+from .json_report import RunFacts, build_report, dump_chunks
 from .output import pending_signal, read_previous, write_output
 from .prometheus import render
 
@@ -23,11 +23,11 @@ class Output:
     """One file to write from the finished report."""
 
     path: str
-    render: Callable[[dict[str, Any], "ReportRecorder"], bytes]
+    render: Callable[[dict[str, Any], "ReportRecorder"], bytes | Iterable[bytes]]
 
 
 def json_output(path: str) -> Output:
-    return Output(path, lambda report, rec: dumps(report))
+    return Output(path, lambda report, rec: dump_chunks(report))     # streamed to the file as encoded
 
 
 def prometheus_output(path: str) -> Output:
