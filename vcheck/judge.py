@@ -7,6 +7,7 @@ vanished or too-thin data into skip / fail / inconclusive as the check's ``on_mi
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections import deque
@@ -207,8 +208,14 @@ def evaluate(e: E.Expr, view: SeriesView | DistributionView, natural: str, dimen
                         f"{'unbounded' if math.isinf(b[1]) else format_value(b[1], dim)}], on both sides "
                         f"of {format_value(threshold, dim)}")
     out.append(Measurement(str(e), stat, got.value, format_value(got.value, dim),
-                           f"{e.op} {format_value(threshold, dim)}", ok, note, threshold))
+                           _threshold_text(e.op, threshold, dim), ok, note, threshold))
     return ok
+
+
+@functools.lru_cache(maxsize=1024)
+def _threshold_text(op: str, threshold: float, dim: str) -> str:
+    """'< 90.00%': the same for every entity a check judges (100,000 of them on a dense node)."""
+    return f"{op} {format_value(threshold, dim)}"
 
 
 def _sample_ok(e: E.Expr, x: float) -> bool:
@@ -350,7 +357,8 @@ def _expected(check: Check, window: float) -> int:
 def _judge_series(check: Check, o: Observation, window: float) -> EntityEvidence:
     spec = check.metric
     view = SeriesView(o, window, slack=check.interval / 2)
-    ev = EntityEvidence(entity=entity_of(o.label_dict, spec.labels), labels=o.label_dict, info=dict(o.info),
+    labels = o.label_dict
+    ev = EntityEvidence(entity=entity_of(labels, spec.labels), labels=labels, info=dict(o.info),
                         outcome=EntityOutcome.PASS, samples=len(view.values), expected_samples=_expected(check, window),
                         observed_seconds=sum(view.spans), notes=list(o.notes), culprits=list(o.culprits),
                         events=list(o.events))   # a count's evidence: what was counted (net.drops)
