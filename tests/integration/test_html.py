@@ -5,6 +5,7 @@ slow; fio's O_DIRECT writes fail a disk-latency outlier check (a busy cpu0 may f
 tests do not depend on it). If chromium cannot start, these tests fail: they never skip."""
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -112,6 +113,24 @@ def _open(driver, path: Path, scheme: str = "light") -> None:
     driver.get(path.as_uri())
     driver.get_log("browser")    # (drop what an earlier page left)
     driver.refresh()
+
+
+def _open_every_row(driver) -> None:
+    """pytest-html's 'Show all details': every row open, so every lazy evidence is drawn."""
+    button = driver.execute_script("return document.getElementById('show_all_details')")
+    if button is None:           # not a pytest-html page (the fleet page draws everything)
+        return
+    button.click()
+    deadline = time.monotonic() + 60
+    while driver.execute_script("return document.querySelectorAll('.vc-lazy').length") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _drawn(content: str) -> str:
+    """An extra's evidence as the page draws it: a collapsed row's is kept as base64 until
+    its row is opened."""
+    lazy = re.fullmatch(r'<div class="vc-lazy" data-evidence="([A-Za-z0-9+/=]*)"></div>', content)
+    return base64.b64decode(lazy.group(1)).decode() if lazy else content
 
 
 def _console_errors(driver) -> list[str]:
@@ -233,8 +252,13 @@ def test_the_report_rendered_from_the_saved_json_is_the_same(run, browser):
         assert live["environment"][key] == saved["environment"][key]
     _open(browser, d / "saved.html")
     assert _console_errors(browser) == []
+    passing = [x for r in live["tests"].values() for row in r for x in row["extras"] if row["result"] == "Passed"]
+    assert all("vc-lazy" in x["content"] for x in passing)    # drawn when opened (the rig's items may all fail)
+    _open_every_row(browser)
+    assert _console_errors(browser) == []
+    assert browser.execute_script("return document.querySelectorAll('.vc-lazy').length") == 0
     assert len(browser.find_elements("css selector", "svg.vc-plot")) == \
-        sum(x["content"].count("<svg") for r in live["tests"].values() for row in r for x in row["extras"])
+        sum(_drawn(x["content"]).count("<svg") for r in live["tests"].values() for row in r for x in row["extras"])
 
 
 def test_the_fleet_page_links_the_failing_nodes_cell_to_its_evidence(run, browser):
@@ -317,7 +341,13 @@ def test_a_crafted_report_runs_no_script_in_any_page(run, browser, tmp_path):
             if isinstance(e.get("series"), dict) and e["series"].get("longest_violation"):
                 e["series"]["longest_violation"]["samples"] = PAYLOAD
     variants["fields"] = odd
-    drawn = 0
+    passing = _poison(json.loads(json.dumps(report)))      # collapsed rows: evidence drawn when opened
+    for r in passing["results"]:
+        r["outcome"] = "pass"
+        for e in r.get("entities") or []:
+            e["outcome"] = "pass"
+    variants["passing"] = passing
+    drawn, lazily_drawn = 0, False
     for name, body in variants.items():
         src = tmp_path / f"{name}.json"
         src.write_text(json.dumps(body))
@@ -331,7 +361,15 @@ def test_a_crafted_report_runs_no_script_in_any_page(run, browser, tmp_path):
             assert p.returncode in (0, 1), p.stdout + p.stderr
             text = page.read_text()
             assert "<script>document.title" not in text and "<img src=x" not in text
+            if name == "passing" and args[0] == "report":
+                assert "vc-lazy" in text
             _open(browser, page)
+            _open_every_row(browser)                                   # every lazy evidence drawn too
+            if name == "passing" and args[0] == "report":
+                assert browser.execute_script("return document.querySelectorAll('.vc-lazy').length") == 0
+                assert browser.find_elements("css selector", "svg.vc-plot")
+                lazily_drawn = True
             assert browser.title != "pwned", (name, args[0])          # the payload shown as text, never run
             drawn += 1
     assert drawn >= 2          # the string payloads are drawn as text, not refused
+    assert lazily_drawn        # and a collapsed row's, drawn when opened, too

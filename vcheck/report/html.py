@@ -26,6 +26,7 @@ The cells pytest-html builds itself get the same treatment.
 """
 from __future__ import annotations
 
+import base64
 import math
 import time
 from dataclasses import dataclass
@@ -505,6 +506,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         rep.nodeid = result_id(item.record)
 
 
+def lazy(evidence: Markup) -> Markup:
+    """A collapsed row's evidence, drawn when its row is opened (LAZY_SCRIPT): pytest-html's
+    script inserts every row's evidence into the document as the page loads, opened or not, and
+    5,000 items' plots (85 MB) took seconds. Kept as base64 in an attribute: no HTML is parsed
+    until then, and no text of it can end the attribute or the element."""
+    return Markup('<div class="vc-lazy" data-evidence="{}"></div>').format(
+        base64.b64encode(str(evidence).encode()).decode("ascii"))
+
+
+# Draws the lazy evidence of every row that is open, whenever pytest-html (re)builds its table
+# or a row is opened. The evidence is vcheck's own Markup (every value escaped when it was made),
+# inserted as pytest-html inserts an eager row's.
+LAZY_SCRIPT = Markup("""<script>
+(function () {
+  function draw() {
+    document.querySelectorAll('.extras-row:not(.hidden) .vc-lazy').forEach(function (el) {
+      var bytes = Uint8Array.from(atob(el.dataset.evidence), function (c) { return c.charCodeAt(0); });
+      var t = document.createElement('template');
+      t.innerHTML = new TextDecoder().decode(bytes);
+      el.replaceWith(t.content);
+    });
+  }
+  new MutationObserver(draw).observe(document.documentElement,
+    {childList: true, subtree: true, attributes: true, attributeFilter: ['class']});
+})();
+</script>""")
+
+
 class HtmlEvidence:
     """Registered when pytest-html writes a report: adds each vcheck item's evidence as an HTML
     extra, vcheck's node facts to the environment table, and escapes the test id cell."""
@@ -547,7 +576,10 @@ class HtmlEvidence:
             return
         from pytest_html import extras
 
-        report.extras = [*getattr(report, "extras", []), extras.html(self.evidence.result_html(record))]
+        evidence = self.evidence.result_html(record)
+        if record.get("outcome") == "pass":      # pytest-html collapses passing rows
+            evidence = lazy(evidence)
+        report.extras = [*getattr(report, "extras", []), extras.html(evidence)]
 
     def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
         if getattr(report, "vcheck_result", None) is None or len(cells) < 2:
@@ -575,6 +607,7 @@ class HtmlEvidence:
                                     session: pytest.Session) -> None:
         if not self._vcheck_session():
             return
+        postfix.append(LAZY_SCRIPT)
         prefix.append(
             '<p class="vc vc-legend">Each check shows its evidence per entity: the sampled series '
             '(min and max per pixel column when there are more samples than columns) with each threshold '

@@ -239,3 +239,32 @@ def test_members_by_the_label_index_are_the_scan_s():
         entity = {"labels": {k: str(rng.randrange(3)) for k in rng.sample(["vm", "op", "cpu"], rng.randrange(4))}}
         for kind in ("series", "distribution"):
             assert ev.members(record, entity, kind) == _members_by_scan(obs, record, entity, kind), (record, entity, kind)
+
+
+def test_a_passing_rows_evidence_is_drawn_when_its_row_is_opened(tmp_path):
+    """pytest-html collapses passing rows but inserts every row's evidence at load: a passing
+    row's is kept as base64 (no HTML parsed) and the page's script draws it when opened; a
+    failing row's is there at once."""
+    import base64
+
+    from vcheck.report.html import LAZY_SCRIPT
+
+    r = _golden()
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(r))
+    out = tmp_path / "r.html"
+    p = _vcheck("report", str(src), "--html", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    blob, text = _blob(out), out.read_text()
+    assert text.count(str(LAZY_SCRIPT)) == 1
+    outcomes = {x["id"]: x["outcome"] for x in r["results"]}
+    assert "pass" in outcomes.values() and set(outcomes.values()) - {"pass"}
+    for nodeid, rows in blob["tests"].items():
+        (content,) = [x["content"] for row in rows for x in row["extras"]]
+        lazy = re.fullmatch(r'<div class="vc-lazy" data-evidence="([A-Za-z0-9+/=]+)"></div>', content)
+        if outcomes[nodeid] == "pass":
+            assert lazy, (nodeid, content[:80])
+            content = base64.b64decode(lazy.group(1)).decode()
+        else:
+            assert lazy is None
+        assert content.startswith('<div class="vc vc-evidence"') and f'data-nodeid="{html.escape(nodeid)}"' in content
