@@ -71,16 +71,20 @@ def test_burner_fails_its_cpu_and_agrees_with_mpstat(run_vcheck, policy_file, cp
 
 
 def test_default_pack_runs_on_this_node(run_vcheck):
-    """`vcheck run` with no policy: the bundled pack, full windows, every check judged or
-    skipped with a reason; nothing inconclusive on a healthy idle node."""
+    """`vcheck run` with no policy: the bundled pack, full windows, every check judged, or
+    skipped or inconclusive with its reason. A shared machine's load may make a check honestly
+    inconclusive (a disk writer's completions the probe never timed): that is the machine's to
+    decide, the reason is the code's; the steal checks are always judged."""
     r = run_vcheck(timeout=240)
     assert r.returncode in (0, 1), r.stdout + r.stderr
     assert r.report["window"]["planned"] >= 60
-    outcomes = {x["nodeid"]: x["outcome"] for x in r.results()}
-    assert outcomes and all(o in ("pass", "fail", "skip") for o in outcomes.values()), outcomes
+    results = r.results()
+    undecided = {x["nodeid"]: (x["outcome"], x["reason"]) for x in results if x["outcome"] not in ("pass", "fail", "skip")}
+    assert results and all(o == "error" and why.strip() and "Traceback" not in why and "failed to start" not in why
+                           for o, why in undecided.values()), undecided
     steal = [x for x in r.results("guest-cpu-steal")]
     assert len(steal) == os.cpu_count()
-    assert all(x["entities"][0]["samples"] >= 59 for x in steal)
+    assert all(x["outcome"] in ("pass", "fail") and x["entities"][0]["samples"] >= 59 for x in steal), steal
     assert any(o["metric"] == "cpu.steal" and o["labels"] == {"cpu": "0"} for o in r.report["observations"])
 
 
