@@ -21,12 +21,11 @@ def process_age() -> float | None:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
-def run_cost(window_start_wall: float | None, bpf: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def run_cost(startup: float | None, bpf: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """cpu_seconds (user+system, all threads), max_rss_bytes, startup_seconds (process start to
-    the window's first sample) and the BPF programs' load figures."""
+    the window's first sample: the process's age when the window opened, taken then, so a
+    wall-clock step during a long window cannot bend it) and the BPF programs' load figures."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    age = process_age()
-    startup = window_start_wall - (time.time() - age) if (age is not None and window_start_wall) else None
     return {"cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3), "max_rss_bytes": ru.ru_maxrss * 1024,
             "startup_seconds": round(startup, 3) if startup is not None else None, "bpf": list(bpf or [])}
 

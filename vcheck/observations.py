@@ -93,6 +93,7 @@ class Window:
     duration: float = 0.0     # actually observed
     planned: float = 0.0
     interrupted: bool = False
+    startup: float | None = None   # seconds from the process's start to the window's (a live run's)
 
 
 class ObservationStore:

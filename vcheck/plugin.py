@@ -441,7 +441,7 @@ def _keep_pending(signum: int) -> None:
 def _cost(state: RunState) -> dict | None:
     if state.store is None or state.replay is not None:
         return None        # a replay's cost is not the node's run
-    return run_cost(state.store.window.start_wall, state.store.bpf_costs)
+    return run_cost(state.store.window.startup, state.store.bpf_costs)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

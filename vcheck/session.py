@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 from .catalog import Catalog
 from .collectors.base import CollectContext, Collector, CollectRequest, Unavailable
+from .cost import process_age
 from .expr import Outliers, leaves
 from .observations import ObservationStore
 from .policy import Check
@@ -122,6 +123,7 @@ class SamplingSession:
                 self.store.note(c.name, f"could not reset at the window start: {exc!r}")
         self.store.window.start = t0
         self.store.window.start_wall = time.time()
+        self.store.window.startup = process_age()     # the process's own clock: no wall-clock step in it
         self.store.window.planned = window
         threads = []
         for c in self._collectors:
