@@ -31,7 +31,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ..model import MetricSpec
 from ..observations import Observation
@@ -189,16 +189,7 @@ class OpenFiles:
                 raise
             self._fds[path] = fd
             self._open += 1
-        data = os.pread(fd, self.CHUNK, 0)
-        if len(data) == self.CHUNK:           # a long memory.stat: read on
-            while len(data) % self.CHUNK == 0:
-                more = os.pread(fd, self.CHUNK, len(data))
-                if not more:
-                    break
-                data += more
-                if len(data) > PROC_READ_LIMIT:
-                    raise OSError(errno.EFBIG, "too large", str(path))
-        return data
+        return read_on(os.pread(fd, self.CHUNK, 0), lambda at: os.pread(fd, self.CHUNK, at), path)
 
     def opt_bytes(self, path: str) -> bytes | None:
         """read_bytes, None where the file cannot be read (absent: remembered, not raised again)."""
@@ -246,17 +237,37 @@ def by_path(path: str) -> bytes:
     """A cgroup file read by its path (open, read, close), bounded as procfs.read_text."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = os.read(fd, OpenFiles.CHUNK)
-        while len(data) % OpenFiles.CHUNK == 0 and data:
-            more = os.read(fd, OpenFiles.CHUNK)
-            if not more:
-                break
-            data += more
-            if len(data) > PROC_READ_LIMIT:
-                raise OSError(errno.EFBIG, "too large", str(path))
-        return data
+        return read_on(os.read(fd, OpenFiles.CHUNK), lambda _: os.read(fd, OpenFiles.CHUNK), path)
     finally:
         os.close(fd)
+
+
+def read_on(data: bytes, more: Callable[[int], bytes], path: str) -> bytes:
+    """The rest of a file whose first read filled the buffer (a long memory.stat), asked of
+    more(offset) chunk by chunk, bounded as procfs.read_text."""
+    while data and len(data) % OpenFiles.CHUNK == 0:
+        chunk = more(len(data))
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > PROC_READ_LIMIT:
+            raise OSError(errno.EFBIG, "too large", str(path))
+    return data
+
+
+def file_figures(store, series: dict, metric_of: Mapping[str, str], values: Mapping[str, float],
+                 labels: Mapping[str, str], info: Mapping[str, str], t: float, span: float) -> None:
+    """One sample of an entity's figures, each appended to the series held for it (made, with
+    the entity's labels and info, the first time the figure comes): the host cgroup layer and
+    the container layer file alike, without a lookup by labels per figure."""
+    for key, value in values.items():
+        o = series.get(key)
+        if o is None:
+            metric = metric_of.get(key)
+            if metric is None:
+                continue
+            o = series[key] = store.series(metric, labels, info)
+        store.append(o, t, value, span)
 
 
 def _by_path_opt(path: str) -> bytes | None:
@@ -777,7 +788,7 @@ class CgroupCollector(Collector):
             return
         # the loop runs once per cgroup per sample: what it touches is looked up once here
         files, prev, gone, plans, series_of = self._files, self._prev, self._gone, self._plans, self._series
-        append, metric_of, limit_seen = self.store.append, self._metric_of, self._limit_seen
+        metric_of, limit_seen = self._metric_of, self._limit_seen
         for path in self._paths:
             if path in gone:
                 continue
@@ -791,7 +802,8 @@ class CgroupCollector(Collector):
                 if a is not None:
                     gone.add(path)
                     self.store.mark_gone({"cgroup": path}, t, f"cgroup {path} was removed")
-                    files.drop(plan.files())
+                    if plan is not None:
+                        files.drop(plan.files())
                 continue
             if a is None:
                 continue
@@ -805,14 +817,7 @@ class CgroupCollector(Collector):
                     if any(info.get(k) != v for k, v in now.items()):
                         self._info[path] = {**info, **now}
                         series.clear()      # filed again below, with the new info
-            for key, value in figures(a, b, wall).items():
-                o = series.get(key)
-                if o is None:
-                    metric = metric_of.get(key)
-                    if metric is None:
-                        continue
-                    o = series[key] = self.store.series(metric, {"cgroup": path}, self._info[path])
-                append(o, t, value, span)
+            file_figures(self.store, series, metric_of, figures(a, b, wall), {"cgroup": path}, self._info[path], t, span)
             if b.absent and self._absent_noted.get(path) is not b.absent:
                 self._absent_noted[path] = b.absent
                 note_absent(self.store, self._noted, "cgroup.", {"cgroup": path}, b, self.request.metrics,

@@ -18,7 +18,7 @@ from ...units import BYTE_RATE, BYTES, COUNT, PERCENT, RATE
 from ..base import Collector, Unavailable
 from ...observations import Observation
 from ..cgroups import (V1_CONTROLLERS, BlkioBlindness, CgroupSample, OpenFiles, V1Files, V2Files, cgroup_files,
-                       cgroup_mode, fd_budget, figures, limits, mark_blkio_blind, note_absent, proc_cgroups,
+                       cgroup_mode, fd_budget, figures, file_figures, limits, mark_blkio_blind, note_absent, proc_cgroups,
                        v1_dirs, v1_mount, wanted)
 from .container import Container
 from .docker import docker_sockets
@@ -206,14 +206,7 @@ class ContainerCollector(Collector):
                 limit_seen[cid] = seen
                 evidence[cid] = {**self._public[cid], **limits(b)}
                 series.clear()
-            for key, value in figures(a, b, wall).items():
-                o = series.get(key)
-                if o is None:
-                    metric = metric_of.get(key)
-                    if metric is None:
-                        continue
-                    o = series[key] = self.store.series(metric, c.identity, evidence[cid])
-                append(o, t, value, span)
+            file_figures(self.store, series, metric_of, figures(a, b, wall), c.identity, evidence[cid], t, span)
             for fact, value in self._facts[cid]:
                 o = series.get(fact)
                 if o is None:
